@@ -1,0 +1,1 @@
+"""Evidence simulators under a test root. INSECURE: usable only with explicit flags."""

@@ -1,0 +1,37 @@
+"""The report_data binding (architecture section 3).
+
+Invariant: every field is length-prefixed (u16 big-endian) after a NUL-terminated domain
+label, so no two distinct (nonce, suite, key, init-data digest) tuples hash the same input.
+The result is always 64 bytes (SHA-512).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from keybroker.errors import Malformed
+
+DOMAIN = b"keybroker/v1/binding\x00"
+REPORT_DATA_SIZE = 64
+
+
+def _field(value: bytes, name: str) -> bytes:
+    if len(value) > 0xFFFF:
+        raise Malformed(f"binding field {name} too long", expected="<= 65535 bytes",
+                        actual=f"{len(value)} bytes")
+    return len(value).to_bytes(2, "big") + value
+
+
+def init_data_digest(init_data: bytes) -> bytes:
+    """SHA-384 of the init-data document, or empty when there is none."""
+    return hashlib.sha384(init_data).digest() if init_data else b""
+
+
+def report_data(nonce: bytes, suite_id: str, public_key: bytes, init_digest: bytes) -> bytes:
+    """The 64 bytes the evidence must carry for this challenge, agent key and init-data."""
+    h = hashlib.sha512(DOMAIN)
+    h.update(_field(nonce, "nonce"))
+    h.update(_field(suite_id.encode("ascii"), "suite_id"))
+    h.update(_field(public_key, "public_key"))
+    h.update(_field(init_digest, "init_data_digest"))
+    return h.digest()

@@ -1,0 +1,51 @@
+"""The ``keybroker`` command: verifier/broker services, operator verification, the demo.
+
+Each subcommand group registers itself from its own module; this module only dispatches.
+Exit codes: 0 success/verified, 1 rejected or failed, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+# (module, registration function): each adds its subparsers and sets ``func`` on them.
+_GROUPS = (
+    ("verifier.cli", "register"),
+    ("broker.cli", "register"),
+    ("keybroker.verify_cmd", "register"),
+    ("keybroker.demo", "register"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(prog="keybroker", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module_name, attr in _GROUPS:
+        register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = getattr(
+            importlib.import_module(module_name), attr
+        )
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``keybroker`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""AMD SEV-SNP verification: TCB versions, VCEK/VLEK certificates, the AMD chain, claims."""
