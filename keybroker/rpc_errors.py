@@ -71,7 +71,8 @@ async def abort(
 def denial_from_rpc(exc: grpc.RpcError) -> errors_pb2.Denial | None:
     """The Denial carried by a failed call, if any."""
     trailing: tuple[tuple[str, str | bytes], ...] = (
-        tuple(exc.trailing_metadata() or ()) if isinstance(exc, grpc.Call) else ()
+        tuple(exc.trailing_metadata() or ())
+        if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else ()
     )
     for key, value in trailing:
         if key == DENIAL_KEY and isinstance(value, bytes):
@@ -85,7 +86,7 @@ def error_from_rpc(exc: grpc.RpcError, peer: str) -> KeybrokerError:
     """Typed error for a failed call: the peer's Denial, or UNAVAILABLE when there is none."""
     denial = denial_from_rpc(exc)
     if denial is None or denial.category not in _CATEGORY_FOR:
-        code = exc.code() if isinstance(exc, grpc.Call) else None
+        code = exc.code() if isinstance(exc, grpc.Call | grpc.aio.AioRpcError) else None
         return Unavailable(f"{peer} unavailable", actual=str(code))
     category = _CATEGORY_FOR[denial.category]
     reason = denial.message.split(": ", 1)[-1]

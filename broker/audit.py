@@ -1,0 +1,238 @@
+"""Append-only, hash-chained audit log (architecture invariant 6).
+
+Invariants:
+- Records are only appended (UPDATE and DELETE are refused by triggers). Each record stores
+  the SHA-256 of the previous record's hash and its own canonical content, so editing,
+  reordering or removing a record in the middle breaks ``verify_chain``; removing records
+  at the tail is detected when the caller passes the head hash it last saw.
+- The audit database is its own SQLite file with ``synchronous=FULL``: ``append`` returns only
+  after the record is committed durably. A release writes an ``intent`` record before the
+  response leaves and an outcome (``released``/``denied``) after; a denial writes a
+  ``denied`` record with its category. Intents left without outcome (crash) become
+  ``unknown`` records at the next start (``reconcile``).
+- Records never contain secret bytes, tokens or raw evidence: digests, ids, versions and the
+  operator reason only.
+- Any failure to write is ``Unavailable`` (so the caller releases nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from broker.challenges import Clock
+from broker.database import Database, immediate
+from keybroker.errors import Malformed
+
+GENESIS = "0" * 64
+KINDS = ("intent", "released", "denied", "unknown")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """What the caller records (the store adds seq, time and the chain hashes)."""
+
+    request_id: str
+    kind: str
+    category: str = ""
+    reason: str = ""
+    evidence_digest: str = ""
+    policy_ids: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()          # "<key id>@<version>"
+    agent_key_fingerprint: str = ""     # hex SHA-256 of the agent's raw public key
+    challenge_id: str = ""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """A stored record."""
+
+    seq: int
+    time: float
+    entry: AuditEntry
+    prev_hash: str
+    hash: str = field(default="")
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-able form (for ``audit list --json``)."""
+        out: dict[str, object] = {"seq": self.seq, "time": self.time}
+        entry = asdict(self.entry)
+        entry["policy_ids"] = list(self.entry.policy_ids)
+        entry["keys"] = list(self.entry.keys)
+        out.update(entry)
+        out["prev_hash"] = self.prev_hash
+        out["hash"] = self.hash
+        return out
+
+
+def record_hash(seq: int, time: float, entry: AuditEntry, prev_hash: str) -> str:
+    """SHA-256 over the canonical JSON of the record content and the previous hash."""
+    body = {"seq": seq, "time": repr(time), "prev_hash": prev_hash, **asdict(entry)}
+    body["policy_ids"] = list(entry.policy_ids)
+    body["keys"] = list(entry.keys)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def audit_schema(db: sqlite_utils.Database) -> None:
+    """Create the audit table and its append-only triggers (idempotent)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS audit ("
+        " seq INTEGER PRIMARY KEY,"
+        " time REAL NOT NULL,"
+        " request_id TEXT NOT NULL,"
+        " kind TEXT NOT NULL,"
+        " category TEXT NOT NULL,"
+        " reason TEXT NOT NULL,"
+        " evidence_digest TEXT NOT NULL,"
+        " policy_ids TEXT NOT NULL,"
+        " keys TEXT NOT NULL,"
+        " agent_key_fingerprint TEXT NOT NULL,"
+        " challenge_id TEXT NOT NULL,"
+        " prev_hash TEXT NOT NULL,"
+        " hash TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id)")
+    for op in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON audit"
+            " BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END"
+        )
+
+
+_SELECT_ALL = (
+    "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash FROM audit ORDER BY seq"
+)
+_SELECT_REQUEST = (
+    "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash FROM audit WHERE request_id = ?"
+    " ORDER BY seq"
+)
+_SELECT_DANGLING = (
+    "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash FROM audit a WHERE kind = 'intent'"
+    " AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.request_id = a.request_id AND b.seq > a.seq"
+    " AND b.kind IN ('released', 'denied', 'unknown')) ORDER BY seq"
+)
+_INSERT = (
+    "INSERT INTO audit (seq, time, request_id, kind, category, reason, evidence_digest,"
+    " policy_ids, keys, agent_key_fingerprint, challenge_id, prev_hash, hash)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _from_row(row: tuple[Any, ...]) -> AuditRecord:
+    entry = AuditEntry(
+        request_id=str(row[2]),
+        kind=str(row[3]),
+        category=str(row[4]),
+        reason=str(row[5]),
+        evidence_digest=str(row[6]),
+        policy_ids=tuple(json.loads(str(row[7]))),
+        keys=tuple(json.loads(str(row[8]))),
+        agent_key_fingerprint=str(row[9]),
+        challenge_id=str(row[10]),
+    )
+    return AuditRecord(int(row[0]), float(row[1]), entry, str(row[11]), str(row[12]))
+
+
+class AuditLog:
+    """The broker's audit sink."""
+
+    def __init__(self, path: Path, *, clock: Clock, busy_timeout_seconds: float = 2.0) -> None:
+        self._db = Database(path, schema=audit_schema, synchronous="FULL",
+                            busy_timeout_seconds=busy_timeout_seconds)
+        self._clock = clock
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._db.close()
+
+    def append(self, entry: AuditEntry) -> AuditRecord:
+        """Append ``entry`` durably and return the stored record; failure -> Unavailable."""
+        if entry.kind not in KINDS:
+            raise ValueError(f"unknown audit kind {entry.kind!r}")
+        now = self._clock()
+
+        def op(db: sqlite_utils.Database) -> AuditRecord:
+            with immediate(db):
+                last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                                  ).fetchone()
+                seq = int(last[0]) + 1 if last else 1
+                prev = str(last[1]) if last else GENESIS
+                digest = record_hash(seq, now, entry, prev)
+                db.execute(
+                    _INSERT,
+                    [seq, now, entry.request_id, entry.kind, entry.category, entry.reason,
+                     entry.evidence_digest, json.dumps(list(entry.policy_ids)),
+                     json.dumps(list(entry.keys)), entry.agent_key_fingerprint,
+                     entry.challenge_id, prev, digest],
+                )
+            return AuditRecord(seq, now, entry, prev, digest)
+
+        return self._db.run(op)
+
+    def records(self, *, request_id: str | None = None) -> list[AuditRecord]:
+        """All records in order (optionally of one request)."""
+        def op(db: sqlite_utils.Database) -> list[AuditRecord]:
+            if request_id is None:
+                rows = db.execute(_SELECT_ALL).fetchall()
+            else:
+                rows = db.execute(_SELECT_REQUEST, [request_id]).fetchall()
+            return [_from_row(r) for r in rows]
+
+        return self._db.run(op)
+
+    def verify_chain(self, *, expect_head: str | None = None) -> int:
+        """Check every record's hash and link; return the record count.
+
+        Raises Malformed (rule ``audit.chain``) at the first broken record, or when
+        ``expect_head`` (a hash seen earlier) is no longer in the chain (truncation).
+        """
+        prev = GENESIS
+        seen_head = expect_head is None or expect_head == GENESIS
+        records = self.records()
+        for index, rec in enumerate(records, start=1):
+            if rec.seq != index:
+                raise Malformed("audit chain has a gap", rule="audit.chain",
+                                expected=f"seq {index}", actual=f"seq {rec.seq}")
+            if rec.prev_hash != prev:
+                raise Malformed("audit chain link broken", rule="audit.chain",
+                                expected=prev, actual=f"seq {rec.seq} prev_hash {rec.prev_hash}")
+            digest = record_hash(rec.seq, rec.time, rec.entry, rec.prev_hash)
+            if digest != rec.hash:
+                raise Malformed("audit record altered", rule="audit.chain",
+                                expected=digest, actual=f"seq {rec.seq} hash {rec.hash}")
+            prev = rec.hash
+            seen_head = seen_head or rec.hash == expect_head
+        if not seen_head:
+            raise Malformed("audit chain truncated", rule="audit.chain",
+                            expected=f"head {expect_head}", actual=f"last {prev}")
+        return len(records)
+
+    def head(self) -> str:
+        """Hash of the last record (GENESIS when empty); operators keep it to detect truncation."""
+        records = self.records()
+        return records[-1].hash if records else GENESIS
+
+    def reconcile(self) -> int:
+        """Append an ``unknown`` outcome for every intent without outcome; return how many."""
+        def op(db: sqlite_utils.Database) -> list[AuditRecord]:
+            rows = db.execute(_SELECT_DANGLING).fetchall()
+            return [_from_row(r) for r in rows]
+
+        dangling = self._db.run(op)
+        for rec in dangling:
+            self.append(AuditEntry(
+                request_id=rec.entry.request_id, kind="unknown", category="",
+                reason="outcome unknown: intent without outcome at start-up",
+                evidence_digest=rec.entry.evidence_digest, policy_ids=rec.entry.policy_ids,
+                keys=rec.entry.keys, agent_key_fingerprint=rec.entry.agent_key_fingerprint,
+                challenge_id=rec.entry.challenge_id))
+        return len(dangling)

@@ -1,0 +1,211 @@
+"""``keybroker broker ...``: initialise, serve, manage secrets and inspect the audit log.
+
+Invariants:
+- Exit codes: 0 success, 1 failure/rejection, 2 usage or configuration error.
+- A configuration with ``accept_insecure_results = true`` is refused (exit 2) unless the
+  operator passes ``--insecure-simulator``; with it, a loud WARNING is logged at start.
+- ``serve`` prints exactly one line ``broker listening on HOST:PORT`` to stdout once serving.
+- Secret values are read from a file or stdin and never printed; listings show ids and
+  versions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from broker.audit import AuditLog
+from broker.config import BrokerConfig, load_config
+from broker.kek import FileKek
+from broker.secrets import MAX_SECRET_BYTES, SecretStore, VersionConflict
+from broker.service import open_main_database, serve
+from keybroker.errors import KeybrokerError
+
+_log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def _config(args: argparse.Namespace) -> BrokerConfig | None:
+    try:
+        return load_config(Path(args.config))
+    except KeybrokerError as err:
+        print(f"error: invalid broker config: {err}", file=sys.stderr)
+        return None
+
+
+def _init(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        for path in (config.database, config.audit_database, config.kek_file):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if config.kek_file.exists():
+            FileKek.load(config.kek_file)
+            print(f"KEK file {config.kek_file} exists and is valid; kept")
+        else:
+            FileKek.create(config.kek_file)
+            print(f"created KEK file {config.kek_file} (mode 0600)")
+        open_main_database(config).close()
+        AuditLog(config.audit_database, clock=time.time).close()
+    except (KeybrokerError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"initialised broker database {config.database} and audit log "
+          f"{config.audit_database}")
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    if config.accept_insecure_results and not args.insecure_simulator:
+        print("error: REFUSING TO START: accept_insecure_results = true in "
+              f"{args.config} accepts results from a verifier using TEST ROOTS; pass "
+              "--insecure-simulator only for a test or demo deployment", file=sys.stderr)
+        return EXIT_USAGE
+    if config.accept_insecure_results:
+        _log.warning("!!! INSECURE: the broker accepts attestation results based on simulator "
+                     "TEST ROOTS; never use this configuration in production !!!")
+
+    def ready(address: str) -> None:
+        print(f"broker listening on {address}", flush=True)
+
+    try:
+        asyncio.run(serve(config, ready=ready))
+    except KeybrokerError as err:
+        print(f"error: broker failed: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    except (OSError, ValueError) as err:
+        print(f"error: broker failed: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+def _secret_store(config: BrokerConfig) -> SecretStore:
+    return SecretStore(open_main_database(config), FileKek.load(config.kek_file),
+                       clock=time.time)
+
+
+def _secret_put(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        if args.stdin:
+            value = sys.stdin.buffer.read(MAX_SECRET_BYTES + 1)
+        else:
+            value = Path(args.file).read_bytes()
+        version = _secret_store(config).put(args.key_id, value,
+                                            expect_version=args.expect_version)
+    except VersionConflict as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except (KeybrokerError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"stored {args.key_id} version {version}")
+    return EXIT_OK
+
+
+def _secret_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        infos = _secret_store(config).list()
+    except KeybrokerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    for info in infos:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(info.created_at))
+        print(f"{info.key_id}\t{info.version}\t{created}")
+    return EXIT_OK
+
+
+def _audit_list(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        records = AuditLog(config.audit_database, clock=time.time).records()
+    except KeybrokerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    for rec in records:
+        if args.json:
+            print(json.dumps(rec.as_dict(), sort_keys=True))
+        else:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.time))
+            e = rec.entry
+            print(f"{rec.seq}\t{when}\t{e.kind}\t{e.category or '-'}\t{e.request_id}\t"
+                  f"{','.join(e.keys) or '-'}\t{','.join(e.policy_ids) or '-'}\t"
+                  f"{e.reason or '-'}")
+    return EXIT_OK
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        log = AuditLog(config.audit_database, clock=time.time)
+        count = log.verify_chain(expect_head=args.expect_head)
+    except KeybrokerError as err:
+        print(f"audit chain INVALID: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"audit chain OK: {count} records, head {log.head()}")
+    return EXIT_OK
+
+
+def register(sub: Subparsers) -> None:
+    """Add the ``broker`` command group to the top-level subparsers."""
+    group = sub.add_parser("broker", help="the key broker (relying party + KMS front end)")
+    commands = group.add_subparsers(dest="broker_command", required=True)
+
+    def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--config", required=True, help="broker config file (TOML)")
+        return parser
+
+    init = with_config(commands.add_parser("init", help="create the databases and KEK file"))
+    init.set_defaults(func=_init)
+
+    srv = with_config(commands.add_parser("serve", help="run the KeyBroker gRPC service"))
+    srv.add_argument("--insecure-simulator", action="store_true",
+                     help="allow accept_insecure_results (simulator test roots; NEVER in "
+                          "production)")
+    srv.set_defaults(func=_serve)
+
+    secret = commands.add_parser("secret", help="manage stored secrets")
+    secret_cmds = secret.add_subparsers(dest="secret_command", required=True)
+    put = with_config(secret_cmds.add_parser("put", help="store a new secret version"))
+    put.add_argument("--key-id", required=True)
+    source = put.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", help="read the value from this file")
+    source.add_argument("--stdin", action="store_true", help="read the value from stdin")
+    put.add_argument("--expect-version", type=int, default=None,
+                     help="compare-and-set: the current latest version (0: new key)")
+    put.set_defaults(func=_secret_put)
+    lst = with_config(secret_cmds.add_parser("list", help="list key ids and versions"))
+    lst.set_defaults(func=_secret_list)
+
+    audit = commands.add_parser("audit", help="inspect the audit log")
+    audit_cmds = audit.add_subparsers(dest="audit_command", required=True)
+    alist = with_config(audit_cmds.add_parser("list", help="print audit records"))
+    alist.add_argument("--json", action="store_true", help="one JSON object per line")
+    alist.set_defaults(func=_audit_list)
+    verify = with_config(audit_cmds.add_parser("verify", help="verify the hash chain"))
+    verify.add_argument("--expect-head", default=None,
+                        help="a head hash recorded earlier (detects truncation)")
+    verify.set_defaults(func=_audit_verify)

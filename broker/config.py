@@ -1,0 +1,147 @@
+"""Broker configuration: read once at start-up from TOML into a frozen dataclass.
+
+Invariants:
+- Only the keys documented here are accepted; an unknown key or a value of the wrong type is
+  MALFORMED (with the file, what was expected and what was found), so a typo never silently
+  falls back to a default.
+- Relative paths are resolved against the directory of the configuration file.
+- ``accept_insecure_results`` is only read here; refusing to start with it (unless the operator
+  passed the explicit insecure flag) is the CLI's start-up guard.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from keybroker.errors import Malformed
+
+ALGORITHMS = ("ES256", "ES384")
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """The ``[broker]`` table of the broker configuration file."""
+
+    listen: str
+    database: Path
+    audit_database: Path
+    kek_file: Path
+    verifier: str
+    verifier_jwks: Path
+    verifier_alg: str
+    verifier_timeout_seconds: float
+    challenge_ttl_seconds: int
+    audience: str
+    release_rules: Path
+    accept_insecure_results: bool
+    token_leeway_seconds: int
+    max_request_bytes: int
+
+
+_DEFAULTS: dict[str, object] = {
+    "listen": "127.0.0.1:50051",
+    "database": "broker.db",
+    "audit_database": "broker-audit.db",
+    "kek_file": "kek.bin",
+    "verifier": "127.0.0.1:50061",
+    "verifier_jwks": "verifier-jwks.json",
+    "verifier_alg": "ES256",
+    "verifier_timeout_seconds": 5.0,
+    "challenge_ttl_seconds": 60,
+    "audience": "keybroker-broker",
+    "release_rules": "release-rules.toml",
+    "accept_insecure_results": False,
+    "token_leeway_seconds": 5,
+    "max_request_bytes": 1024 * 1024,
+}
+
+_PATHS = ("database", "audit_database", "kek_file", "verifier_jwks", "release_rules")
+_STRINGS = ("listen", "verifier", "verifier_alg", "audience")
+
+
+def _typed(path: Path, key: str, value: object, kind: type | tuple[type, ...]) -> None:
+    # bool is an int subclass: never accept it where a number is expected.
+    wrong_bool = isinstance(value, bool) and kind is not bool
+    if wrong_bool or not isinstance(value, kind):
+        kinds = (kind,) if isinstance(kind, type) else kind
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise Malformed(f"{path}: [broker].{key} has the wrong type", rule=f"broker.{key}",
+                        expected=expected, actual=type(value).__name__)
+
+
+def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
+    """Build the config from parsed TOML ``data``; ``path`` locates relative files and errors."""
+    unknown_top = sorted(set(data) - {"broker"})
+    if unknown_top:
+        raise Malformed(f"{path}: unknown top-level table", expected="[broker]",
+                        actual=", ".join(unknown_top))
+    table = data.get("broker")
+    if not isinstance(table, dict):
+        raise Malformed(f"{path}: missing [broker] table", expected="[broker]", actual="none")
+    unknown = sorted(set(table) - set(_DEFAULTS))
+    if unknown:
+        raise Malformed(f"{path}: unknown key in [broker]", expected=", ".join(sorted(_DEFAULTS)),
+                        actual=", ".join(unknown))
+    merged: dict[str, object] = {**_DEFAULTS, **table}
+    base = path.parent
+    for key in _PATHS + _STRINGS:
+        _typed(path, key, merged[key], str)
+    _typed(path, "verifier_timeout_seconds", merged["verifier_timeout_seconds"], (int, float))
+    for key in ("challenge_ttl_seconds", "token_leeway_seconds", "max_request_bytes"):
+        _typed(path, key, merged[key], int)
+    _typed(path, "accept_insecure_results", merged["accept_insecure_results"], bool)
+
+    def p(key: str) -> Path:
+        return base / str(merged[key])
+
+    alg = str(merged["verifier_alg"])
+    if alg not in ALGORITHMS:
+        raise Malformed(f"{path}: unsupported verifier_alg", rule="broker.verifier_alg",
+                        expected=" | ".join(ALGORITHMS), actual=alg)
+    timeout = float(merged["verifier_timeout_seconds"])  # type: ignore[arg-type]
+    ttl = int(merged["challenge_ttl_seconds"])  # type: ignore[call-overload]
+    leeway = int(merged["token_leeway_seconds"])  # type: ignore[call-overload]
+    max_bytes = int(merged["max_request_bytes"])  # type: ignore[call-overload]
+    if not 0 < timeout <= 300:
+        raise Malformed(f"{path}: verifier_timeout_seconds out of range",
+                        expected="0 < t <= 300", actual=str(timeout))
+    if not 1 <= ttl <= 3600:
+        raise Malformed(f"{path}: challenge_ttl_seconds out of range",
+                        expected="1..3600", actual=str(ttl))
+    if not 0 <= leeway <= 60:
+        raise Malformed(f"{path}: token_leeway_seconds out of range",
+                        expected="0..60", actual=str(leeway))
+    if not 4096 <= max_bytes <= 16 * 1024 * 1024:
+        raise Malformed(f"{path}: max_request_bytes out of range",
+                        expected="4096..16777216", actual=str(max_bytes))
+    return BrokerConfig(
+        listen=str(merged["listen"]),
+        database=p("database"),
+        audit_database=p("audit_database"),
+        kek_file=p("kek_file"),
+        verifier=str(merged["verifier"]),
+        verifier_jwks=p("verifier_jwks"),
+        verifier_alg=alg,
+        verifier_timeout_seconds=timeout,
+        challenge_ttl_seconds=ttl,
+        audience=str(merged["audience"]),
+        release_rules=p("release_rules"),
+        accept_insecure_results=bool(merged["accept_insecure_results"]),
+        token_leeway_seconds=leeway,
+        max_request_bytes=max_bytes,
+    )
+
+
+def load_config(path: Path) -> BrokerConfig:
+    """Read and validate the broker configuration file at ``path``."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise Malformed(f"cannot read broker config {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise Malformed(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, path.resolve())

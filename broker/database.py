@@ -1,0 +1,117 @@
+"""SQLite access for the broker (sqlite-utils over stdlib sqlite3).
+
+Invariants:
+- Every database runs in WAL mode with a busy timeout; each thread has its own connection
+  (the gRPC service runs blocking SQLite calls in worker threads).
+- ``synchronous`` is FULL where durability is a security property (the audit log), so a
+  committed record survives a crash or power loss.
+- SQLite BUSY/LOCKED is retried a bounded number of times, then becomes ``Unavailable``; any
+  other SQLite failure is ``Unavailable`` at once. The store never answers "probably fine".
+- Schema creation is idempotent and happens at open time, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import sqlite_utils
+
+from keybroker.errors import Unavailable
+
+_log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and (code & 0xFF) in _BUSY_CODES:
+        return True
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class Database:
+    """A SQLite file shared by threads (one connection each) and by other processes."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        schema: Callable[[sqlite_utils.Database], None],
+        synchronous: str = "NORMAL",
+        busy_timeout_seconds: float = 2.0,
+        retries: int = 3,
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = path
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout_seconds
+        self._retries = retries
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self.run(schema)
+
+    def _connect(self) -> sqlite_utils.Database:
+        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if db is not None:
+            return db
+        conn = sqlite3.connect(
+            str(self.path), timeout=self._busy_timeout, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        db = sqlite_utils.Database(conn, execute_plugins=False)
+        db.enable_wal()
+        db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        self._local.db = db
+        with self._lock:
+            self._connections.append(conn)
+        return db
+
+    def run(self, op: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run ``op`` on this thread's connection; BUSY is retried, then ``Unavailable``."""
+        delay = 0.01
+        for attempt in range(1, self._retries + 1):
+            try:
+                return op(self._connect())
+            except sqlite3.Error as exc:
+                if _is_busy(exc) and attempt < self._retries:
+                    _log.warning("sqlite busy on %s (attempt %d), retrying", self.path, attempt)
+                    time.sleep(delay)
+                    delay *= 4
+                    continue
+                _log.error("sqlite failure on %s: %s", self.path, exc)
+                raise Unavailable("store unavailable", rule="store.sqlite",
+                                  actual=type(exc).__name__) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close every connection opened by any thread."""
+        with self._lock:
+            conns, self._connections = self._connections, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()
+
+
+@contextmanager
+def immediate(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A write transaction taken with BEGIN IMMEDIATE (the write lock is held from the start)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()

@@ -1,0 +1,185 @@
+"""Envelope-encrypted, versioned secrets (architecture section 8).
+
+Invariants:
+- Each secret version has its own random 256-bit data key. The value is AES-256-GCM encrypted
+  under it with AAD = key id + version; the data key is wrapped by the KEK with the same AAD.
+  Moving a row to another key id or version, or editing any byte, fails authentication.
+- Versions start at 1 and are immutable: there is no update or delete of a version.
+- ``put`` is compare-and-set: with ``expect_version`` given, it succeeds only if that is the
+  latest version (0 = the key does not exist yet); of two concurrent writers one gets
+  ``VersionConflict``. The write lock is taken before reading the latest version.
+- Plaintext never reaches logs; listings show ids and versions only.
+"""
+
+from __future__ import annotations
+
+import secrets as _random
+from dataclasses import dataclass
+
+import sqlite_utils
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from broker.challenges import MAX_KEY_ID_LEN, Clock
+from broker.database import Database, immediate
+from broker.kek import KekProvider
+from keybroker.errors import Malformed, Unavailable
+
+_AAD_LABEL = b"keybroker/v1/secret\x00"
+_NONCE = 12
+MAX_SECRET_BYTES = 64 * 1024
+MAX_VERSION = 0xFFFFFFFF
+
+
+class VersionConflict(Exception):
+    """Compare-and-set failed: the latest version is not the one the writer expected."""
+
+    def __init__(self, key_id: str, expected: int, actual: int) -> None:
+        super().__init__(f"version conflict on {key_id!r}: expected latest {expected}, "
+                         f"found {actual}")
+        self.key_id = key_id
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    """A decrypted secret version (held only in memory, only while sealing)."""
+
+    key_id: str
+    version: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class SecretInfo:
+    """Metadata of a stored version (no value)."""
+
+    key_id: str
+    version: int
+    created_at: float
+    kek_id: str
+
+
+def secret_schema(db: sqlite_utils.Database) -> None:
+    """Create the secrets table (idempotent)."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS secrets ("
+        " key_id TEXT NOT NULL,"
+        " version INTEGER NOT NULL,"
+        " kek_id TEXT NOT NULL,"
+        " wrapped_key BLOB NOT NULL,"
+        " ciphertext BLOB NOT NULL,"
+        " created_at REAL NOT NULL,"
+        " PRIMARY KEY (key_id, version))"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS secrets_immutable BEFORE UPDATE ON secrets"
+        " BEGIN SELECT RAISE(ABORT, 'secret versions are immutable'); END"
+    )
+
+
+def _aad(key_id: str, version: int) -> bytes:
+    return _AAD_LABEL + key_id.encode("utf-8") + b"\x00" + version.to_bytes(4, "big")
+
+
+def _check_key_id(key_id: str) -> None:
+    if not key_id or len(key_id) > MAX_KEY_ID_LEN or "\x00" in key_id:
+        raise Malformed("invalid key id", expected=f"1..{MAX_KEY_ID_LEN} characters, no NUL",
+                        actual=f"{len(key_id)} characters")
+
+
+class SecretStore:
+    """Versioned secrets in the broker database, envelope-encrypted under a KEK."""
+
+    def __init__(self, db: Database, kek: KekProvider, *, clock: Clock) -> None:
+        self._db = db
+        self._kek = kek
+        self._clock = clock
+
+    def put(self, key_id: str, value: bytes, *, expect_version: int | None = None) -> int:
+        """Store a new version of ``key_id`` and return its number (CAS on ``expect_version``)."""
+        _check_key_id(key_id)
+        if not value or len(value) > MAX_SECRET_BYTES:
+            raise Malformed("secret value has the wrong size",
+                            expected=f"1..{MAX_SECRET_BYTES} bytes", actual=f"{len(value)} bytes")
+        now = self._clock()
+
+        def op(db: sqlite_utils.Database) -> int:
+            with immediate(db):
+                row = db.execute("SELECT MAX(version) FROM secrets WHERE key_id = ?",
+                                 [key_id]).fetchone()
+                latest = int(row[0]) if row and row[0] is not None else 0
+                if expect_version is not None and expect_version != latest:
+                    raise VersionConflict(key_id, expect_version, latest)
+                version = latest + 1
+                if version > MAX_VERSION:
+                    raise Malformed("version space exhausted", actual=str(version))
+                data_key = AESGCM.generate_key(bit_length=256)
+                aad = _aad(key_id, version)
+                nonce = _random.token_bytes(_NONCE)
+                ciphertext = nonce + AESGCM(data_key).encrypt(nonce, value, aad)
+                wrapped = self._kek.wrap(data_key, aad)
+                db.execute(
+                    "INSERT INTO secrets (key_id, version, kek_id, wrapped_key, ciphertext,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    [key_id, version, self._kek.kek_id, wrapped, ciphertext, now],
+                )
+            return version
+
+        return self._db.run(op)
+
+    def latest_version(self, key_id: str) -> int:
+        """The latest version of ``key_id``, 0 if it has none."""
+        def op(db: sqlite_utils.Database) -> int:
+            row = db.execute("SELECT MAX(version) FROM secrets WHERE key_id = ?",
+                             [key_id]).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        return self._db.run(op)
+
+    def get(self, key_id: str, version: int = 0) -> SecretVersion:
+        """Decrypt ``key_id`` at ``version`` (0 = latest). Unknown -> MALFORMED; tamper ->
+        UNAVAILABLE."""
+        if not 0 <= version <= MAX_VERSION:
+            raise Malformed("version out of range", expected=f"0..{MAX_VERSION}",
+                            actual=str(version))
+
+        def op(db: sqlite_utils.Database) -> tuple[int, bytes, bytes] | None:
+            if version == 0:
+                sql = ("SELECT version, wrapped_key, ciphertext FROM secrets WHERE key_id = ?"
+                       " ORDER BY version DESC LIMIT 1")
+                params: list[object] = [key_id]
+            else:
+                sql = ("SELECT version, wrapped_key, ciphertext FROM secrets"
+                       " WHERE key_id = ? AND version = ?")
+                params = [key_id, version]
+            row = db.execute(sql, params).fetchone()
+            if row is None:
+                return None
+            return int(row[0]), bytes(row[1]), bytes(row[2])
+
+        row = self._db.run(op)
+        if row is None:
+            raise Malformed("no such secret or version", rule="secrets.exists",
+                            expected="a stored key id/version",
+                            actual=f"{key_id}@{version or 'latest'}")
+        found, wrapped, ciphertext = row
+        aad = _aad(key_id, found)
+        data_key = self._kek.unwrap(wrapped, aad)
+        try:
+            value = AESGCM(data_key).decrypt(ciphertext[:_NONCE], ciphertext[_NONCE:], aad)
+        except (InvalidTag, ValueError) as exc:
+            raise Unavailable("stored secret failed authentication", rule="secrets.integrity",
+                              expected="authentic ciphertext",
+                              actual=f"{key_id}@{found} tampered") from exc
+        return SecretVersion(key_id, found, value)
+
+    def list(self) -> list[SecretInfo]:
+        """All stored versions, by key id then version (never values)."""
+        def op(db: sqlite_utils.Database) -> list[SecretInfo]:
+            rows = db.execute("SELECT key_id, version, created_at, kek_id FROM secrets"
+                              " ORDER BY key_id, version").fetchall()
+            return [SecretInfo(str(r[0]), int(r[1]), float(r[2]), str(r[3])) for r in rows]
+
+        return self._db.run(op)

@@ -1,0 +1,226 @@
+"""The broker's gRPC service (keybroker.v1.KeyBroker) and its server lifecycle.
+
+Invariants:
+- Errors reach the agent only through ``keybroker.rpc_errors.abort`` with
+  ``with_detail=False``: status code, category and safe message. Rule, expected and actual
+  values go to the operator log and the audit record (written by ``broker.release``).
+- Any exception the decision code did not type is UNAVAILABLE, never a release.
+- Requests are bounded (``max_receive_message_length``); the server exposes gRPC health
+  checking and reflection; SIGTERM/SIGINT mark the service NOT_SERVING and stop gracefully,
+  letting in-flight requests finish within the grace period.
+- The broker is assembled from configuration once at start-up (``build_broker``); a KEK file
+  with wrong permissions, an unreadable JWKS or rules file stops start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import sqlite_utils
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from broker.audit import AuditLog
+from broker.challenges import ChallengeStore, Clock, challenge_schema
+from broker.config import BrokerConfig
+from broker.database import Database
+from broker.kek import FileKek, KekProvider
+from broker.release import Appraiser, Broker, GrpcAppraiser, effective_request_id
+from broker.rules import load_rules
+from broker.secrets import SecretStore, secret_schema
+from broker.token import TokenVerifier, load_jwks
+from keybroker.errors import KeybrokerError, Unavailable
+from keybroker.rpc_errors import abort
+from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["KeyBroker"].full_name
+GRACE_SECONDS = 5.0
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def broker_schema(db: sqlite_utils.Database) -> None:
+    """Schema of the main broker database: challenges and secrets."""
+    challenge_schema(db)
+    secret_schema(db)
+
+
+def open_main_database(config: BrokerConfig) -> Database:
+    """Open (creating if needed) the broker's main SQLite database."""
+    return Database(config.database, schema=broker_schema)
+
+
+def build_broker(
+    config: BrokerConfig,
+    *,
+    clock: Clock = time.time,
+    appraiser: Appraiser | None = None,
+    kek: KekProvider | None = None,
+) -> Broker:
+    """Assemble a Broker from ``config`` (stores, KEK, rules, pinned JWKS, verifier client)."""
+    kek = kek if kek is not None else FileKek.load(config.kek_file)
+    rules = load_rules(config.release_rules)
+    tokens = TokenVerifier(load_jwks(config.verifier_jwks, config.verifier_alg),
+                           alg=config.verifier_alg, audience=config.audience,
+                           leeway_seconds=config.token_leeway_seconds,
+                           accept_insecure=config.accept_insecure_results)
+    db = open_main_database(config)
+    audit = AuditLog(config.audit_database, clock=clock)
+    dangling = audit.reconcile()
+    if dangling:
+        _log.warning("audit: %d release intents without outcome marked unknown", dangling)
+    challenges = ChallengeStore(db, ttl_seconds=config.challenge_ttl_seconds, clock=clock)
+    challenges.purge_expired()
+    return Broker(
+        challenges=challenges,
+        secrets=SecretStore(db, kek, clock=clock),
+        rules=rules,
+        tokens=tokens,
+        audit=audit,
+        appraiser=appraiser if appraiser is not None else GrpcAppraiser(
+            config.verifier, timeout_seconds=config.verifier_timeout_seconds),
+        clock=clock,
+    )
+
+
+class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
+    """gRPC front of a ``Broker``."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    async def GetChallenge(
+        self, request: broker_pb2.GetChallengeRequest, context: Context
+    ) -> broker_pb2.Challenge:
+        """Issue a single-use challenge."""
+        try:
+            challenge = await self._broker.get_challenge(int(request.tee), list(request.key_ids))
+        except KeybrokerError as err:
+            _log.warning("GetChallenge denied: %s", err)
+            await abort(context, err, "", with_detail=False)
+        except Exception as exc:
+            _log.exception("GetChallenge: unexpected failure")
+            await abort(context, Unavailable("internal error", actual=type(exc).__name__), "")
+        return broker_pb2.Challenge(
+            challenge_id=challenge.challenge_id,
+            nonce=challenge.nonce,
+            ttl_seconds=self._broker.challenges.ttl_seconds,
+            suites=[evidence_pb2.HpkeSuite.ValueType(s.wire) for s in self._broker.suites],
+            expires_at_unix=int(challenge.expires_at),
+        )
+
+    async def ReleaseKey(
+        self, request: broker_pb2.ReleaseKeyRequest, context: Context
+    ) -> broker_pb2.ReleaseKeyResponse:
+        """Run the release decision; denials carry only category and safe message."""
+        request_id = effective_request_id(request.request_id)
+        try:
+            return await self._broker.release(request, request_id=request_id)
+        except KeybrokerError as err:
+            await abort(context, err, request_id, with_detail=False)
+        except Exception as exc:  # release() types everything; this is a last resort
+            _log.exception("ReleaseKey %s: unexpected failure", request_id)
+            await abort(context, Unavailable("internal error", actual=type(exc).__name__),
+                        request_id)
+
+
+@dataclass
+class RunningServer:
+    """A started broker server."""
+
+    server: grpc.aio.Server
+    health: health_aio.HealthServicer
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound."""
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
+        """Mark NOT_SERVING and stop, letting in-flight calls finish within ``grace``."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split ``host:port`` (IPv6 hosts in brackets)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address must be host:port, got {listen!r}")
+    return host, int(port)
+
+
+async def start_server(
+    broker: Broker, listen: str, *, max_request_bytes: int = 1024 * 1024
+) -> RunningServer:
+    """Start the KeyBroker gRPC server (plus health and reflection) on ``listen``.
+
+    ``listen`` may use port 0; the bound port is in the result.
+    """
+    host, _ = split_listen(listen)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_send_message_length", 4 * max_request_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    broker_pb2_grpc.add_KeyBrokerServicer_to_server(KeyBrokerServicer(broker), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise Unavailable(f"cannot listen on {listen}", actual=str(exc)) from exc
+    if port == 0:
+        raise Unavailable(f"cannot listen on {listen}")
+    await server.start()
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, health, host, port)
+
+
+async def close_broker(broker: Broker) -> None:
+    """Release the broker's resources (verifier channel, database connections)."""
+    if isinstance(broker.appraiser, GrpcAppraiser):
+        await broker.appraiser.close()
+    broker.audit.close()
+    broker.challenges.close()
+
+
+async def serve(
+    config: BrokerConfig,
+    *,
+    ready: Callable[[str], None],
+    clock: Clock = time.time,
+) -> None:
+    """Run the broker until SIGTERM/SIGINT; call ``ready(address)`` once serving."""
+    broker = build_broker(config, clock=clock)
+    running = await start_server(broker, config.listen,
+                                 max_request_bytes=config.max_request_bytes)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    _log.info("broker serving on %s (verifier %s)", running.address, config.verifier)
+    ready(running.address)
+    try:
+        await stop.wait()
+        _log.info("broker shutting down")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await running.stop()
+        await close_broker(broker)

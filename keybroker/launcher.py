@@ -1,0 +1,127 @@
+"""Start and stop keybroker services as separate OS processes (demo, tests, benchmarks).
+
+Invariants:
+- A service counts as started only after it printed its ready line
+  ("<name> listening on HOST:PORT") on stdout; otherwise start() fails with Unavailable and
+  the process is killed, so no caller ever talks to a half-started service.
+- stop() always reaps the process: SIGTERM first (graceful shutdown), SIGKILL after a timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from keybroker.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def keybroker_command(*args: str) -> list[str]:
+    """argv running the keybroker CLI with this interpreter."""
+    return [sys.executable, "-m", "keybroker.cli", *args]
+
+
+@dataclass
+class ServiceProcess:
+    """A running service and the address it listens on."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    address: str
+
+    @classmethod
+    def start(
+        cls,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+    ) -> ServiceProcess:
+        """Spawn ``argv`` and wait for its ready line; stderr goes to ``log_path``."""
+        ready = f"{name} listening on "
+        with log_path.open("ab") as log_file:
+            popen = subprocess.Popen(
+                list(argv),
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+            )
+        assert popen.stdout is not None
+        address = _wait_ready(popen, popen.stdout, ready, timeout)
+        if address is None:
+            popen.kill()
+            popen.wait()
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise Unavailable(f"{name} did not start", expected=f"'{ready}HOST:PORT' on stdout",
+                              actual=f"exit code {popen.returncode}; log tail: {tail}")
+        threading.Thread(target=_drain, args=(popen.stdout,), daemon=True).start()
+        log.info("%s started pid=%d address=%s", name, popen.pid, address)
+        return cls(name=name, popen=popen, address=address)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, wait up to ``timeout``, then SIGKILL; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.1fs; killing", self.name, timeout)
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once (fault-injection tests)."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _wait_ready(
+    popen: subprocess.Popen[bytes], stream: IO[bytes], ready: str, timeout: float
+) -> str | None:
+    deadline = time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(stream, selectors.EVENT_READ)
+    buffer = b""
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sel.select(remaining):
+                return None
+            chunk = os.read(stream.fileno(), 4096)
+            if not chunk:
+                return None
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                text = line.decode(errors="replace").strip()
+                if text.startswith(ready):
+                    return text[len(ready):].strip()
+            if popen.poll() is not None:
+                return None
+        return None
+    finally:
+        sel.close()
+
+
+def _drain(stream: IO[bytes]) -> None:
+    while stream.read(4096):
+        pass

@@ -1,0 +1,173 @@
+"""Verifier configuration: one TOML file read once at start-up into frozen dataclasses.
+
+Invariants:
+- Unknown keys and wrong types are refused (``Malformed`` naming the file and key).
+- Relative paths are resolved against the directory of the config file, never the CWD.
+- Test anchors never in production (hostile-evidence row 58): ``ensure_secure`` refuses a
+  configuration with ``simulator_roots`` or with any simulator certificate (subject or issuer O
+  containing "INSECURE TEST ROOT") among the collateral unless the process was started with the
+  explicit insecure switch.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from keybroker.errors import Malformed
+
+DEFAULT_LISTEN = "127.0.0.1:50061"
+DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+INSECURE_MARKER = "INSECURE TEST ROOT"
+_KEYS = {
+    "listen": str, "policies": list, "collateral": list, "result_key": str,
+    "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
+    "max_request_bytes": int,
+}
+_REQUIRED = ("policies", "result_key")
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """The ``[verifier]`` table with paths resolved."""
+
+    source: Path
+    listen: str
+    policies: tuple[Path, ...]
+    collateral: tuple[Path, ...]
+    result_key: Path
+    result_ttl_seconds: int = 60
+    audience: str = "keybroker-broker"
+    simulator_roots: tuple[Path, ...] = ()
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+
+def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
+    return Malformed(f"{path}: {what} at key 'verifier.{key}'", rule="config.schema",
+                     expected=expected, actual=actual)
+
+
+def _paths(path: Path, key: str, value: object) -> tuple[Path, ...]:
+    assert isinstance(value, list)
+    out = []
+    for item in value:
+        if not isinstance(item, str) or not item:
+            raise _fail(path, key, "wrong element type", "non-empty string path",
+                        f"{type(item).__name__} {item!r}")
+        out.append((path.parent / item).resolve())
+    return tuple(out)
+
+
+def load_config(path: Path) -> VerifierConfig:
+    """Read and validate the verifier config file."""
+    path = path.resolve()
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise Malformed(f"{path}: cannot read config", rule="config.file",
+                        expected="a readable file", actual=exc.strerror or str(exc)) from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise Malformed(f"{path}: not a valid TOML document", rule="config.file",
+                        expected="UTF-8 TOML", actual=str(exc)[:200]) from None
+    if set(doc) != {"verifier"} or not isinstance(doc["verifier"], dict):
+        raise Malformed(f"{path}: expected exactly one [verifier] table", rule="config.schema",
+                        expected="[verifier]", actual=", ".join(sorted(doc)) or "empty")
+    table: dict[str, object] = doc["verifier"]
+    for key, value in table.items():
+        kind = _KEYS.get(key)
+        if kind is None:
+            raise _fail(path, key, "unknown key", "one of " + ", ".join(sorted(_KEYS)), key)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise _fail(path, key, "wrong type", kind.__name__,
+                        f"{type(value).__name__} {value!r}"[:120])
+    for key in _REQUIRED:
+        if key not in table:
+            raise _fail(path, key, "missing key", "present", "absent")
+    ttl = table.get("result_ttl_seconds", 60)
+    assert isinstance(ttl, int)
+    if not 1 <= ttl <= 3600:
+        raise _fail(path, "result_ttl_seconds", "value out of range", "1..3600", str(ttl))
+    max_bytes = table.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
+    assert isinstance(max_bytes, int)
+    if not 4096 <= max_bytes <= 64 << 20:
+        raise _fail(path, "max_request_bytes", "value out of range", "4096..67108864",
+                    str(max_bytes))
+    policies = _paths(path, "policies", table["policies"])
+    if not policies:
+        raise _fail(path, "policies", "no appraisal policy configured", ">= 1 path", "[]")
+    listen = str(table.get("listen", DEFAULT_LISTEN))
+    if ":" not in listen:
+        raise _fail(path, "listen", "invalid listen address", "HOST:PORT", listen)
+    return VerifierConfig(
+        source=path,
+        listen=listen,
+        policies=policies,
+        collateral=_paths(path, "collateral", table.get("collateral", [])),
+        result_key=_paths(path, "result_key", [table["result_key"]])[0],
+        result_ttl_seconds=ttl,
+        audience=str(table.get("audience", "keybroker-broker")),
+        simulator_roots=_paths(path, "simulator_roots", table.get("simulator_roots", [])),
+        max_request_bytes=max_bytes,
+    )
+
+
+def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
+    for p in paths:
+        if p.is_dir():
+            yield from sorted(f for f in p.rglob("*") if f.is_file())
+        elif p.is_file():
+            yield p
+
+
+def _certificates(raw: bytes) -> list[x509.Certificate]:
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in raw:
+            return x509.load_pem_x509_certificates(raw)
+        return [x509.load_der_x509_certificate(raw)]
+    except ValueError:
+        return []
+
+
+def _is_simulator(cert: x509.Certificate) -> bool:
+    for name in (cert.subject, cert.issuer):
+        for attr in name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):
+            value = attr.value if isinstance(attr.value, str) else attr.value.decode("latin-1")
+            if INSECURE_MARKER in value:
+                return True
+    return False
+
+
+def simulator_certificates(config: VerifierConfig) -> list[Path]:
+    """Collateral files holding a simulator (test CA) certificate."""
+    found = []
+    for f in _files(config.collateral):
+        try:
+            raw = f.read_bytes()
+        except OSError:
+            continue
+        if any(_is_simulator(c) for c in _certificates(raw)):
+            found.append(f)
+    return found
+
+
+def ensure_secure(config: VerifierConfig, *, insecure: bool) -> None:
+    """Refuse test anchors unless ``insecure`` (the --insecure-simulator switch) is set."""
+    if insecure:
+        return
+    if config.simulator_roots:
+        raise Malformed(
+            f"{config.source}: simulator_roots is set but the verifier was not started with "
+            "--insecure-simulator; refusing to start", rule="startup.insecure_guard",
+            expected="simulator_roots = []", actual=", ".join(map(str, config.simulator_roots)))
+    found = simulator_certificates(config)
+    if found:
+        raise Malformed(
+            f"{config.source}: collateral contains simulator (INSECURE TEST ROOT) "
+            "certificates but the verifier was not started with --insecure-simulator; "
+            "refusing to start", rule="startup.insecure_guard",
+            expected="no test certificates", actual=", ".join(map(str, found)))
