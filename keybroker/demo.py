@@ -28,6 +28,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from attester_agent.client import get_secrets
+from attester_agent.collectors.simulator import SimulatorCollector
+from attester_agent.simulator.snp import SnpTestCa
 from keybroker.errors import KeybrokerError
 from keybroker.launcher import ServiceProcess, keybroker_command
 
@@ -149,8 +152,6 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
             extra_policies: Sequence[PolicySpec] = ()) -> bytes:
     """Generate the simulator CA, verifier keys and policies, broker database, KEK and the
     demo secret; returns the secret. ``extra_policies`` add policies (and their rules)."""
-    from attester_agent.simulator.snp import SnpTestCa
-
     for path in (layout.sim, layout.verifier, layout.broker, layout.verifier / "policies"):
         path.mkdir(parents=True, exist_ok=True)
     SnpTestCa.generate().save(layout.sim)
@@ -274,9 +275,6 @@ def release_with_agent(layout: DemoLayout, broker: str, secret: bytes) -> bool:
 
 def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int) -> list[float]:
     """Repeat the release in-process to show steady-state latency."""
-    from attester_agent.client import get_secrets
-    from attester_agent.collectors.simulator import SimulatorCollector
-
     init_data = layout.init_data.read_bytes()
     collector = SimulatorCollector(layout.sim, insecure=True, measurement=DEMO_MEASUREMENT,
                                    init_data=init_data)
@@ -293,9 +291,6 @@ def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int) -
 
 def denied_request(layout: DemoLayout, broker: str) -> bool:
     """A guest with a different launch measurement asks for the same key and is refused."""
-    from attester_agent.client import get_secrets
-    from attester_agent.collectors.simulator import SimulatorCollector
-
     init_data = layout.init_data.read_bytes()
     collector = SimulatorCollector(layout.sim, insecure=True, measurement=WRONG_MEASUREMENT,
                                    init_data=init_data)

@@ -190,8 +190,8 @@ def test_release_all_suites_and_audit(env: Env) -> None:
     attempt = build_attempt(env)
     response = send(env, attempt.request)
     (wrapped,) = response.keys
-    opened = attempt.keypair.open(
-        wrapped.sealed, release_info(wrapped.key_id, wrapped.version, attempt.challenge.challenge_id))
+    info = release_info(wrapped.key_id, wrapped.version, attempt.challenge.challenge_id)
+    opened = attempt.keypair.open(wrapped.sealed, info)
     assert opened == env.secret
     kinds = [r.get("kind") for r in records_for(env, attempt.request.request_id)]
     assert kinds == ["intent", "released"]

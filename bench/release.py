@@ -1,0 +1,159 @@
+"""Benchmark: key releases through real verifier and broker processes.
+
+Starts a verifier and a broker (separate processes, loopback, SQLite, simulator root), then
+N agent processes that each run releases back to back for a fixed duration. Prints
+releases/s, p50/p99 latency, the server-side CPU time per release (verifier + broker, read
+from /proc), and, measured in the same run, the cryptographic floor of one release:
+one P-384 ECDSA verify (the report signature), one ES256 sign (the result token), one ES256
+verify (the broker checks it) and one HPKE seal. Then:
+
+    floor_ratio = server CPU seconds per release / floor seconds
+
+Usage: python bench/release.py [--agents N] [--seconds S] [--suite SUITE_ID] [--tee snp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from keybroker.wrapping import AgentKeyPair, Suite, load_public_key, release_info, seal
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def per_op(fn: object, seconds: float = 1.0) -> float:
+    """Mean wall seconds of one call of ``fn`` over about ``seconds``."""
+    assert callable(fn)
+    for _ in range(5):
+        fn()
+    count = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn()
+        count += 1
+    return elapsed / count
+
+
+def crypto_floor(suite: Suite) -> dict[str, float]:
+    """Seconds per operation of each primitive a release cannot avoid."""
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    report = os.urandom(0x2A0)
+    sig384 = p384.sign(report, ec.ECDSA(hashes.SHA384()))
+    pub384 = p384.public_key()
+    p256 = ec.generate_private_key(ec.SECP256R1())
+    claims = os.urandom(1500)
+    sig256 = p256.sign(claims, ec.ECDSA(hashes.SHA256()))
+    pub256 = p256.public_key()
+    agent = AgentKeyPair.generate(suite)
+    agent_pub = load_public_key(suite, agent.public_bytes)
+    info = release_info("bench/key", 1, "challenge")
+    secret = os.urandom(32)
+    return {
+        "p384_verify": per_op(lambda: pub384.verify(sig384, report, ec.ECDSA(hashes.SHA384()))),
+        "es256_sign": per_op(lambda: p256.sign(claims, ec.ECDSA(hashes.SHA256()))),
+        "es256_verify": per_op(lambda: pub256.verify(sig256, claims, ec.ECDSA(hashes.SHA256()))),
+        "hpke_seal": per_op(lambda: seal(suite, agent_pub, secret, info)),
+    }
+
+
+def agent_worker(args: tuple[str, str, str, float, str]) -> list[float]:
+    """One agent process: release back to back until the deadline; returns latencies (s)."""
+    broker, sim_dir, init_path, deadline, suite_id = args
+    import logging
+
+    from attester_agent.client import get_secrets
+    from attester_agent.collectors.simulator import SimulatorCollector
+    from keybroker.demo import DEMO_KEY_ID, DEMO_MEASUREMENT
+
+    logging.disable(logging.WARNING)
+    init_data = Path(init_path).read_bytes()
+    collector = SimulatorCollector(Path(sim_dir), insecure=True, measurement=DEMO_MEASUREMENT,
+                                   init_data=init_data)
+    suite = Suite.from_id(suite_id)
+    latencies: list[float] = []
+    while time.time() < deadline:
+        start = time.perf_counter()
+        got = get_secrets(broker, [DEMO_KEY_ID], collector, suite=suite, init_data=init_data)
+        latencies.append(time.perf_counter() - start)
+        assert DEMO_KEY_ID in got
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--suite", default=Suite.X25519_HKDFSHA256_AES256GCM.value)
+    parser.add_argument("--tee", default="snp", choices=["snp"])
+    args = parser.parse_args()
+    suite = Suite.from_id(args.suite)
+
+    from keybroker.demo import DemoLayout, prepare, write_broker_config
+    from keybroker.launcher import ServiceProcess, keybroker_command
+
+    layout = DemoLayout(Path(tempfile.mkdtemp(prefix="keybroker-bench-")))
+    prepare(layout)
+    verifier = ServiceProcess.start(
+        "verifier", keybroker_command("--log-level", "WARNING", "verifier", "serve",
+                                      "--config", str(layout.verifier_config),
+                                      "--insecure-simulator"),
+        log_path=layout.verifier / "verifier.log")
+    write_broker_config(layout, verifier.address)
+    broker = ServiceProcess.start(
+        "broker", keybroker_command("--log-level", "WARNING", "broker", "serve", "--config",
+                                    str(layout.broker_config), "--insecure-simulator"),
+        log_path=layout.broker / "broker.log")
+    try:
+        # Warm-up (chain caches, connections), not measured.
+        agent_worker((broker.address, str(layout.sim), str(layout.init_data),
+                      time.time() + 1.0, suite.value))
+        v0, b0 = cpu_seconds(verifier.pid), cpu_seconds(broker.pid)
+        deadline = time.time() + args.seconds
+        start = time.perf_counter()
+        with mp.get_context("spawn").Pool(args.agents) as pool:
+            results = pool.map(agent_worker, [
+                (broker.address, str(layout.sim), str(layout.init_data), deadline, suite.value)
+                for _ in range(args.agents)])
+        wall = time.perf_counter() - start
+        v_cpu, b_cpu = cpu_seconds(verifier.pid) - v0, cpu_seconds(broker.pid) - b0
+        cpu = v_cpu + b_cpu
+    finally:
+        broker.stop()
+        verifier.stop()
+
+    latencies = sorted(x for r in results for x in r)
+    count = len(latencies)
+    floor = crypto_floor(suite)
+    floor_total = sum(floor.values())
+    per_release_cpu = cpu / count
+    p99 = latencies[min(count - 1, int(count * 0.99))]
+    print(f"tee={args.tee} suite={suite.value} agents={args.agents} seconds={args.seconds:.0f} "
+          f"cores={os.cpu_count()}")
+    print(f"releases={count} releases_per_s={count / wall:.1f}")
+    print(f"latency_ms p50={statistics.median(latencies) * 1000:.2f} p99={p99 * 1000:.2f}")
+    print(f"server_cpu_ms_per_release={per_release_cpu * 1000:.3f} "
+          f"(verifier {v_cpu / count * 1000:.3f} + broker {b_cpu / count * 1000:.3f})")
+    print("floor_us " + " ".join(f"{k}={v * 1e6:.1f}" for k, v in floor.items())
+          + f" total={floor_total * 1e6:.1f}")
+    print(f"floor_ratio = {per_release_cpu / floor_total:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
