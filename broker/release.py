@@ -39,7 +39,7 @@ from keybroker.binding import init_data_digest, report_data
 from keybroker.errors import FreshnessError, KeybrokerError, Malformed, Unavailable
 from keybroker.rpc_errors import error_from_rpc
 from keybroker.v1 import broker_pb2, evidence_pb2, verifier_pb2, verifier_pb2_grpc
-from keybroker.wrapping import Suite, load_public_key, release_info, seal
+from keybroker.wrapping import PublicKey, Suite, load_public_key, release_info, seal
 
 _log = logging.getLogger(__name__)
 
@@ -252,25 +252,42 @@ class Broker:
         if result.insecure:
             _log.warning("release %s: accepting an INSECURE (simulator) attestation result",
                          trail.request_id)
-        secrets: list[SecretVersion] = []
-        for key_id, version in valid.keys:
-            secrets.append(await asyncio.to_thread(self.secrets.get, key_id, version))
-        trail.keys = tuple(f"{s.key_id}@{s.version}" for s in secrets)
-        await asyncio.to_thread(self.audit.append, trail.entry("intent"))
+        secrets = await asyncio.to_thread(self._fetch_and_record_intent, valid.keys, trail)
         public = load_public_key(valid.suite, valid.public_key)
-        wrapped = [
-            broker_pb2.WrappedKey(
-                key_id=s.key_id, version=s.version,
-                sealed=seal(valid.suite, public, s.value,
-                            release_info(s.key_id, s.version, challenge.challenge_id)))
-            for s in secrets
-        ]
-        await asyncio.to_thread(self.audit.append, trail.entry("released"))
+        wrapped = await asyncio.to_thread(self._seal_and_record, secrets, valid.suite, public,
+                                          challenge.challenge_id, trail)
         trail.released = True
         _log.info("release %s: released %s (policies %s)", trail.request_id,
                   ",".join(trail.keys), ",".join(trail.policy_ids))
         return broker_pb2.ReleaseKeyResponse(keys=wrapped, result_token=token,
                                              request_id=trail.request_id)
+
+    def _fetch_and_record_intent(
+        self, keys: Sequence[tuple[str, int]], trail: _Trail
+    ) -> list[SecretVersion]:
+        """Load every requested secret version, then write the durable intent record.
+
+        One worker-thread hop for both: the intent names the exact versions about to leave.
+        """
+        secrets = [self.secrets.get(key_id, version) for key_id, version in keys]
+        trail.keys = tuple(f"{s.key_id}@{s.version}" for s in secrets)
+        self.audit.append(trail.entry("intent"))
+        return secrets
+
+    def _seal_and_record(
+        self, secrets: Sequence[SecretVersion], suite: Suite, public: PublicKey,
+        challenge_id: str, trail: _Trail,
+    ) -> list[broker_pb2.WrappedKey]:
+        """HPKE-seal each secret to the agent's key, then write the outcome record."""
+        wrapped = [
+            broker_pb2.WrappedKey(
+                key_id=s.key_id, version=s.version,
+                sealed=seal(suite, public, s.value,
+                            release_info(s.key_id, s.version, challenge_id)))
+            for s in secrets
+        ]
+        self.audit.append(trail.entry("released"))
+        return wrapped
 
     async def _deny(self, trail: _Trail, err: KeybrokerError) -> None:
         await asyncio.to_thread(self._deny_sync, trail, err)
