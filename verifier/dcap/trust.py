@@ -1,0 +1,83 @@
+"""The Intel SGX Root CA: the one trust anchor of every PCK chain, CRL and collateral signature.
+
+Invariants:
+- The root comes only from the package data in ``verifier/dcap/roots`` and must match the
+  SHA-256 fingerprint pinned in this module (over the DER bytes), its subject CN, and be a
+  self-signed ECDSA-P256-SHA256 CA certificate; otherwise the store is not built.
+- Nothing is trusted because it appeared in evidence or collateral: ``is_pinned_root``
+  compares exact DER bytes, and chains are anchored at ``IntelTrustStore.root`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import SignatureAlgorithmOID
+
+from keybroker.errors import ChainUntrusted
+from verifier.snp.certs import common_name
+from verifier.snp.trust import Certificate
+
+_log = logging.getLogger(__name__)
+
+ROOT_CN = "Intel SGX Root CA"
+ROOT_FILE = "IntelSGXRootCA.der"
+# SHA-256 of the DER of the Intel SGX Root CA (evidence-formats.md section 2.7).
+PINNED_ROOT_FINGERPRINT = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
+
+
+def verify_p256_signature(issuer: Certificate, *, algorithm_oid: str, signature: bytes,
+                          tbs: bytes, what: str) -> None:
+    """ECDSA-P256-SHA256 signature over ``tbs`` by ``issuer``'s key; raises ``ChainUntrusted``."""
+    key = issuer.cert.public_key()
+    if algorithm_oid != SignatureAlgorithmOID.ECDSA_WITH_SHA256.dotted_string:
+        raise ChainUntrusted(f"{what}: signature algorithm not allowed",
+                             expected="ecdsa-with-SHA256", actual=algorithm_oid)
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve,
+                                                                      ec.SECP256R1):
+        raise ChainUntrusted(f"{what}: issuer key is not EC P-256", expected="secp256r1",
+                             actual=getattr(getattr(key, "curve", None), "name",
+                                            type(key).__name__))
+    try:
+        key.verify(signature, tbs, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise ChainUntrusted(f"{what}: signature does not verify under "
+                             f"{common_name(issuer.cert.subject) or 'its issuer'}") from exc
+
+
+@dataclass(frozen=True)
+class IntelTrustStore:
+    """The pinned Intel SGX Root CA."""
+
+    root: Certificate
+
+    @classmethod
+    def pinned(cls) -> IntelTrustStore:
+        """The root shipped as package data, checked against its pinned fingerprint."""
+        der = resources.files("verifier.dcap.roots").joinpath(ROOT_FILE).read_bytes()
+        return cls.from_der(der)
+
+    @classmethod
+    def from_der(cls, der: bytes) -> IntelTrustStore:
+        """A store for ``der``, which must be the pinned root (raises ``ChainUntrusted``)."""
+        root = Certificate.from_der(der)
+        if root.fingerprint != PINNED_ROOT_FINGERPRINT:
+            raise ChainUntrusted("Intel root does not match its pin",
+                                 expected=PINNED_ROOT_FINGERPRINT, actual=root.fingerprint)
+        if common_name(root.cert.subject) != ROOT_CN or root.cert.issuer != root.cert.subject:
+            raise ChainUntrusted("Intel root is not the self-signed Intel SGX Root CA",
+                                 expected=ROOT_CN, actual=root.cert.subject.rfc4514_string())
+        verify_p256_signature(root, algorithm_oid=root.cert.signature_algorithm_oid.dotted_string,
+                              signature=root.cert.signature,
+                              tbs=root.cert.tbs_certificate_bytes, what=ROOT_CN)
+        _log.debug("Intel SGX Root CA pinned (sha256 %s)", root.fingerprint)
+        return cls(root=root)
+
+    def is_pinned_root(self, der: bytes) -> bool:
+        """True only for the exact DER of the pinned root."""
+        return der == self.root.der
