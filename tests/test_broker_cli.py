@@ -15,8 +15,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broker_helpers import EarSigner, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_broker_support import EarSigner, write_config
 
 from broker.audit import AuditEntry, AuditLog
 from broker.cli import register

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from broker_helpers import Stack, snp_evidence, start_stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_broker_support import Stack, snp_evidence, start_stack
 
 from broker.audit import AuditLog
 from keybroker.binding import init_data_digest, report_data

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import jwt
 import pytest
+from broker_helpers import T0, EarSigner, b64url, snp_evidence
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from test_broker_support import T0, EarSigner, b64url, snp_evidence
 
 from broker.rules import Requirement
 from broker.token import TokenVerifier, VerifiedResult, evidence_digest, load_jwks
