@@ -3,12 +3,5 @@
 # `keybroker demo` on embedded defaults (simulator TEE, SQLite files, generated keys).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-PYTHON=${PYTHON:-python3}
-VENV=${KEYBROKER_VENV:-.venv}
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e .
+. scripts/venv.sh
 exec "$VENV/bin/keybroker" demo "$@"
