@@ -1,9 +1,12 @@
-"""The ``attester-agent`` command: ``detect`` and ``get-secret``.
+"""The ``attester-agent`` command: ``detect``, ``get-secret`` and ``measure``.
 
 Invariants:
 - Exit codes: 0 success, 1 denied or failed, 2 usage error.
 - The simulator is used only with ``--insecure-simulator`` (``--collector simulator`` without
-  it is a usage error); automatic selection considers hardware collectors only.
+  it is a usage error); automatic selection considers hardware collectors only. ``--sim-*``
+  options that do not apply to the chosen ``--sim-tee`` are usage errors, never ignored.
+- ``measure`` extends the real RTMR3 unless ``--insecure-simulator`` is given, in which case
+  only the simulator's register file under ``--simulator-dir`` is touched.
 - Secrets go to a 0600 file (``secret_output``) or raw to stdout, never to the log; with several
   keys every key needs its own ``--out`` (stdout carries at most one secret).
 - A denial prints ``denied: CATEGORY: message`` to stderr; a local failure prints
@@ -20,11 +23,12 @@ from pathlib import Path
 
 import grpc
 
-from attester_agent import client
-from attester_agent.collectors import registry
+from attester_agent import client, measure
+from attester_agent.collectors import gramine, registry, sev_guest, tdx_guest
 from attester_agent.collectors.base import Collector
+from attester_agent.collectors.ccel import DEFAULT_ACPI_TABLES, CcelReader
 from attester_agent.collectors.configfs_tsm import DEFAULT_ROOT
-from attester_agent.collectors.sev_guest import DEFAULT_DEVICE
+from attester_agent.collectors.tdx_evidence import TdxSources
 from attester_agent.secret_output import (
     SecretOutputRefused,
     check_secret_target,
@@ -38,6 +42,7 @@ from keybroker.wrapping import Suite
 logger = logging.getLogger(__name__)
 
 SIMULATOR = "simulator"
+SIM_TEES = ("snp", "tdx", "sgx")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -85,22 +90,68 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim-measurement", help="launch MEASUREMENT (96 hex digits)")
     sim.add_argument("--sim-policy", help="guest POLICY (hex)")
     sim.add_argument("--sim-vmpl", type=int, choices=range(4), help="VMPL (0..3)")
-    sim.add_argument("--sim-version", type=int, choices=(3, 5), help="report version")
+    sim.add_argument("--sim-version", type=int,
+                     help="report/quote version (snp: 3 or 5, tdx: 4 or 5)")
+    _add_dcap_simulator_options(sim)
     _add_interface_paths(get)
+    get.add_argument("--acpi-tables-root", type=Path, default=DEFAULT_ACPI_TABLES,
+                     help="ACPI tables directory holding CCEL and data/CCEL "
+                          f"(default {DEFAULT_ACPI_TABLES})")
+    get.add_argument("--runtime-log", type=Path,
+                     help="runtime event log sent with TDX evidence (default "
+                          f"{measure.DEFAULT_RUNTIME_LOG}; simulator: DIR/tdx/"
+                          "runtime-events.jsonl)")
     get.set_defaults(func=cmd_get_secret)
+
+    meas = sub.add_parser("measure", help="extend RTMR3 with a container image digest and "
+                                          "record it in the runtime event log")
+    meas.add_argument("--image", required=True, help="image digest sha256:<64 hex digits>")
+    meas.add_argument("--runtime-log", type=Path,
+                      help=f"runtime event log (default {measure.DEFAULT_RUNTIME_LOG}; "
+                           "simulator: DIR/tdx/runtime-events.jsonl)")
+    meas.add_argument("--rtmr-path", type=Path,
+                      help=f"RTMR3 sysfs attribute (default {measure.DEFAULT_RTMR3})")
+    msim = meas.add_argument_group("INSECURE simulator")
+    msim.add_argument("--insecure-simulator", action="store_true",
+                      help="extend the simulator's RTMR3 file instead of the real register")
+    msim.add_argument("--simulator-dir", type=Path, help="simulator directory")
+    meas.set_defaults(func=cmd_measure)
     return parser
+
+
+def _add_dcap_simulator_options(sim: argparse._ArgumentGroup) -> None:
+    sim.add_argument("--sim-tee", choices=SIM_TEES,
+                     help="simulated TEE: snp (default), tdx or sgx")
+    sim.add_argument("--sim-tcb", help="TDX/SGX platform TCB status: UpToDate (default), "
+                                       "SWHardeningNeeded, OutOfDate, Revoked, unsupported")
+    sim.add_argument("--sim-debug", action="store_true",
+                     help="TDX/SGX: a debug TD / debug enclave")
+    sim.add_argument("--sim-mrtd", help="TDX MRTD (96 hex digits)")
+    sim.add_argument("--sim-td-attributes", help="TDX TD attributes (hex u64)")
+    sim.add_argument("--sim-mr-config-id", help="TDX MRCONFIGID (96 hex digits; default "
+                                                "SHA-384 of --init-data, else zero)")
+    sim.add_argument("--sim-mrenclave", help="SGX MRENCLAVE (64 hex digits)")
+    sim.add_argument("--sim-mrsigner", help="SGX MRSIGNER (64 hex digits)")
+    sim.add_argument("--sim-isv-prod-id", type=int, help="SGX ISVPRODID")
+    sim.add_argument("--sim-isv-svn", type=int, help="SGX ISVSVN")
 
 
 def _add_interface_paths(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tsm-root", type=Path, default=DEFAULT_ROOT,
                         help=f"configfs-tsm report directory (default {DEFAULT_ROOT})")
-    parser.add_argument("--sev-guest-device", type=Path, default=DEFAULT_DEVICE,
-                        help=f"SEV guest device (default {DEFAULT_DEVICE})")
+    parser.add_argument("--sev-guest-device", type=Path, default=sev_guest.DEFAULT_DEVICE,
+                        help=f"SEV guest device (default {sev_guest.DEFAULT_DEVICE})")
+    parser.add_argument("--tdx-guest-device", type=Path, default=tdx_guest.DEFAULT_DEVICE,
+                        help=f"TDX guest device (default {tdx_guest.DEFAULT_DEVICE})")
+    parser.add_argument("--attestation-dir", type=Path, default=gramine.DEFAULT_ROOT,
+                        help=f"Gramine attestation directory (default {gramine.DEFAULT_ROOT})")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     """Print the usable collectors; exit 1 when there is none."""
-    found = registry.detect(tsm_root=args.tsm_root, sev_guest_device=args.sev_guest_device)
+    found = registry.detect(tsm_root=args.tsm_root, sev_guest_device=args.sev_guest_device,
+                            tdx_guest_device=args.tdx_guest_device,
+                            attestation_dir=args.attestation_dir)
     for item in found:
         print(f"{item.name}\t{item.detail}")
     if not found:
@@ -160,62 +211,165 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
     )
 
 
+_SIM_ONLY_FOR = {
+    "sim_measurement": ("snp",), "sim_policy": ("snp",), "sim_vmpl": ("snp",),
+    "sim_version": ("snp", "tdx"), "sim_tcb": ("tdx", "sgx"), "sim_debug": ("tdx", "sgx"),
+    "sim_mrtd": ("tdx",), "sim_td_attributes": ("tdx",), "sim_mr_config_id": ("tdx",),
+    "sim_mrenclave": ("sgx",), "sim_mrsigner": ("sgx",), "sim_isv_prod_id": ("sgx",),
+    "sim_isv_svn": ("sgx",),
+}
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    value = getattr(args, dest)
+    return value is not None and value is not False
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def _collector(args: argparse.Namespace, init_data: bytes) -> Collector:
-    sim_options = (args.sim_measurement, args.sim_policy, args.sim_vmpl, args.sim_version,
-                   args.simulator_dir)
     name: str | None = args.collector
     if name == SIMULATOR and not args.insecure_simulator:
         raise UsageError("--collector simulator requires --insecure-simulator")
     if args.insecure_simulator and name not in (None, SIMULATOR):
         raise UsageError(f"--insecure-simulator conflicts with --collector {name}")
     if not args.insecure_simulator:
-        if any(opt is not None for opt in sim_options):
+        if any(_given(args, dest) for dest in (*_SIM_ONLY_FOR, "sim_tee", "simulator_dir")):
             raise UsageError("--simulator-dir and --sim-* need --insecure-simulator")
+        sources = TdxSources(
+            ccel=CcelReader(args.acpi_tables_root),
+            runtime_log=args.runtime_log or measure.DEFAULT_RUNTIME_LOG,
+        )
         if name is None:
-            return registry.auto_select(tsm_root=args.tsm_root,
-                                        sev_guest_device=args.sev_guest_device)
-        return registry.create(name, tsm_root=args.tsm_root,
-                               sev_guest_device=args.sev_guest_device)
-    return _simulator(args, init_data)
-
-
-def _simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
+            return registry.auto_select(
+                tsm_root=args.tsm_root, sev_guest_device=args.sev_guest_device,
+                tdx_guest_device=args.tdx_guest_device, attestation_dir=args.attestation_dir,
+                tdx_sources=sources)
+        return registry.create(
+            name, tsm_root=args.tsm_root, sev_guest_device=args.sev_guest_device,
+            tdx_guest_device=args.tdx_guest_device, attestation_dir=args.attestation_dir,
+            tdx_sources=sources)
     if args.simulator_dir is None:
         raise UsageError("--insecure-simulator needs --simulator-dir")
-    measurement = None
-    if args.sim_measurement is not None:
-        measurement = _hex(args.sim_measurement, "--sim-measurement")
-        if len(measurement) != 48:
-            raise UsageError("--sim-measurement must be 48 bytes (96 hex digits)")
-    policy = None
-    if args.sim_policy is not None:
-        try:
-            policy = int(args.sim_policy.removeprefix("0x"), 16)
-        except ValueError as exc:
-            raise UsageError("--sim-policy must be hexadecimal") from exc
-    # Imported here so that hardware-only use never loads the simulator.
-    from attester_agent.collectors.simulator import SimulatorCollector  # noqa: PLC0415
-
+    tee = args.sim_tee or "snp"
+    for dest, tees in _SIM_ONLY_FOR.items():
+        if _given(args, dest) and tee not in tees:
+            raise UsageError(f"{_flag(dest)} does not apply to --sim-tee {tee}")
     logger.warning("INSECURE: --insecure-simulator given; evidence will be SIMULATED")
     try:
-        return SimulatorCollector(
-            args.simulator_dir,
-            insecure=True,
-            measurement=measurement,
-            policy=policy if policy is not None else 0x30000,
-            vmpl=args.sim_vmpl if args.sim_vmpl is not None else 0,
-            version=args.sim_version if args.sim_version is not None else 3,
-            init_data=init_data,
-        )
+        if tee == "tdx":
+            return _tdx_simulator(args, init_data)
+        if tee == "sgx":
+            return _sgx_simulator(args)
+        return _snp_simulator(args, init_data)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
 
-def _hex(value: str, flag: str) -> bytes:
+def _snp_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
+    measurement = _hex(args.sim_measurement, "--sim-measurement", 48)
+    policy = _hex_int(args.sim_policy, "--sim-policy")
+    if args.sim_version not in (None, 3, 5):
+        raise UsageError("--sim-version for snp must be 3 or 5")
+    # Imported here so that hardware-only use never loads the simulator.
+    from attester_agent.collectors.simulator import SimulatorCollector  # noqa: PLC0415
+
+    return SimulatorCollector(
+        args.simulator_dir,
+        insecure=True,
+        measurement=measurement,
+        policy=policy if policy is not None else 0x30000,
+        vmpl=args.sim_vmpl if args.sim_vmpl is not None else 0,
+        version=args.sim_version if args.sim_version is not None else 3,
+        init_data=init_data,
+    )
+
+
+def _tdx_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
+    if args.sim_version not in (None, 4, 5):
+        raise UsageError("--sim-version for tdx must be 4 or 5")
+    from attester_agent.collectors.simulator_dcap import TdxSimulatorCollector  # noqa: PLC0415
+
+    return TdxSimulatorCollector(
+        args.simulator_dir,
+        insecure=True,
+        version=args.sim_version if args.sim_version is not None else 4,
+        mr_td=_hex(args.sim_mrtd, "--sim-mrtd", 48),
+        td_attributes=_hex_int(args.sim_td_attributes, "--sim-td-attributes"),
+        debug=args.sim_debug,
+        mr_config_id=_hex(args.sim_mr_config_id, "--sim-mr-config-id", 48),
+        init_data=init_data,
+        tcb=args.sim_tcb or "UpToDate",
+        runtime_log=args.runtime_log,
+    )
+
+
+def _sgx_simulator(args: argparse.Namespace) -> Collector:
+    from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector  # noqa: PLC0415
+
+    return SgxSimulatorCollector(
+        args.simulator_dir,
+        insecure=True,
+        mr_enclave=_hex(args.sim_mrenclave, "--sim-mrenclave", 32),
+        mr_signer=_hex(args.sim_mrsigner, "--sim-mrsigner", 32),
+        isv_prod_id=args.sim_isv_prod_id if args.sim_isv_prod_id is not None else 1,
+        isv_svn=args.sim_isv_svn if args.sim_isv_svn is not None else 1,
+        debug=args.sim_debug,
+        tcb=args.sim_tcb or "UpToDate",
+    )
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    """Append the image event to the runtime log and extend RTMR3 (or the simulated RTMR3)."""
+    register: measure.Register
+    if args.insecure_simulator:
+        if args.simulator_dir is None:
+            raise UsageError("--insecure-simulator needs --simulator-dir")
+        if args.rtmr_path is not None:
+            raise UsageError("--rtmr-path conflicts with --insecure-simulator")
+        from attester_agent.collectors.simulator_dcap import SimulatorLayout  # noqa: PLC0415
+
+        layout = SimulatorLayout(args.simulator_dir)
+        logger.warning("INSECURE: measuring into the SIMULATED RTMR3 %s", layout.rtmr3)
+        layout.tdx_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        register = measure.SimulatedRtmr(layout.rtmr3)
+        log_path = args.runtime_log or layout.runtime_log
+    else:
+        if args.simulator_dir is not None:
+            raise UsageError("--simulator-dir needs --insecure-simulator")
+        register = measure.SysfsRtmr(args.rtmr_path or measure.DEFAULT_RTMR3)
+        log_path = args.runtime_log or measure.DEFAULT_RUNTIME_LOG
+    event = measure.measure_image(args.image, log_path=log_path, register=register)
+    print(f"measured {event.value} into RTMR{event.mr}: extended {event.digest.hex()}")
+    return EXIT_OK
+
+
+def _hex(value: str | None, flag: str, size: int) -> bytes | None:
+    """``value`` as exactly ``size`` bytes of hex (None stays None)."""
+    if value is None:
+        return None
     try:
-        return bytes.fromhex(value)
+        raw = bytes.fromhex(value)
     except ValueError as exc:
         raise UsageError(f"{flag} must be hexadecimal") from exc
+    if len(raw) != size:
+        raise UsageError(f"{flag} must be {size} bytes ({2 * size} hex digits)")
+    return raw
+
+
+def _hex_int(value: str | None, flag: str) -> int | None:
+    """``value`` as a non-negative 64-bit hexadecimal integer (``0x`` optional)."""
+    if value is None:
+        return None
+    try:
+        number = int(value.removeprefix("0x"), 16)
+    except ValueError as exc:
+        raise UsageError(f"{flag} must be hexadecimal") from exc
+    if not 0 <= number < 1 << 64:
+        raise UsageError(f"{flag} must fit in 64 bits")
+    return number
 
 
 def _read_file(path: Path, flag: str) -> bytes:

@@ -4,12 +4,13 @@ Starts a verifier and a broker (separate processes, loopback, SQLite, simulator 
 N agent processes that each run releases back to back for a fixed duration. Prints
 releases/s, p50/p99 latency, the server-side CPU time per release (verifier + broker, read
 from /proc), and, measured in the same run, the cryptographic floor of one release:
-one P-384 ECDSA verify (the report signature), one ES256 sign (the result token), one ES256
-verify (the broker checks it) and one HPKE seal. Then:
+the evidence signatures (SNP: one P-384 ECDSA verify of the report; TDX/SGX: two P-256 ECDSA
+verifies, the QE report and the quote), one ES256 sign (the result token), one ES256 verify
+(the broker checks it) and one HPKE seal. Then:
 
     floor_ratio = server CPU seconds per release / floor seconds
 
-Usage: python bench/release.py [--agents N] [--seconds S] [--suite SUITE_ID] [--tee snp]
+Usage: python bench/release.py [--agents N] [--seconds S] [--suite SUITE_ID] [--tee snp|tdx|sgx]
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def per_op(fn: object, seconds: float = 1.0) -> float:
     return elapsed / count
 
 
-def crypto_floor(suite: Suite) -> dict[str, float]:
+def crypto_floor(suite: Suite, tee: str) -> dict[str, float]:
     """Seconds per operation of each primitive a release cannot avoid."""
     p384 = ec.generate_private_key(ec.SECP384R1())
     report = os.urandom(0x2A0)
@@ -64,27 +65,33 @@ def crypto_floor(suite: Suite) -> dict[str, float]:
     agent_pub = load_public_key(suite, agent.public_bytes)
     info = release_info("bench/key", 1, "challenge")
     secret = os.urandom(32)
+    if tee == "snp":
+        evidence = {"p384_verify": per_op(
+            lambda: pub384.verify(sig384, report, ec.ECDSA(hashes.SHA384())))}
+    else:
+        evidence = {"p256_verify_x2": 2 * per_op(
+            lambda: pub256.verify(sig256, claims, ec.ECDSA(hashes.SHA256())))}
     return {
-        "p384_verify": per_op(lambda: pub384.verify(sig384, report, ec.ECDSA(hashes.SHA384()))),
+        **evidence,
         "es256_sign": per_op(lambda: p256.sign(claims, ec.ECDSA(hashes.SHA256()))),
         "es256_verify": per_op(lambda: pub256.verify(sig256, claims, ec.ECDSA(hashes.SHA256()))),
         "hpke_seal": per_op(lambda: seal(suite, agent_pub, secret, info)),
     }
 
 
-def agent_worker(args: tuple[str, str, str, float, str]) -> list[float]:
+def agent_worker(args: tuple[str, str, float, str, str]) -> list[float]:
     """One agent process: release back to back until the deadline; returns latencies (s)."""
-    broker, sim_dir, init_path, deadline, suite_id = args
+    broker, root, deadline, suite_id, tee = args
     import logging
 
     from attester_agent.client import get_secrets
-    from attester_agent.collectors.simulator import SimulatorCollector
-    from keybroker.demo import DEMO_KEY_ID, DEMO_MEASUREMENT
+    from keybroker.demo import demo_collector, demo_init_data
+    from keybroker.demo_setup import DEMO_KEY_ID, DemoLayout
 
     logging.disable(logging.WARNING)
-    init_data = Path(init_path).read_bytes()
-    collector = SimulatorCollector(Path(sim_dir), insecure=True, measurement=DEMO_MEASUREMENT,
-                                   init_data=init_data)
+    layout = DemoLayout(Path(root))
+    init_data = demo_init_data(layout, tee)  # type: ignore[arg-type]
+    collector = demo_collector(layout, tee)  # type: ignore[arg-type]
     suite = Suite.from_id(suite_id)
     latencies: list[float] = []
     while time.time() < deadline:
@@ -100,15 +107,19 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--suite", default=Suite.X25519_HKDFSHA256_AES256GCM.value)
-    parser.add_argument("--tee", default="snp", choices=["snp"])
+    parser.add_argument("--tee", default="snp", choices=["snp", "tdx", "sgx"])
     args = parser.parse_args()
     suite = Suite.from_id(args.suite)
 
-    from keybroker.demo import DemoLayout, prepare, write_broker_config
+    from keybroker.demo_setup import DemoLayout, prepare, write_broker_config
     from keybroker.launcher import ServiceProcess, keybroker_command
 
     layout = DemoLayout(Path(tempfile.mkdtemp(prefix="keybroker-bench-")))
-    prepare(layout)
+    prepare(layout, tee=args.tee)
+    if args.tee == "tdx":
+        from keybroker.demo import measure_image
+
+        assert measure_image(layout), "attester-agent measure failed"
     verifier = ServiceProcess.start(
         "verifier", keybroker_command("--log-level", "WARNING", "verifier", "serve",
                                       "--config", str(layout.verifier_config),
@@ -121,14 +132,14 @@ def main() -> int:
         log_path=layout.broker / "broker.log")
     try:
         # Warm-up (chain caches, connections), not measured.
-        agent_worker((broker.address, str(layout.sim), str(layout.init_data),
-                      time.time() + 1.0, suite.value))
+        agent_worker((broker.address, str(layout.root), time.time() + 1.0, suite.value,
+                      args.tee))
         v0, b0 = cpu_seconds(verifier.pid), cpu_seconds(broker.pid)
         deadline = time.time() + args.seconds
         start = time.perf_counter()
         with mp.get_context("spawn").Pool(args.agents) as pool:
             results = pool.map(agent_worker, [
-                (broker.address, str(layout.sim), str(layout.init_data), deadline, suite.value)
+                (broker.address, str(layout.root), deadline, suite.value, args.tee)
                 for _ in range(args.agents)])
         wall = time.perf_counter() - start
         v_cpu, b_cpu = cpu_seconds(verifier.pid) - v0, cpu_seconds(broker.pid) - b0
@@ -139,7 +150,7 @@ def main() -> int:
 
     latencies = sorted(x for r in results for x in r)
     count = len(latencies)
-    floor = crypto_floor(suite)
+    floor = crypto_floor(suite, args.tee)
     floor_total = sum(floor.values())
     per_release_cpu = cpu / count
     p99 = latencies[min(count - 1, int(count * 0.99))]

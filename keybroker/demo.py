@@ -1,75 +1,50 @@
 """`keybroker demo`: the whole release flow on embedded defaults, end to end.
 
 Starts a verifier and a broker as separate OS processes on loopback (SQLite files, generated
-keys, the SEV-SNP simulator under a freshly generated INSECURE test root), stores a demo
-secret with a release rule, releases it through the attester agent (a real agent process),
-shows a denied request (wrong launch measurement) with its category and reason, prints
-timings, stops both processes and exits 0 only if the release and the denial both happened
-as expected.
+keys, a simulator under a freshly generated INSECURE test root: SEV-SNP by default, TDX or SGX
+with ``--tee``), stores a demo secret with a release rule, releases it through the attester
+agent (a real agent process; on TDX after ``attester-agent measure`` put the demo container
+image into RTMR3, which the policy requires), shows a denied request (wrong launch
+measurement) with its category and reason, prints timings, stops both processes and exits 0
+only if the release and the denial both happened as expected.
 
-Invariant: the simulator root exists only inside the demo's working directory and both
+Invariant: the simulator roots exist only inside the demo's working directory and both
 services are started with their explicit insecure flags; nothing here is a production setup.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import os
-import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from attester_agent.client import get_secrets
+from attester_agent.collectors.base import Collector
 from attester_agent.collectors.simulator import SimulatorCollector
-from attester_agent.simulator.snp import SnpTestCa
+from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
+from keybroker.demo_setup import (
+    DEMO_IMAGE,
+    DEMO_KEY_ID,
+    LAUNCH_MEASUREMENT,
+    TEES,
+    WRONG_LAUNCH_MEASUREMENT,
+    DemoLayout,
+    Tee,
+    prepare,
+    run_cli,
+    write_broker_config,
+)
 from keybroker.errors import KeybrokerError
 from keybroker.launcher import ServiceProcess, keybroker_command
 
-DEMO_KEY_ID = "demo/db-password"
-DEMO_POLICY = "snp-demo"
-DEMO_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1").digest()
-WRONG_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1 (tampered)").digest()
-DEMO_INIT_DATA = b'workload = "demo"\nimage = "sha256:' + b"ab" * 32 + b'"\n'
-
-
-@dataclass(frozen=True)
-class DemoLayout:
-    """Where the demo keeps its files."""
-
-    root: Path
-
-    @property
-    def sim(self) -> Path:
-        return self.root / "sim"
-
-    @property
-    def verifier(self) -> Path:
-        return self.root / "verifier"
-
-    @property
-    def broker(self) -> Path:
-        return self.root / "broker"
-
-    @property
-    def verifier_config(self) -> Path:
-        return self.verifier / "verifier.toml"
-
-    @property
-    def broker_config(self) -> Path:
-        return self.broker / "broker.toml"
-
-    @property
-    def init_data(self) -> Path:
-        return self.root / "init-data.toml"
+PLATFORM_NAMES = {"snp": "SEV-SNP", "tdx": "TDX", "sgx": "SGX"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,6 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="directory for databases, keys and logs (default: a temp dir)")
     parser.add_argument("--releases", type=int, default=20,
                         help="timed in-process releases after the first (default 20)")
+    parser.add_argument("--tee", choices=TEES, default="snp",
+                        help="simulated platform: snp (default), tdx or sgx")
     parser.set_defaults(func=run)
 
 
@@ -88,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     layout = DemoLayout(workdir.resolve())
     say(f"keybroker demo (working directory {layout.root})")
-    say("WARNING: this demo uses the SEV-SNP SIMULATOR under a generated INSECURE test root")
+    tee: Tee = args.tee
+    say(f"WARNING: this demo uses the {PLATFORM_NAMES[tee]} SIMULATOR under a generated "
+        "INSECURE test root")
     t0 = time.perf_counter()
-    secret = prepare(layout)
+    secret = prepare(layout, tee=tee)
     say(f"set-up: keys, policy, databases, demo secret stored ({ms(t0)} ms)")
     with ExitStack() as stack:
         verifier = stack.enter_context(service(
@@ -104,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
             "broker", "serve", "--config", str(layout.broker_config), "--insecure-simulator",
         ))
         say(f"broker process pid={broker.pid} on {broker.address}")
-        released = release_with_agent(layout, broker.address, secret)
+        released = release_with_agent(layout, broker.address, secret, tee)
         # The demo already warned about the simulator; keep per-request agent logs quiet.
         logging.getLogger("attester_agent").setLevel(logging.ERROR)
-        timings = timed_releases(layout, broker.address, secret, args.releases)
-        denied = denied_request(layout, broker.address)
+        timings = timed_releases(layout, broker.address, secret, args.releases, tee)
+        denied = denied_request(layout, broker.address, tee)
         show_audit(layout)
     say("verifier and broker stopped")
     if timings:
@@ -128,15 +107,6 @@ def ms(start: float) -> int:
     return int((time.perf_counter() - start) * 1000)
 
 
-def run_cli(*args: str) -> str:
-    """Run a keybroker CLI command in a child process; raise with its output on failure."""
-    done = subprocess.run(keybroker_command(*args), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"keybroker {' '.join(args)} failed ({done.returncode}):\n"
-                           f"{done.stdout}{done.stderr}")
-    return done.stdout
-
-
 @contextmanager
 def service(name: str, log_path: Path, *args: str) -> Iterator[ServiceProcess]:
     """A keybroker service process that is always stopped on exit."""
@@ -148,117 +118,45 @@ def service(name: str, log_path: Path, *args: str) -> Iterator[ServiceProcess]:
         say(f"{name} stopped (exit code {code})")
 
 
-def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
-            extra_policies: Sequence[PolicySpec] = ()) -> bytes:
-    """Generate the simulator CA, verifier keys and policies, broker database, KEK and the
-    demo secret; returns the secret. ``extra_policies`` add policies (and their rules)."""
-    for path in (layout.sim, layout.verifier, layout.broker, layout.verifier / "policies"):
-        path.mkdir(parents=True, exist_ok=True)
-    SnpTestCa.generate().save(layout.sim)
-    layout.init_data.write_bytes(DEMO_INIT_DATA)
-    run_cli("verifier", "init", "--dir", str(layout.verifier))
-    specs = [PolicySpec(DEMO_POLICY, "demo/*", DEMO_MEASUREMENT), *extra_policies]
-    for spec in specs:
-        write_policy(layout, spec)
-    layout.verifier_config.write_text(
-        "[verifier]\n"
-        'listen = "127.0.0.1:0"\n'
-        f"policies = [{', '.join(f'{chr(34)}policies/{p.name}.toml{chr(34)}' for p in specs)}]\n"
-        "collateral = []\n"
-        'result_key = "result-key.pem"\n'
-        "result_ttl_seconds = 60\n"
-        'audience = "keybroker-broker"\n'
-        f'simulator_roots = ["{layout.sim / "ark.pem"}"]\n'
-    )
-    (layout.broker / "release-rules.toml").write_text("".join(
-        f'[[rule]]\nkeys = "{spec.keys}"\npolicy = "{spec.name}"\naccept_warning = false\n\n'
-        for spec in specs
-    ))
-    write_broker_config(layout, "127.0.0.1:1", challenge_ttl=challenge_ttl)
-    run_cli("broker", "init", "--config", str(layout.broker_config))
-    secret = b"demo-db-password-" + secrets.token_hex(16).encode()
-    put_secret(layout, DEMO_KEY_ID, secret)
-    return secret
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """An appraisal policy for the simulator and the release rule that requires it."""
-
-    name: str
-    keys: str
-    measurement: bytes
-    min_tcb: tuple[tuple[str, int], ...] = (
-        ("bootloader", 0), ("tee", 0), ("snp", 0), ("microcode", 0))
-
-
-def write_policy(layout: DemoLayout, spec: PolicySpec) -> None:
-    """Write the verifier policy file for ``spec``."""
-    floor = ", ".join(f"{name} = {value}" for name, value in spec.min_tcb)
-    (layout.verifier / "policies" / f"{spec.name}.toml").write_text(
-        "[policy]\n"
-        f'name = "{spec.name}"\n'
-        "version = 1\n"
-        'platform = "sev-snp"\n'
-        "\n[snp]\n"
-        f'measurements = ["{spec.measurement.hex()}"]\n'
-        f"min_tcb = {{ {floor} }}\n"
-        "allow_debug = false\n"
-        "allowed_vmpls = [0]\n"
-        "allow_migration_agent = false\n"
-        "allow_smt = true\n"
-        "require_init_data = true\n"
-    )
-
-
-def put_secret(layout: DemoLayout, key_id: str, secret: bytes) -> None:
-    """Store ``secret`` under ``key_id`` through the broker admin CLI (file mode 0600)."""
-    secret_file = layout.broker / "incoming-secret.bin"
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(secret)
-    try:
-        run_cli("broker", "secret", "put", "--config", str(layout.broker_config),
-                "--key-id", key_id, "--file", str(secret_file))
-    finally:
-        secret_file.unlink()
-
-
-def write_broker_config(layout: DemoLayout, verifier_address: str, *,
-                        challenge_ttl: int = 60) -> None:
-    """(Re)write the broker config pointing at the verifier's address."""
-    layout.broker_config.write_text(
-        "[broker]\n"
-        'listen = "127.0.0.1:0"\n'
-        'database = "broker.db"\n'
-        'kek_file = "kek.bin"\n'
-        f'verifier = "{verifier_address}"\n'
-        f'verifier_jwks = "{layout.verifier / "verifier-jwks.json"}"\n'
-        'verifier_alg = "ES256"\n'
-        "verifier_timeout_seconds = 5.0\n"
-        f"challenge_ttl_seconds = {challenge_ttl}\n"
-        'audience = "keybroker-broker"\n'
-        'release_rules = "release-rules.toml"\n'
-        "accept_insecure_results = true\n"
-    )
-
-
 def agent_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "attester_agent.cli", *args]
 
 
-def release_with_agent(layout: DemoLayout, broker: str, secret: bytes) -> bool:
+def agent_sim_args(layout: DemoLayout, tee: Tee) -> list[str]:
+    """The agent's simulator flags for ``tee`` (the launch measurement the policy accepts)."""
+    common = ["--insecure-simulator", "--simulator-dir", str(layout.sim)]
+    if tee == "tdx":
+        return [*common, "--sim-tee", "tdx", "--sim-mrtd", LAUNCH_MEASUREMENT[tee].hex(),
+                "--init-data", str(layout.init_data)]
+    if tee == "sgx":
+        return [*common, "--sim-tee", "sgx", "--sim-mrenclave", LAUNCH_MEASUREMENT[tee].hex()]
+    return [*common, "--sim-measurement", LAUNCH_MEASUREMENT[tee].hex(),
+            "--init-data", str(layout.init_data)]
+
+
+def measure_image(layout: DemoLayout) -> bool:
+    """`attester-agent measure`: put the demo container image into the simulated RTMR3."""
+    done = subprocess.run(
+        agent_command("measure", "--image", DEMO_IMAGE, "--insecure-simulator",
+                      "--simulator-dir", str(layout.sim)),
+        capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        say(f"MEASURE FAILED (agent exit {done.returncode}): {done.stderr.strip()[-800:]}")
+        return False
+    say(f"measured container image {DEMO_IMAGE[:23]}... into RTMR3 (runtime event log)")
+    return True
+
+
+def release_with_agent(layout: DemoLayout, broker: str, secret: bytes, tee: Tee = "snp") -> bool:
     """Release the demo secret through a real `attester-agent get-secret` process."""
     out = layout.root / "released-secret"
     out.unlink(missing_ok=True)
+    if tee == "tdx" and not measure_image(layout):
+        return False
     start = time.perf_counter()
     done = subprocess.run(
-        agent_command(
-            "get-secret", "--broker", broker, "--key-id", DEMO_KEY_ID, "--out", str(out),
-            "--init-data", str(layout.init_data),
-            "--insecure-simulator", "--simulator-dir", str(layout.sim),
-            "--sim-measurement", DEMO_MEASUREMENT.hex(),
-        ),
+        agent_command("get-secret", "--broker", broker, "--key-id", DEMO_KEY_ID, "--out",
+                      str(out), *agent_sim_args(layout, tee)),
         capture_output=True, text=True, check=False,
     )
     elapsed = ms(start)
@@ -273,11 +171,29 @@ def release_with_agent(layout: DemoLayout, broker: str, secret: bytes) -> bool:
     return matches and mode == 0o600
 
 
-def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int) -> list[float]:
+def demo_collector(layout: DemoLayout, tee: Tee, *, wrong: bool = False) -> Collector:
+    """An in-process simulator collector for ``tee`` (``wrong``: a tampered launch
+    measurement the policy does not accept)."""
+    measurement = (WRONG_LAUNCH_MEASUREMENT if wrong else LAUNCH_MEASUREMENT)[tee]
+    if tee == "tdx":
+        return TdxSimulatorCollector(layout.sim, insecure=True, mr_td=measurement,
+                                     init_data=layout.init_data.read_bytes())
+    if tee == "sgx":
+        return SgxSimulatorCollector(layout.sim, insecure=True, mr_enclave=measurement)
+    return SimulatorCollector(layout.sim, insecure=True, measurement=measurement,
+                              init_data=layout.init_data.read_bytes())
+
+
+def demo_init_data(layout: DemoLayout, tee: Tee) -> bytes:
+    """The init-data the demo agent presents (none inside an SGX enclave)."""
+    return b"" if tee == "sgx" else layout.init_data.read_bytes()
+
+
+def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int,
+                   tee: Tee = "snp") -> list[float]:
     """Repeat the release in-process to show steady-state latency."""
-    init_data = layout.init_data.read_bytes()
-    collector = SimulatorCollector(layout.sim, insecure=True, measurement=DEMO_MEASUREMENT,
-                                   init_data=init_data)
+    init_data = demo_init_data(layout, tee)
+    collector = demo_collector(layout, tee)
     timings: list[float] = []
     for _ in range(count):
         start = time.perf_counter()
@@ -289,16 +205,15 @@ def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int) -
     return timings
 
 
-def denied_request(layout: DemoLayout, broker: str) -> bool:
+def denied_request(layout: DemoLayout, broker: str, tee: Tee = "snp") -> bool:
     """A guest with a different launch measurement asks for the same key and is refused."""
-    init_data = layout.init_data.read_bytes()
-    collector = SimulatorCollector(layout.sim, insecure=True, measurement=WRONG_MEASUREMENT,
-                                   init_data=init_data)
+    wrong = WRONG_LAUNCH_MEASUREMENT[tee]
+    collector = demo_collector(layout, tee, wrong=True)
     start = time.perf_counter()
     try:
-        get_secrets(broker, [DEMO_KEY_ID], collector, init_data=init_data)
+        get_secrets(broker, [DEMO_KEY_ID], collector, init_data=demo_init_data(layout, tee))
     except KeybrokerError as err:
-        say(f"DENIED {DEMO_KEY_ID} to a guest with measurement {WRONG_MEASUREMENT.hex()[:16]}...:"
+        say(f"DENIED {DEMO_KEY_ID} to a guest with launch measurement {wrong.hex()[:16]}...:"
             f" category {err.category.value}, reason: {err.reason} ({ms(start)} ms)")
         return err.category.value == "MEASUREMENT"
     say("UNEXPECTED: the tampered guest received the secret")

@@ -1,28 +1,56 @@
 """``keybroker verify``: verify one piece of evidence offline and print its claims and verdict.
 
 Invariants:
-- Roots are the pinned AMD roots plus, only with ``--insecure-simulator-root``, simulator
-  roots (announced on stderr); collateral comes only from ``--collateral`` paths; the time is
+- Roots are the pinned AMD / Intel roots plus, only with ``--insecure-simulator-root``,
+  simulator roots (announced on stderr). Those files are routed by content: a self-signed
+  P-256 "Intel SGX Root CA" is a DCAP (TDX/SGX) simulator root, anything else an AMD ARK file.
+  Collateral comes only from ``--collateral`` paths, recognised by content; the time is
   ``--at`` or the current UTC time. Nothing touches the network.
+- TDX/SGX quote files are raw binary, base64 text or hex text, recognised by content.
 - Exit codes: 0 verified, 1 rejected (category and reason printed), 2 usage error (bad
   arguments, unreadable file, unsupported ``--tee``, unusable policy).
-- Without ``--policy`` only authenticity is checked; with it the claims are appraised by
-  ``verifier.appraisal.appraise_snp`` against ``verifier.policy.load_policy(FILE)``.
+- Without ``--policy`` only authenticity is checked: TDX/SGX exit 0 for every TCB status Intel
+  defines (printed with its advisories and any collateral warning), while a platform matching
+  no TCB level, a Revoked one, or missing/stale collateral is rejected. With ``--policy`` the
+  claims are appraised (``verifier.appraisal.appraise_snp``,
+  ``verifier.dcap.appraisal.appraise_tdx`` / ``appraise_sgx``).
+- TDX event logs (``--ccel-table/--ccel-data``, ``--runtime-log``) must replay to the quoted
+  RTMRs (``EVENT_LOG`` otherwise); the replayed events become ``claims.events``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import dataclasses
 import json
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from keybroker.errors import KeybrokerError, Malformed
-from verifier.snp.claims import SnpClaims
+
+if TYPE_CHECKING:
+    from verifier.appraisal import Appraisal
+    from verifier.collateral import CollateralStore
+    from verifier.dcap.claims import SgxClaims, TdxClaims
+    from verifier.dcap.trust import IntelTrustStore
+    from verifier.policy import AppraisalPolicy
+    from verifier.snp.claims import SnpClaims
 
 TEES = ("snp", "tdx", "sgx", "nitro", "tpm")
+_POLICY_PLATFORM = {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}
+_HEX_TEXT = re.compile(rb"[0-9a-fA-F\s]+")
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=_\-\s]+")
+_DCAP_ONLY = ("allow_missing_crl", "ccel_table", "ccel_data", "runtime_log")
+
+
+class UsageError(Exception):
+    """A bad argument or an unreadable input: exit code 2."""
 
 
 def _rfc3339(text: str) -> datetime:
@@ -40,20 +68,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("verify", help="verify evidence offline and print claims + verdict",
                             description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("file", type=Path, help="evidence file (SNP: the raw 1184-byte report)")
+    parser.add_argument("file", type=Path,
+                        help="evidence file (SNP: the raw 1184-byte report; TDX/SGX: the quote, "
+                             "binary, base64 or hex)")
     parser.add_argument("--tee", required=True, choices=TEES, help="evidence type")
     parser.add_argument("--collateral", type=Path, action="append", default=[],
                         metavar="PATH", help="collateral file or directory (repeatable)")
     parser.add_argument("--cert-table", type=Path, metavar="FILE",
-                        help="GHCB certificate table of an extended report")
+                        help="SNP: GHCB certificate table of an extended report")
     parser.add_argument("--at", type=_rfc3339, metavar="RFC3339",
                         help="verification time (default: now)")
+    parser.add_argument("--allow-missing-crl", action="store_true",
+                        help="TDX/SGX: accept missing or stale CRLs (recorded as a warning)")
+    parser.add_argument("--ccel-table", type=Path, metavar="FILE",
+                        help="TDX: the ACPI CCEL table (with --ccel-data)")
+    parser.add_argument("--ccel-data", type=Path, metavar="FILE",
+                        help="TDX: the CCEL event log area, replayed to RTMR0-3")
+    parser.add_argument("--runtime-log", type=Path, metavar="FILE",
+                        help="TDX: the agent's runtime event log, replayed into RTMR3")
     parser.add_argument("--policy", type=Path, metavar="FILE", help="appraisal policy (TOML)")
     parser.add_argument("--init-data", type=Path, metavar="FILE",
                         help="init-data document presented with the evidence (with --policy)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--insecure-simulator-root", type=Path, action="append", default=[],
-                        metavar="PEM", help="INSECURE: also trust this simulator ARK")
+                        metavar="FILE", help="INSECURE: also trust this simulator root (AMD ARK "
+                                             "PEM or DCAP simulator root, PEM or DER)")
     parser.set_defaults(func=run)
 
 
@@ -62,36 +101,124 @@ def _usage(message: str) -> int:
     return 2
 
 
+def _read(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def decode_quote(data: bytes) -> bytes:
+    """A quote file's bytes: hex text and base64 text are decoded, anything else is raw."""
+    text = data.strip()
+    if not text or data[:1] in (b"\x03", b"\x04", b"\x05"):
+        return data
+    compact = b"".join(text.split())
+    if _HEX_TEXT.fullmatch(text) and len(compact) % 2 == 0:
+        return bytes.fromhex(compact.decode("ascii"))
+    if _BASE64_TEXT.fullmatch(text):
+        padded = compact.rstrip(b"=") + b"=" * (-len(compact.rstrip(b"=")) % 4)
+        try:
+            if b"-" in padded or b"_" in padded:
+                return base64.urlsafe_b64decode(padded)
+            return base64.b64decode(padded, validate=True)
+        except (binascii.Error, ValueError):
+            return data
+    return data
+
+
+def split_simulator_roots(paths: Sequence[Path]) -> tuple[list[Path], list[IntelTrustStore]]:
+    """Route ``--insecure-simulator-root`` files by content: (AMD files, DCAP root stores)."""
+    from cryptography import x509  # noqa: PLC0415 - keep CLI start-up light
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
+
+    from verifier.dcap.trust import ROOT_CN, IntelTrustStore  # noqa: PLC0415
+    from verifier.snp.certs import common_name  # noqa: PLC0415
+
+    amd: list[Path] = []
+    intel: list[IntelTrustStore] = []
+    for path in paths:
+        data = _read(path) or b""
+        try:
+            certs = (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data
+                     else [x509.load_der_x509_certificate(data)])
+        except ValueError:
+            raise UsageError(f"simulator root {path} holds no certificate") from None
+        roots = [c for c in certs if c.issuer == c.subject and common_name(c.subject) == ROOT_CN
+                 and isinstance(c.public_key(), ec.EllipticCurvePublicKey)]
+        if not roots:
+            amd.append(path)
+            continue
+        for cert in roots:
+            try:
+                intel.append(IntelTrustStore.from_der(cert.public_bytes(Encoding.DER)))
+            except KeybrokerError as exc:
+                raise UsageError(f"simulator root {path}: {exc.detail}") from None
+    return amd, intel
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``keybroker verify``; returns the exit code."""
+    try:
+        if args.tee == "snp":
+            return _run_snp(args)
+        if args.tee in ("tdx", "sgx"):
+            return _run_dcap(args)
+        return _usage(f"--tee {args.tee} is not supported yet")
+    except UsageError as exc:
+        return _usage(str(exc))
+
+
+def _load_policy(args: argparse.Namespace) -> AppraisalPolicy | None:
+    if args.policy is None:
+        return None
+    from verifier.policy import load_policy  # noqa: PLC0415 - optional feature
+
+    try:
+        policy = load_policy(Path(args.policy))
+    except KeybrokerError as exc:
+        raise UsageError(f"unusable policy: {exc.detail}") from None
+    if policy.platform != _POLICY_PLATFORM[args.tee]:
+        raise UsageError(f"policy {args.policy} is for platform {policy.platform}, not "
+                         f"{_POLICY_PLATFORM[args.tee]}")
+    return policy
+
+
+def _load_collateral(paths: Sequence[Path]) -> CollateralStore:
     from verifier.collateral import CollateralStore  # noqa: PLC0415 - keep CLI start-up light
-    from verifier.snp.trust import AmdTrustStore  # noqa: PLC0415
+
+    try:
+        return CollateralStore.load(list(paths))
+    except OSError as exc:
+        raise UsageError(f"cannot read {exc.filename or ''}: {exc.strerror or exc}") from None
+
+
+def _run_snp(args: argparse.Namespace) -> int:
+    from verifier.snp.trust import AmdTrustStore  # noqa: PLC0415 - keep CLI start-up light
     from verifier.snp.verify import SnpVerifier  # noqa: PLC0415
 
-    if args.tee != "snp":
-        return _usage(f"--tee {args.tee} is not supported yet")
+    used = [f"--{name.replace('_', '-')}" for name in _DCAP_ONLY if getattr(args, name)]
+    if used:
+        raise UsageError(f"{', '.join(used)} apply to --tee tdx|sgx only")
+    report = _read(args.file) or b""
+    cert_table = _read(args.cert_table) or b""
+    init_data = _read(args.init_data) or b""
+    amd_roots, intel_roots = split_simulator_roots(list(args.insecure_simulator_root))
     try:
-        report = Path(args.file).read_bytes()
-        cert_table = Path(args.cert_table).read_bytes() if args.cert_table else b""
-        init_data = Path(args.init_data).read_bytes() if args.init_data else b""
         trust = AmdTrustStore.pinned()
-        if args.insecure_simulator_root:
+        if amd_roots:
             print("WARNING: trusting INSECURE simulator roots: "
-                  + ", ".join(str(p) for p in args.insecure_simulator_root), file=sys.stderr)
-            trust = trust.with_simulator_roots(list(args.insecure_simulator_root))
-        collateral = CollateralStore.load(list(args.collateral))
-    except OSError as exc:
-        return _usage(f"cannot read {exc.filename or ''}: {exc.strerror or exc}")
+                  + ", ".join(str(p) for p in amd_roots), file=sys.stderr)
+            trust = trust.with_simulator_roots(amd_roots)
     except Malformed as exc:
         return _usage(exc.detail)
-    policy = None
-    if args.policy is not None:
-        from verifier.policy import load_policy  # noqa: PLC0415 - optional feature
-
-        try:
-            policy = load_policy(Path(args.policy))
-        except KeybrokerError as exc:
-            return _usage(f"unusable policy: {exc.detail}")
+    if intel_roots:
+        print("note: DCAP simulator roots are not used for SNP evidence", file=sys.stderr)
+    collateral = _load_collateral(list(args.collateral))
+    policy = _load_policy(args)
     at = args.at or datetime.now(UTC)
     claims: SnpClaims | None = None
     appraisal: dict[str, object] | None = None
@@ -100,11 +227,8 @@ def run(args: argparse.Namespace) -> int:
         if policy is not None:
             from verifier.appraisal import appraise_snp  # noqa: PLC0415 - optional feature
 
-            result = appraise_snp(claims, policy, init_data=init_data,
-                                  allow_insecure_root=bool(args.insecure_simulator_root))
-            appraisal = {"status": result.status, "policy_id": result.policy_id,
-                         "policy_digest": result.policy_digest,
-                         "trust_vector": dict(result.trust_vector)}
+            appraisal = _appraisal_doc(appraise_snp(claims, policy, init_data=init_data,
+                                                    allow_insecure_root=bool(amd_roots)))
     except KeybrokerError as exc:
         _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None, at=at)
         return 1
@@ -112,9 +236,77 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dcap(args: argparse.Namespace) -> int:
+    from verifier.dcap.verify import DcapVerifier  # noqa: PLC0415 - keep CLI start-up light
+
+    tdx = args.tee == "tdx"
+    if args.cert_table is not None:
+        raise UsageError("--cert-table applies to --tee snp only")
+    logs = {"ccel_table": _read(args.ccel_table), "ccel_data": _read(args.ccel_data),
+            "runtime_log": _read(args.runtime_log)}
+    if not tdx and any(v is not None for v in logs.values()):
+        raise UsageError("event logs (--ccel-*, --runtime-log) apply to --tee tdx only")
+    if logs["ccel_table"] is not None and logs["ccel_data"] is None:
+        raise UsageError("--ccel-table needs --ccel-data")
+    quote = decode_quote(_read(args.file) or b"")
+    init_data = _read(args.init_data) or b""
+    amd_roots, intel_roots = split_simulator_roots(list(args.insecure_simulator_root))
+    if amd_roots:
+        print("note: AMD simulator roots are not used for DCAP evidence: "
+              + ", ".join(str(p) for p in amd_roots), file=sys.stderr)
+    if intel_roots:
+        print("WARNING: trusting INSECURE DCAP simulator roots: "
+              + ", ".join(s.root.fingerprint[:16] for s in intel_roots), file=sys.stderr)
+    collateral = _load_collateral(list(args.collateral))
+    policy = _load_policy(args)
+    at = args.at or datetime.now(UTC)
+    verifier = DcapVerifier(collateral, simulator_roots=intel_roots)
+    claims: TdxClaims | SgxClaims | None = None
+    appraisal: dict[str, object] | None = None
+    try:
+        if tdx:
+            claims = verifier.verify_tdx(quote, at=at, allow_missing_crl=args.allow_missing_crl)
+            if any(v is not None for v in logs.values()):
+                from verifier.eventlog.measured import td_event_claims  # noqa: PLC0415
+
+                claims = dataclasses.replace(claims, events=td_event_claims(
+                    claims.rtmrs, ccel_table=logs["ccel_table"], ccel_data=logs["ccel_data"],
+                    runtime_log=logs["runtime_log"]))
+        else:
+            claims = verifier.verify_sgx(quote, at=at, allow_missing_crl=args.allow_missing_crl)
+        for warning in claims.tcb.collateral_warnings:
+            print(f"WARNING: collateral incomplete: {warning} (allowed by --allow-missing-crl)",
+                  file=sys.stderr)
+        if policy is not None:
+            appraisal = _appraise_dcap(claims, policy, at=at, init_data=init_data,
+                                       insecure=bool(intel_roots))
+    except KeybrokerError as exc:
+        _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None, at=at)
+        return 1
+    _emit(args.json, verdict="verified", error=None, claims=claims, appraisal=appraisal, at=at)
+    return 0
+
+
+def _appraise_dcap(claims: TdxClaims | SgxClaims, policy: AppraisalPolicy, *, at: datetime,
+                   init_data: bytes, insecure: bool) -> dict[str, object]:
+    from verifier.dcap.appraisal import appraise_sgx, appraise_tdx  # noqa: PLC0415
+    from verifier.dcap.claims import TdxClaims  # noqa: PLC0415
+
+    if isinstance(claims, TdxClaims):
+        return _appraisal_doc(appraise_tdx(claims, policy, at=at, init_data=init_data,
+                                           allow_insecure_root=insecure))
+    return _appraisal_doc(appraise_sgx(claims, policy, at=at, init_data=init_data,
+                                       allow_insecure_root=insecure))
+
+
+def _appraisal_doc(result: Appraisal) -> dict[str, object]:
+    return {"status": result.status, "policy_id": result.policy_id,
+            "policy_digest": result.policy_digest, "trust_vector": dict(result.trust_vector)}
+
+
 def _emit(as_json: bool, *, verdict: str, error: KeybrokerError | None,
-          claims: SnpClaims | None, appraisal: Mapping[str, object] | None,
-          at: datetime) -> None:
+          claims: SnpClaims | TdxClaims | SgxClaims | None,
+          appraisal: Mapping[str, object] | None, at: datetime) -> None:
     doc: dict[str, object] = {
         "verdict": verdict,
         "category": error.category.value if error else None,
@@ -131,6 +323,10 @@ def _emit(as_json: bool, *, verdict: str, error: KeybrokerError | None,
         return
     for key, value in _flatten(doc["claims"]):
         print(f"{key}: {value}")
+    tcb = getattr(claims, "tcb", None)
+    if tcb is not None:
+        advisories = ", ".join(tcb.advisory_ids) or "none"
+        print(f"TCB status: {tcb.status} (advisories: {advisories})")
     if appraisal is not None:
         for key, value in _flatten(appraisal, "appraisal."):
             print(f"{key}: {value}")

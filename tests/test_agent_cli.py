@@ -10,6 +10,7 @@ import pytest
 from attester_agent.cli import main
 
 BROKER = ["--broker", "127.0.0.1:1"]
+SIM = ["--insecure-simulator", "--simulator-dir", "/tmp"]
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,32 @@ BROKER = ["--broker", "127.0.0.1:1"]
         ["get-secret", *BROKER, "--key-id", "k", "--cert", "/tmp/c.pem"],
         ["get-secret", *BROKER, "--key-id", "k", "--init-data", "/nonexistent/init"],
         ["get-secret", *BROKER, "--key-id", "k", "--timeout", "soon"],
+        # TDX / SGX simulator options
+        ["get-secret", *BROKER, "--key-id", "k", "--sim-tee", "tdx"],
+        ["get-secret", *BROKER, "--key-id", "k", "--sim-debug"],
+        ["get-secret", *BROKER, "--key-id", "k", "--sim-mrtd", "00" * 48],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "nitro"],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-mrtd", "00" * 48],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tcb", "OutOfDate"],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx",
+         "--sim-measurement", "00" * 48],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx",
+         "--sim-mrenclave", "00" * 32],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx", "--sim-version", "3"],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx",
+         "--sim-mrtd", "00" * 47],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx",
+         "--sim-mr-config-id", "xy"],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx",
+         "--sim-td-attributes", "1" + "0" * 16],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx", "--sim-tcb", "Great"],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "sgx", "--sim-version", "3"],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "sgx",
+         "--sim-mrsigner", "00" * 48],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "sgx",
+         "--sim-mr-config-id", "00" * 48],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "sgx",
+         "--sim-isv-svn", "one"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,20 +85,35 @@ def test_detect_without_interfaces_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """detect exits 1 and says so when no interface is usable."""
-    code = main(["detect", "--tsm-root", str(tmp_path / "tsm"),
-                 "--sev-guest-device", str(tmp_path / "sev-guest")])
+    code = main(["detect", *no_interfaces(tmp_path)])
     out = capsys.readouterr()
     assert code == 1
     assert out.out == ""
     assert "no attestation interface" in out.err
 
 
+def no_interfaces(tmp_path: Path) -> list[str]:
+    """Interface flags pointing at paths that do not exist."""
+    return ["--tsm-root", str(tmp_path / "tsm"), "--sev-guest-device", str(tmp_path / "sev"),
+            "--tdx-guest-device", str(tmp_path / "tdx"),
+            "--attestation-dir", str(tmp_path / "attestation")]
+
+
+def test_detect_lists_gramine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """detect prints each usable interface with where it reads from, and exits 0."""
+    attestation = tmp_path / "attestation"
+    attestation.mkdir()
+    (attestation / "attestation_type").write_text("dcap\n")
+    code = main(["detect", *no_interfaces(tmp_path)])
+    assert code == 0
+    assert capsys.readouterr().out == f"gramine\t{attestation} attestation_type=dcap\n"
+
+
 def test_get_secret_without_hardware_is_an_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Without hardware and without the simulator flag nothing is simulated: exit 1."""
-    code = main(["get-secret", *BROKER, "--key-id", "k", "--tsm-root", str(tmp_path / "tsm"),
-                 "--sev-guest-device", str(tmp_path / "sev-guest")])
+    code = main(["get-secret", *BROKER, "--key-id", "k", *no_interfaces(tmp_path)])
     assert code == 1
     assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")
 
@@ -95,6 +137,52 @@ def test_unreachable_broker_is_an_error_not_a_denial(
         port = sock.getsockname()[1]
     code = main(["get-secret", "--broker", f"127.0.0.1:{port}", "--key-id", "k",
                  "--collector", "sev-guest", "--sev-guest-device", str(tmp_path / "x"),
+                 "--timeout", "2"])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")
+
+
+@pytest.mark.parametrize("collector", ["tdx-guest", "gramine", "configfs-tsm"])
+def test_explicit_tdx_sgx_collectors_without_interface_are_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], collector: str
+) -> None:
+    """--collector tdx-guest / gramine / configfs-tsm on a guest without them: UNAVAILABLE."""
+    code = main(["get-secret", *BROKER, "--key-id", "k", "--collector", collector,
+                 *no_interfaces(tmp_path), "--timeout", "2"])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")
+
+
+@pytest.mark.parametrize("tee", ["tdx", "sgx"])
+def test_dcap_simulator_without_ca_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], tee: str
+) -> None:
+    """--sim-tee tdx|sgx without DIR/dcap fails locally: the test CA cannot be loaded."""
+    code = main(["get-secret", *BROKER, "--key-id", "k", "--insecure-simulator",
+                 "--simulator-dir", str(tmp_path), "--sim-tee", tee])
+    assert code == 1
+    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: cannot load the DCAP")
+
+
+@pytest.mark.parametrize("extra", [
+    ["--sim-tee", "tdx", "--sim-mrtd", "11" * 48, "--sim-td-attributes", "0x10000000",
+     "--sim-tcb", "OutOfDate", "--sim-version", "5", "--sim-debug",
+     "--sim-mr-config-id", "22" * 48],
+    ["--sim-tee", "sgx", "--sim-mrenclave", "33" * 32, "--sim-mrsigner", "44" * 32,
+     "--sim-isv-prod-id", "3", "--sim-isv-svn", "4", "--sim-tcb", "SWHardeningNeeded"],
+], ids=["tdx", "sgx"])
+def test_dcap_simulator_options_are_accepted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
+) -> None:
+    """Every TDX/SGX simulator option is accepted; the unreachable broker is the only error."""
+    from attester_agent.simulator.dcap import DcapTestCa  # noqa: PLC0415
+
+    DcapTestCa.generate().save(tmp_path / "dcap")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = main(["get-secret", "--broker", f"127.0.0.1:{port}", "--key-id", "k",
+                 "--insecure-simulator", "--simulator-dir", str(tmp_path), *extra,
                  "--timeout", "2"])
     assert code == 1
     assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")

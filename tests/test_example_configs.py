@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
+from attester_agent.simulator.dcap import (
+    DEFAULT_MR_ENCLAVE,
+    DEFAULT_MR_SIGNER,
+    TdBoot,
+    mr_td_for,
+)
 from broker.config import load_config
 from broker.rules import load_rules
 from keybroker.errors import Category, KeybrokerError
+from verifier.config import load_config as load_verifier_config
+from verifier.policy import load_policy
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 
@@ -30,3 +38,29 @@ def test_example_release_rules_load() -> None:
     with pytest.raises(KeybrokerError) as exc:
         rules.requirements(["other/key"])
     assert exc.value.category is Category.PLATFORM_POLICY
+
+
+def test_example_tdx_policy_loads() -> None:
+    """config/policies/tdx-demo.toml is a strict TDX policy for the simulator's default TD."""
+    policy = load_policy(CONFIG / "policies" / "tdx-demo.toml")
+    tdx = policy.tdx
+    assert policy.policy_id == "tdx-demo@1"
+    assert tdx.mrtd == frozenset({mr_td_for(TdBoot())})
+    assert tdx.tcb.accepted_statuses == frozenset({"UpToDate"})
+    assert tdx.tcb.out_of_date_grace_until is None and not tdx.tcb.allow_missing_crl
+    assert tdx.require_sept_ve_disable and not tdx.allow_migratable
+
+
+def test_example_sgx_policy_loads() -> None:
+    """config/policies/sgx-demo.toml accepts the SGX simulator's default enclave and signer."""
+    sgx = load_policy(CONFIG / "policies" / "sgx-demo.toml").sgx
+    assert sgx.mrenclave == frozenset({DEFAULT_MR_ENCLAVE})
+    assert sgx.signer is not None and sgx.signer.mrsigner == frozenset({DEFAULT_MR_SIGNER})
+    assert (sgx.signer.isv_prod_id, sgx.signer.min_isv_svn) == (1, 1)
+
+
+def test_example_verifier_config_lists_every_example_policy() -> None:
+    """config/verifier.toml names every policy in config/policies and no simulator roots."""
+    config = load_verifier_config(CONFIG / "verifier.toml")
+    assert set(config.policies) == set((CONFIG / "policies").glob("*.toml"))
+    assert config.simulator_roots == () and config.simulator_intel_roots == ()

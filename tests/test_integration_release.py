@@ -24,7 +24,7 @@ from attester_agent.client import get_secrets
 from attester_agent.collectors.simulator import SimulatorCollector
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker import binding
-from keybroker.demo import (
+from keybroker.demo_setup import (
     DEMO_INIT_DATA,
     DEMO_KEY_ID,
     DEMO_MEASUREMENT,

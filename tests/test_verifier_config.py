@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keybroker.errors import Category, Malformed
-from verifier.config import ensure_secure, load_config
+from keybroker.errors import Category, KeybrokerError, Malformed
+from verifier.config import ensure_secure, load_config, load_intel_roots
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 
@@ -40,10 +40,12 @@ def test_example_config_loads_with_paths_relative_to_file() -> None:
     config = load_config(CONFIG / "verifier.toml")
     assert config.listen == "127.0.0.1:50061"
     assert config.policies == (CONFIG / "policies/snp-demo.toml",
-                               CONFIG / "policies/snp-strict.toml")
+                               CONFIG / "policies/snp-strict.toml",
+                               CONFIG / "policies/tdx-demo.toml",
+                               CONFIG / "policies/sgx-demo.toml")
     assert config.result_key == CONFIG / "result-key.pem"
     assert config.collateral == (CONFIG / "collateral",)
-    assert config.simulator_roots == ()
+    assert config.simulator_roots == () and config.simulator_intel_roots == ()
     assert (config.result_ttl_seconds, config.audience) == (60, "keybroker-broker")
     ensure_secure(config, insecure=False)
 
@@ -54,6 +56,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.policies == (tmp_path.resolve() / "p.toml",)
     assert config.listen == "127.0.0.1:50061"
     assert config.collateral == () and config.simulator_roots == ()
+    assert config.simulator_intel_roots == ()
 
 
 @pytest.mark.parametrize(
@@ -71,6 +74,10 @@ def test_defaults(tmp_path: Path) -> None:
         ('policies = []\nresult_key = "k"\n', "verifier.policies"),
         ('policies = ["p"]\n', "verifier.result_key"),
         ('policies = ["p"]\nresult_key = "k"\nlisten = "nohost"\n', "verifier.listen"),
+        ('policies = ["p"]\nresult_key = "k"\nsimulator_intel_roots = "r.pem"\n',
+         "verifier.simulator_intel_roots"),
+        ('policies = ["p"]\nresult_key = "k"\nsimulator_intel_roots = [""]\n',
+         "verifier.simulator_intel_roots"),
     ],
 )
 def test_bad_config_is_malformed(tmp_path: Path, body: str, key: str) -> None:
@@ -127,3 +134,59 @@ def test_genuine_collateral_passes_guard(tmp_path: Path) -> None:
     config = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
                                           'collateral = ["collateral"]\n'))
     ensure_secure(config, insecure=False)
+
+
+def _intel_style_root(org: str) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                      x509.NameAttribute(NameOID.COMMON_NAME, "Intel SGX Root CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), key
+
+
+def test_row58_simulator_intel_roots_refused_without_flag(tmp_path: Path) -> None:
+    """Row 58: simulator_intel_roots without --insecure-simulator refuses to start."""
+    pem, _ = _intel_style_root("keybroker simulator (INSECURE TEST ROOT)")
+    (tmp_path / "intel-root.pem").write_bytes(pem)
+    config = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
+                                          'simulator_intel_roots = ["intel-root.pem"]\n'))
+    assert config.simulator_intel_roots == (tmp_path.resolve() / "intel-root.pem",)
+    with pytest.raises(Malformed) as exc:
+        ensure_secure(config, insecure=False)
+    assert exc.value.rule == "startup.insecure_guard"
+    assert "simulator_intel_roots" in exc.value.reason
+    ensure_secure(config, insecure=True)
+
+
+def test_intel_roots_load_from_pem_and_der_as_insecure(tmp_path: Path) -> None:
+    """simulator_intel_roots files (PEM or DER) load as INSECURE Intel trust stores."""
+    pem, _ = _intel_style_root("keybroker simulator (INSECURE TEST ROOT)")
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    (tmp_path / "a.pem").write_bytes(pem)
+    (tmp_path / "b.der").write_bytes(der)
+    config = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
+                                          'simulator_intel_roots = ["a.pem", "b.der"]\n'))
+    stores = load_intel_roots(config)
+    assert len(stores) == 2 and all(s.insecure for s in stores)
+    assert stores[0].root.der == stores[1].root.der == der
+
+
+def test_intel_roots_that_are_not_roots_refuse_the_start(tmp_path: Path) -> None:
+    """A non-certificate file is MALFORMED; a certificate that is not an Intel-style root is
+    refused (CHAIN_UNTRUSTED)."""
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    (tmp_path / "amd.pem").write_bytes(_self_signed("Advanced Micro Devices"))
+    junk = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
+                                        'simulator_intel_roots = ["junk.pem"]\n'))
+    with pytest.raises(Malformed) as exc:
+        load_intel_roots(junk)
+    assert exc.value.rule == "config.simulator_intel_roots"
+    amd = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
+                                       'simulator_intel_roots = ["amd.pem"]\n'))
+    with pytest.raises(KeybrokerError) as refused:
+        load_intel_roots(amd)
+    assert refused.value.category is Category.CHAIN_UNTRUSTED

@@ -212,8 +212,8 @@ def test_simulator_report_untrusted_in_secure_mode(env: Env) -> None:
 
 
 @pytest.mark.parametrize("kind", ["tdx", "sgx", "none"])
-def test_other_evidence_types_not_supported(env: Env, kind: str) -> None:
-    """TDX, SGX or absent evidence is MALFORMED ("not supported yet")."""
+def test_evidence_kind_must_match_the_policy_platform(env: Env, kind: str) -> None:
+    """TDX or SGX evidence under an SNP policy, or no evidence, is MALFORMED naming both."""
     request = _request(b"", b"")
     request.evidence.Clear()
     if kind == "tdx":
@@ -226,7 +226,11 @@ def test_other_evidence_types_not_supported(env: Env, kind: str) -> None:
             code, err = await _denied(channel, request)
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert err.category is Category.MALFORMED
-        assert "not supported yet" in err.reason
+        if kind == "none":
+            assert err.rule == "request.evidence" and err.actual == "none"
+        else:
+            assert err.rule == "request.policy_ids"
+            assert "sev-snp" in err.reason and kind in err.reason
 
     run(go())
 
@@ -316,7 +320,8 @@ def test_build_servicer_from_example_config(env: Env, tmp_path: Path) -> None:
     signer.write_jwks(config_dir / JWKS_FILE)
     config = load_config(config_dir / "verifier.toml")
     assert isinstance(build_servicer(config, insecure=False), VerifierServicer)
-    assert set(load_policies(config.policies)) == {"snp-demo", "snp-strict"}
+    assert set(load_policies(config.policies)) == {"snp-demo", "snp-strict", "tdx-demo",
+                                                   "sgx-demo"}
     text = (config_dir / "verifier.toml").read_text()
     (config_dir / "verifier.toml").write_text(text.replace(
         "simulator_roots = []", f'simulator_roots = ["{env.ca_dir / "ark.pem"}"]'))

@@ -3,6 +3,7 @@
 Invariants:
 - ``init`` never overwrites an existing key; the private key file is created with mode 0600 and
   the JWKS file holds the public key only.
+- ``policy check`` accepts policies for every platform (sev-snp, tdx, sgx).
 - ``serve`` prints exactly one line, ``verifier listening on HOST:PORT``, to stdout once the
   server accepts connections (with the real port when the config says port 0); everything else
   goes to the log (stderr). A refused start (bad config, test anchors without
@@ -85,7 +86,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = commands.add_parser("serve", help="run the verifier gRPC service")
     serve.add_argument("--config", required=True, help="verifier TOML config file")
     serve.add_argument("--insecure-simulator", action="store_true",
-                       help="trust simulator test roots (NEVER in production)")
+                       help="trust simulator test roots: simulator_roots (AMD) and "
+                            "simulator_intel_roots (Intel DCAP) (NEVER in production)")
     serve.set_defaults(func=_serve)
 
     policy = commands.add_parser("policy", help="appraisal policy tools")

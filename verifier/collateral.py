@@ -1,28 +1,43 @@
-"""The verifier's collateral cache: certificates and CRLs read from files once, at start-up.
+"""The verifier's collateral cache: certificates, CRLs and Intel's signed collateral documents,
+read from files once, at start-up.
 
 Invariants:
 - Files are recognised by content, never by name: PEM (any number of CERTIFICATE and X509 CRL
-  blocks), a DER certificate, or a DER CRL. Anything else is skipped and logged.
+  blocks), a DER certificate, a DER CRL, an Intel PCS v4 JSON body (``{"tcbInfo": ...,
+  "signature": ...}`` or ``{"enclaveIdentity": ..., "signature": ...}``), or a collateral
+  bundle JSON (tcb_info, tcb_info_signature, qe_identity, qe_identity_signature, pck_crl,
+  root_ca_crl and the PEM issuer chains; CRLs as hex DER), whose parts are indexed like the
+  corresponding separate files. Anything else is skipped and logged.
 - Loading happens once (``CollateralStore.load``); lookups never touch the file system or the
   network. A missing path raises ``FileNotFoundError`` so a misconfiguration is loud.
 - The store only indexes; it trusts nothing. Self-signed certificates in it are never anchors
-  (chain validation takes roots from the trust store and compares DER bytes).
+  (chain validation takes roots from the trust store and compares DER bytes). Intel documents
+  are indexed by their UNVERIFIED id, FMSPC and dates only to find candidates; the DCAP
+  verifier checks the signature over the exact member bytes before it parses or uses them.
+- Duplicates (same certificate DER, same CRL DER, same signed member and signature) are kept
+  once.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.errors import KeybrokerError
+from verifier.dcap.collateral import SignedMember, split_signed_body
+from verifier.dcap.schema import parse_date
 from verifier.snp.certs import AmdExtensions, common_name, decode_amd_extensions
 from verifier.snp.trust import Certificate
 
@@ -50,11 +65,39 @@ class CollateralCrl:
     der: bytes
 
 
+IntelDocKind = Literal["tcbInfo", "enclaveIdentity"]
+_BUNDLE_KEYS = frozenset({"tcb_info", "tcb_info_signature", "tcb_info_issuer_chain",
+                          "qe_identity", "qe_identity_signature", "qe_identity_issuer_chain",
+                          "pck_crl", "root_ca_crl", "pck_crl_issuer_chain"})
+
+
+@dataclass(frozen=True)
+class IntelDocument:
+    """A signed Intel collateral document (TCB Info or enclave identity) as loaded, NOT verified.
+
+    ``id``, ``fmspc`` and the dates are read from the unverified bytes for indexing only."""
+
+    kind: IntelDocKind
+    id: str
+    fmspc: bytes | None  # TCB Info only
+    issue_date: datetime
+    next_update: datetime
+    member: SignedMember
+    digest: str  # SHA-256 hex over the member bytes and the signature
+    source: str
+
+    @property
+    def window(self) -> str:
+        """``issueDate .. nextUpdate`` as stated by the document."""
+        return f"{self.issue_date.isoformat()} .. {self.next_update.isoformat()}"
+
+
 class CollateralStore:
     """Indexed certificates and CRLs."""
 
     def __init__(self, certs: Sequence[CollateralCert] = (),
-                 crls: Sequence[CollateralCrl] = ()) -> None:
+                 crls: Sequence[CollateralCrl] = (),
+                 intel_documents: Sequence[IntelDocument] = ()) -> None:
         seen: set[str] = set()
         unique = []
         for cert in certs:
@@ -62,7 +105,26 @@ class CollateralStore:
                 seen.add(cert.entry.fingerprint)
                 unique.append(cert)
         self._certs = tuple(unique)
-        self._crls = tuple(crls)
+        seen_crls: set[bytes] = set()
+        unique_crls = []
+        for crl in crls:
+            if crl.der not in seen_crls:
+                seen_crls.add(crl.der)
+                unique_crls.append(crl)
+        self._crls = tuple(unique_crls)
+        docs: dict[str, IntelDocument] = {}
+        for doc in intel_documents:
+            docs.setdefault(doc.digest, doc)
+        newest_first = sorted(docs.values(), key=lambda d: d.issue_date, reverse=True)
+        self._intel_docs = tuple(newest_first)
+        self._tcb_infos: dict[tuple[str, bytes], tuple[IntelDocument, ...]] = {}
+        self._identities: dict[str, tuple[IntelDocument, ...]] = {}
+        for doc in newest_first:
+            if doc.kind == "tcbInfo" and doc.fmspc is not None:
+                key = (doc.id, doc.fmspc)
+                self._tcb_infos[key] = (*self._tcb_infos.get(key, ()), doc)
+            elif doc.kind == "enclaveIdentity":
+                self._identities[doc.id] = (*self._identities.get(doc.id, ()), doc)
 
     @classmethod
     def empty(cls) -> CollateralStore:
@@ -72,17 +134,18 @@ class CollateralStore:
     @classmethod
     def load(cls, paths: Sequence[Path]) -> CollateralStore:
         """Read files and (recursively) directories; see the module invariants."""
-        certs: list[CollateralCert] = []
-        crls: list[CollateralCrl] = []
+        sink = _Sink()
         for given in paths:
             path = Path(given)
             if not path.exists():
                 raise FileNotFoundError(f"collateral path does not exist: {path}")
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for file in files:
-                _load_file(file, certs, crls)
-        _log.info("collateral loaded: %d certificates, %d CRLs", len(certs), len(crls))
-        return cls(certs, crls)
+                _load_file(file, sink)
+        store = cls(sink.certs, sink.crls, sink.docs)
+        _log.info("collateral loaded: %d certificates, %d CRLs, %d Intel documents",
+                  len(store.certificates), len(store.crls), len(store.intel_documents))
+        return store
 
     @property
     def certificates(self) -> tuple[CollateralCert, ...]:
@@ -97,6 +160,10 @@ class CollateralStore:
     def with_subject(self, name: x509.Name) -> list[Certificate]:
         """Certificates whose subject equals ``name`` (candidate intermediates)."""
         return [c.entry for c in self._certs if c.entry.cert.subject == name]
+
+    def with_subject_cn(self, cn: str) -> list[Certificate]:
+        """Certificates whose subject common name is ``cn``."""
+        return [c.entry for c in self._certs if common_name(c.entry.cert.subject) == cn]
 
     def vceks_for(self, chip_id: bytes, reported_tcb: bytes) -> list[Certificate]:
         """VCEKs whose hwID is this CHIP_ID (Turin: CHIP_ID[0:8]) and whose SPLs equal the
@@ -123,13 +190,49 @@ class CollateralStore:
         """CRLs whose issuer name equals ``issuer`` (their signatures are not checked here)."""
         return [c for c in self._crls if c.crl.issuer == issuer]
 
+    @property
+    def intel_documents(self) -> tuple[IntelDocument, ...]:
+        """Every Intel TCB Info / enclave identity document, newest issue date first."""
+        return self._intel_docs
 
-def _load_file(path: Path, certs: list[CollateralCert], crls: list[CollateralCrl]) -> None:
+    def tcb_infos(self, tee: str, fmspc: bytes) -> tuple[IntelDocument, ...]:
+        """TCB Info documents claiming id ``tee`` ("SGX" | "TDX") and ``fmspc``, newest first
+        (unverified: the caller checks signatures and windows)."""
+        return self._tcb_infos.get((tee, bytes(fmspc)), ())
+
+    def enclave_identities(self, identity_id: str) -> tuple[IntelDocument, ...]:
+        """Enclave identity documents claiming ``identity_id`` ("QE" | "TD_QE" | "QVE"),
+        newest first (unverified)."""
+        return self._identities.get(identity_id, ())
+
+    def tcb_info_fmspcs(self, tee: str) -> tuple[bytes, ...]:
+        """FMSPCs for which TCB Info with id ``tee`` is present (for error messages)."""
+        return tuple(sorted({fmspc for (ident, fmspc) in self._tcb_infos if ident == tee}))
+
+
+@dataclass
+class _Sink:
+    """What the files loaded so far hold."""
+
+    certs: list[CollateralCert] = field(default_factory=list)
+    crls: list[CollateralCrl] = field(default_factory=list)
+    docs: list[IntelDocument] = field(default_factory=list)
+
+
+def _load_file(path: Path, sink: _Sink) -> None:
     size = path.stat().st_size
     if size > MAX_FILE_SIZE:
         _log.warning("collateral file %s skipped: %d bytes is over the limit", path, size)
         return
     data = path.read_bytes()
+    if data.lstrip()[:1] == b"{":
+        _load_json(path, data, sink)
+        return
+    _load_certs_and_crls(path, data, sink)
+
+
+def _load_certs_and_crls(path: Path, data: bytes, sink: _Sink) -> None:
+    certs, crls = sink.certs, sink.crls
     ders: list[tuple[str, bytes]] = []
     if b"-----BEGIN " in data:
         for label, body in _PEM_BLOCK.findall(data):
@@ -153,6 +256,72 @@ def _load_file(path: Path, certs: list[CollateralCert], crls: list[CollateralCrl
                 crls.append(crl)
     if len(certs) + len(crls) == before:
         _log.debug("collateral file %s holds nothing recognised", path)
+
+
+def _load_json(path: Path, data: bytes, sink: _Sink) -> None:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        _log.warning("collateral file %s is not JSON; skipped", path)
+        return
+    if not isinstance(doc, dict):
+        _log.debug("collateral file %s holds nothing recognised", path)
+        return
+    try:
+        if set(doc) == {"tcbInfo", "signature"}:
+            sink.docs.append(_document("tcbInfo", split_signed_body(data, "tcbInfo"), path))
+        elif set(doc) == {"enclaveIdentity", "signature"}:
+            sink.docs.append(_document("enclaveIdentity",
+                                       split_signed_body(data, "enclaveIdentity"), path))
+        elif set(doc) >= _BUNDLE_KEYS:
+            _load_bundle(path, doc, sink)
+        else:
+            _log.debug("collateral file %s: JSON of no known collateral shape", path)
+    except (KeybrokerError, ValueError, TypeError, KeyError) as exc:
+        _log.warning("collateral file %s skipped: %s", path, exc)
+
+
+def _load_bundle(path: Path, doc: dict[str, object], sink: _Sink) -> None:
+    """A collateral bundle: both documents, both CRLs (hex DER) and the issuer chains."""
+    def text(key: str) -> str:
+        value = doc[key]
+        if not isinstance(value, str):
+            raise TypeError(f"bundle member {key} is not a string")
+        return value
+
+    sink.docs.append(_document("tcbInfo", SignedMember.from_hex(
+        text("tcb_info").encode("utf-8"), text("tcb_info_signature")), path))
+    sink.docs.append(_document("enclaveIdentity", SignedMember.from_hex(
+        text("qe_identity").encode("utf-8"), text("qe_identity_signature")), path))
+    for key in ("root_ca_crl", "pck_crl"):
+        crl = _try_crl(bytes.fromhex(text(key)))
+        if crl is None:
+            _log.warning("collateral bundle %s: %s is not a DER CRL", path, key)
+        else:
+            sink.crls.append(crl)
+    for key in ("tcb_info_issuer_chain", "qe_identity_issuer_chain", "pck_crl_issuer_chain"):
+        _load_certs_and_crls(path, text(key).encode("ascii"), sink)
+
+
+def _document(kind: IntelDocKind, member: SignedMember, path: Path) -> IntelDocument:
+    """Index an unverified signed member by its claimed id, FMSPC and dates."""
+    body = json.loads(member.raw)
+    if not isinstance(body, dict):
+        raise TypeError(f"{kind} is not a JSON object")
+    ident, issue, nxt = body.get("id"), body.get("issueDate"), body.get("nextUpdate")
+    if not isinstance(ident, str) or not isinstance(issue, str) or not isinstance(nxt, str):
+        raise TypeError(f"{kind} lacks id, issueDate or nextUpdate")
+    fmspc: bytes | None = None
+    if kind == "tcbInfo":
+        fmspc_hex = body.get("fmspc")
+        if not isinstance(fmspc_hex, str):
+            raise ValueError("tcbInfo lacks fmspc")
+        fmspc = bytes.fromhex(fmspc_hex)
+    digest = hashlib.sha256(member.raw + member.signature).hexdigest()
+    return IntelDocument(kind=kind, id=ident, fmspc=fmspc,
+                         issue_date=parse_date(issue, f"{kind}.issueDate"),
+                         next_update=parse_date(nxt, f"{kind}.nextUpdate"), member=member,
+                         digest=digest, source=str(path))
 
 
 def _try_certificate(der: bytes) -> CollateralCert | None:

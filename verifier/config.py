@@ -4,9 +4,12 @@ Invariants:
 - Unknown keys and wrong types are refused (``Malformed`` naming the file and key).
 - Relative paths are resolved against the directory of the config file, never the CWD.
 - Test anchors never in production (hostile-evidence row 58): ``ensure_secure`` refuses a
-  configuration with ``simulator_roots`` or with any simulator certificate (subject or issuer O
-  containing "INSECURE TEST ROOT") among the collateral unless the process was started with the
-  explicit insecure switch.
+  configuration with ``simulator_roots`` (AMD), ``simulator_intel_roots`` (DCAP) or with any
+  simulator certificate (subject or issuer O containing "INSECURE TEST ROOT") among the
+  collateral unless the process was started with the explicit insecure switch.
+- ``load_intel_roots`` reads each ``simulator_intel_roots`` file (DER, or PEM with one or more
+  certificates) into an ``IntelTrustStore``; an unreadable or non-certificate file, or one that
+  is not a self-signed "Intel SGX Root CA", refuses the start.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from keybroker.errors import Malformed
+from verifier.dcap.trust import IntelTrustStore
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -27,7 +32,7 @@ INSECURE_MARKER = "INSECURE TEST ROOT"
 _KEYS = {
     "listen": str, "policies": list, "collateral": list, "result_key": str,
     "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
-    "max_request_bytes": int,
+    "simulator_intel_roots": list, "max_request_bytes": int,
 }
 _REQUIRED = ("policies", "result_key")
 
@@ -45,6 +50,7 @@ class VerifierConfig:
     audience: str = "keybroker-broker"
     simulator_roots: tuple[Path, ...] = ()
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    simulator_intel_roots: tuple[Path, ...] = ()
 
 
 def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
@@ -113,6 +119,8 @@ def load_config(path: Path) -> VerifierConfig:
         audience=str(table.get("audience", "keybroker-broker")),
         simulator_roots=_paths(path, "simulator_roots", table.get("simulator_roots", [])),
         max_request_bytes=max_bytes,
+        simulator_intel_roots=_paths(path, "simulator_intel_roots",
+                                     table.get("simulator_intel_roots", [])),
     )
 
 
@@ -159,11 +167,13 @@ def ensure_secure(config: VerifierConfig, *, insecure: bool) -> None:
     """Refuse test anchors unless ``insecure`` (the --insecure-simulator switch) is set."""
     if insecure:
         return
-    if config.simulator_roots:
-        raise Malformed(
-            f"{config.source}: simulator_roots is set but the verifier was not started with "
-            "--insecure-simulator; refusing to start", rule="startup.insecure_guard",
-            expected="simulator_roots = []", actual=", ".join(map(str, config.simulator_roots)))
+    for key, roots in (("simulator_roots", config.simulator_roots),
+                       ("simulator_intel_roots", config.simulator_intel_roots)):
+        if roots:
+            raise Malformed(
+                f"{config.source}: {key} is set but the verifier was not started with "
+                "--insecure-simulator; refusing to start", rule="startup.insecure_guard",
+                expected=f"{key} = []", actual=", ".join(map(str, roots)))
     found = simulator_certificates(config)
     if found:
         raise Malformed(
@@ -171,3 +181,18 @@ def ensure_secure(config: VerifierConfig, *, insecure: bool) -> None:
             "certificates but the verifier was not started with --insecure-simulator; "
             "refusing to start", rule="startup.insecure_guard",
             expected="no test certificates", actual=", ".join(map(str, found)))
+
+
+def load_intel_roots(config: VerifierConfig) -> list[IntelTrustStore]:
+    """The DCAP simulator roots named by ``simulator_intel_roots`` (read at start-up)."""
+    stores: list[IntelTrustStore] = []
+    for path in config.simulator_intel_roots:
+        raw = path.read_bytes()
+        certs = _certificates(raw)
+        if not certs:
+            raise Malformed(f"{config.source}: not a DER or PEM certificate file",
+                            rule="config.simulator_intel_roots",
+                            expected="Intel-style root CA certificate(s)", actual=str(path))
+        stores.extend(IntelTrustStore.from_der(cert.public_bytes(Encoding.DER))
+                      for cert in certs)
+    return stores

@@ -1,4 +1,5 @@
-"""Appraisal policies: TOML documents that say which SEV-SNP guests are acceptable.
+"""Appraisal policies: TOML documents that say which SEV-SNP guests, TDX trust domains or SGX
+enclaves are acceptable.
 
 Invariants:
 - A policy is loaded once and compiled into a frozen ``AppraisalPolicy`` (sets of accepted byte
@@ -7,6 +8,10 @@ Invariants:
   integer), bad hex or an out-of-range value raises ``Malformed`` naming the file and the key,
   with the expected and the found value. Nothing is silently defaulted to a permissive value:
   optional switches default to the strict setting.
+- ``platform`` selects exactly one section: "sev-snp" -> ``[snp]``, "tdx" -> ``[tdx]``,
+  "sgx" -> ``[sgx]`` (see ``verifier.dcap.policy``); another platform's section is refused.
+  Asking a policy for another platform's rules (``policy.tdx`` of an SNP policy) is
+  ``Malformed`` naming both platforms, so a policy can never be applied to the wrong evidence.
 - ``digest`` is the SHA-256 of the exact file bytes, so a token names the reviewed document.
 - An empty ``measurements`` list matches nothing (fail closed); an empty ``host_data`` list means
   HOST_DATA is not checked against an allow-list.
@@ -21,16 +26,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar
 
 from keybroker.errors import Malformed
+from verifier.dcap.policy import SgxPolicy, TdxPolicy, compile_sgx, compile_tdx
+from verifier.policy_reader import PolicyReader
 from verifier.snp.tcb import COMPONENTS
 
-PLATFORMS = ("sev-snp",)
+PLATFORM_SNP = "sev-snp"
+PLATFORM_TDX = "tdx"
+PLATFORM_SGX = "sgx"
+PLATFORMS = (PLATFORM_SNP, PLATFORM_TDX, PLATFORM_SGX)
+SECTIONS = {PLATFORM_SNP: "snp", PLATFORM_TDX: "tdx", PLATFORM_SGX: "sgx"}
 MEASUREMENT_SIZE = 48
 HOST_DATA_SIZE = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-_TOP_KEYS = frozenset({"policy", "snp"})
 _POLICY_KEYS = frozenset({"name", "version", "platform"})
 _SNP_REQUIRED = frozenset({"measurements", "min_tcb"})
 _SNP_OPTIONAL = frozenset({
@@ -54,15 +65,19 @@ class SnpPolicy:
     require_init_data: bool = False
 
 
+PlatformRules = SnpPolicy | TdxPolicy | SgxPolicy
+_R = TypeVar("_R", SnpPolicy, TdxPolicy, SgxPolicy)
+
+
 @dataclass(frozen=True)
 class AppraisalPolicy:
-    """One loaded appraisal policy."""
+    """One loaded appraisal policy; ``rules`` is the compiled section of its platform."""
 
     name: str
     version: int
     platform: str
     digest: str
-    snp: SnpPolicy
+    rules: PlatformRules
     source: str = ""
 
     @property
@@ -70,93 +85,31 @@ class AppraisalPolicy:
         """``<name>@<version>``, as in ``ear.appraisal-policy-id``."""
         return f"{self.name}@{self.version}"
 
+    def _rules(self, kind: type[_R], platform: str) -> _R:
+        if not isinstance(self.rules, kind):
+            raise Malformed(
+                f"appraisal policy {self.policy_id} is for platform {self.platform}, "
+                f"not {platform}", rule="policy.platform", expected=platform,
+                actual=self.platform)
+        return self.rules
 
-class _Reader:
-    """Typed access to one TOML table; every failure names the file and the dotted key."""
+    @property
+    def snp(self) -> SnpPolicy:
+        """The ``[snp]`` rules; ``Malformed`` for a policy of another platform."""
+        return self._rules(SnpPolicy, PLATFORM_SNP)
 
-    def __init__(self, source: str, prefix: str, table: Mapping[str, object]) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.table = table
+    @property
+    def tdx(self) -> TdxPolicy:
+        """The ``[tdx]`` rules; ``Malformed`` for a policy of another platform."""
+        return self._rules(TdxPolicy, PLATFORM_TDX)
 
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def fail(self, key: str, what: str, expected: str, actual: object) -> Malformed:
-        """``actual`` is the offending value (described with its type) or, for unknown and
-        missing keys, a ready-made description."""
-        found = actual if what in ("unknown key", "missing key") else _describe(actual)
-        return Malformed(f"{self.source}: {what} at key '{self._key(key)}'", rule="policy.schema",
-                         expected=expected, actual=str(found))
-
-    def check_keys(self, required: frozenset[str], optional: frozenset[str] = frozenset()) -> None:
-        for key in self.table:
-            if key not in required | optional:
-                raise self.fail(key, "unknown key", "one of " + ", ".join(
-                    sorted(required | optional)), key)
-        for key in sorted(required):
-            if key not in self.table:
-                raise self.fail(key, "missing key", "present", "absent")
-
-    def table_at(self, key: str) -> _Reader:
-        value = self.table.get(key)
-        if not isinstance(value, dict):
-            raise self.fail(key, "wrong type", "table", value)
-        return _Reader(self.source, self._key(key), value)
-
-    def string(self, key: str) -> str:
-        value = self.table.get(key)
-        if not isinstance(value, str):
-            raise self.fail(key, "wrong type", "string", value)
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "wrong type", "boolean", value)
-        return value
-
-    def integer(self, key: str, value: object, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, "wrong type", "integer", value)
-        if not low <= value <= high:
-            raise self.fail(key, "value out of range", f"{low}..{high}", value)
-        return value
-
-    def array(self, key: str, default: list[object] | None = None) -> list[object]:
-        value = self.table.get(key, default)
-        if not isinstance(value, list):
-            raise self.fail(key, "wrong type", "array", value)
-        return value
-
-    def hex_values(self, key: str, size: int) -> frozenset[bytes]:
-        out: set[bytes] = set()
-        for item in self.array(key, []):
-            if not isinstance(item, str):
-                raise self.fail(key, "wrong element type", f"string of {size * 2} hex digits",
-                                item)
-            try:
-                raw = bytes.fromhex(item)
-            except ValueError:
-                raise self.fail(key, "not hex", f"{size * 2} hex digits", item) from None
-            if len(raw) != size:
-                raise self.fail(key, "wrong length", f"{size * 2} hex digits",
-                                f"{len(item)} characters")
-            out.add(raw)
-        return frozenset(out)
+    @property
+    def sgx(self) -> SgxPolicy:
+        """The ``[sgx]`` rules; ``Malformed`` for a policy of another platform."""
+        return self._rules(SgxPolicy, PLATFORM_SGX)
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, str):
-        return "str " + (repr(value) if len(value) <= 100 else repr(value[:100] + "..."))
-    if isinstance(value, dict):
-        return "table"
-    if value is None:
-        return "absent"
-    return f"{type(value).__name__} {value!r}"[:120]
-
-
-def _compile_snp(snp: _Reader) -> SnpPolicy:
+def _compile_snp(snp: PolicyReader) -> SnpPolicy:
     snp.check_keys(_SNP_REQUIRED, _SNP_OPTIONAL)
     floor = snp.table_at("min_tcb")
     floor.check_keys(frozenset(), frozenset(COMPONENTS))
@@ -176,6 +129,14 @@ def _compile_snp(snp: _Reader) -> SnpPolicy:
     )
 
 
+def _compile_rules(platform: str, section: PolicyReader) -> PlatformRules:
+    if platform == PLATFORM_TDX:
+        return compile_tdx(section)
+    if platform == PLATFORM_SGX:
+        return compile_sgx(section)
+    return _compile_snp(section)
+
+
 def parse_policy(raw: bytes, source: str) -> AppraisalPolicy:
     """Compile policy document bytes; ``source`` names the document in errors."""
     try:
@@ -183,23 +144,25 @@ def parse_policy(raw: bytes, source: str) -> AppraisalPolicy:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise Malformed(f"{source}: not a valid TOML document", rule="policy.schema",
                         expected="UTF-8 TOML", actual=str(exc)[:200]) from None
-    top = _Reader(source, "", doc)
-    top.check_keys(_TOP_KEYS)
+    top = PolicyReader(source, "", doc)
+    top.check_keys(frozenset({"policy"}), frozenset(SECTIONS.values()))
     head = top.table_at("policy")
     head.check_keys(_POLICY_KEYS)
     name = head.string("name")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise head.fail("name", "invalid policy name", "1-64 of [A-Za-z0-9._-]", name)
     version = head.integer("version", head.table.get("version"), 0, 2**31 - 1)
     platform = head.string("platform")
     if platform not in PLATFORMS:
         raise head.fail("platform", "unsupported platform", " | ".join(PLATFORMS), platform)
+    section = SECTIONS[platform]
+    top.check_keys(frozenset({"policy", section}))
     return AppraisalPolicy(
         name=name,
         version=version,
         platform=platform,
         digest=hashlib.sha256(raw).hexdigest(),
-        snp=_compile_snp(top.table_at("snp")),
+        rules=_compile_rules(platform, top.table_at(section)),
         source=source,
     )
 

@@ -8,8 +8,14 @@ Invariants:
 - A request must name at least one policy and every named policy must be loaded; an empty or
   unknown policy list is MALFORMED, never a vacuous pass.
 - Requests are size-bounded (transport limit and explicit field checks).
-- Trust store, collateral, policies and the result key are loaded once at start-up; the
-  ``SnpVerifier`` (and its chain cache) lives as long as the servicer.
+- Evidence kinds snp, tdx and sgx are dispatched to ``SnpVerifier`` / ``DcapVerifier`` and
+  appraised by ``appraise_snp`` / ``appraise_tdx`` / ``appraise_sgx``; every requested policy
+  must be for the evidence's platform (else MALFORMED naming both, before any verification).
+  TDX evidence with a CCEL or runtime log is only appraised after both replayed to the quoted
+  RTMRs (``td_event_claims``; EVENT_LOG otherwise). DCAP quotes are verified with missing CRLs
+  reported as claims; each policy's ``allow_missing_crl`` decides (COLLATERAL_STALE otherwise).
+- Trust stores, collateral, policies and the result key are loaded once at start-up; the
+  ``SnpVerifier`` and ``DcapVerifier`` (and their caches) live as long as the servicer.
 - Logs carry the request id and the SHA-256 of the evidence, never the evidence itself.
 - Started with the insecure switch, a loud warning is logged and every token says
   ``keybroker.insecure = true``.
@@ -18,10 +24,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,8 +42,17 @@ from keybroker.rpc_errors import abort
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
 from verifier.appraisal import Appraisal, appraise_snp
 from verifier.collateral import CollateralStore
-from verifier.config import VerifierConfig, ensure_secure
-from verifier.policy import AppraisalPolicy, load_policy
+from verifier.config import VerifierConfig, ensure_secure, load_intel_roots
+from verifier.dcap.appraisal import appraise_sgx, appraise_tdx
+from verifier.dcap.verify import DcapVerifier
+from verifier.eventlog.measured import td_event_claims
+from verifier.policy import (
+    PLATFORM_SGX,
+    PLATFORM_SNP,
+    PLATFORM_TDX,
+    AppraisalPolicy,
+    load_policy,
+)
 from verifier.result import ResultSigner
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
@@ -100,6 +117,25 @@ def _check_request(request: verifier_pb2.AppraiseRequest, max_bytes: int) -> lis
     return names
 
 
+def _check_binding(report_data: bytes, expected: bytes) -> None:
+    if report_data != expected:
+        raise BindingMismatch("report_data does not match the challenge binding",
+                              rule="binding.report_data", expected=expected.hex(),
+                              actual=report_data.hex())
+
+
+_PLATFORM_FOR_KIND = {"snp": PLATFORM_SNP, "tdx": PLATFORM_TDX, "sgx": PLATFORM_SGX}
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What one request's evidence proved and how each requested policy judged it."""
+
+    report_data: bytes
+    appraisals: list[Appraisal]
+    annotated: Mapping[str, object]
+
+
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     """Appraise: verify, bind, appraise each requested policy, sign one EAR token."""
 
@@ -110,10 +146,12 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         policies: Mapping[str, AppraisalPolicy],
         signer: ResultSigner,
         insecure: bool,
+        dcap: DcapVerifier | None = None,
         max_request_bytes: int = 1 << 20,
         clock: Clock = utc_now,
     ) -> None:
         self._snp = snp
+        self._dcap = dcap
         self._policies = dict(policies)
         self._signer = signer
         self._insecure = insecure
@@ -127,31 +165,79 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                             expected="one of " + ", ".join(sorted(self._policies)), actual=name)
         return policy
 
+    def _dcap_verifier(self, kind: str) -> DcapVerifier:
+        if self._dcap is None:
+            raise Malformed(f"{kind.upper()} evidence is not configured on this verifier",
+                            rule="request.evidence", expected="snp", actual=kind)
+        return self._dcap
+
+    def _snp_verdict(self, request: verifier_pb2.AppraiseRequest,
+                     policies: Sequence[AppraisalPolicy], now: datetime) -> _Verdict:
+        evidence = request.evidence.snp
+        claims = self._snp.verify(evidence.report, evidence.cert_table, at=now)
+        _check_binding(claims.report_data, request.expected_report_data)
+        return _Verdict(claims.report_data, [
+            appraise_snp(claims, policy, init_data=request.init_data,
+                         allow_insecure_root=self._insecure)
+            for policy in policies
+        ], claims.as_dict())
+
+    def _tdx_verdict(self, request: verifier_pb2.AppraiseRequest,
+                     policies: Sequence[AppraisalPolicy], now: datetime) -> _Verdict:
+        evidence = request.evidence.tdx
+        # Missing CRLs are reported as claims; each policy's allow_missing_crl decides.
+        claims = self._dcap_verifier("tdx").verify_tdx(evidence.quote, at=now,
+                                                       allow_missing_crl=True)
+        _check_binding(claims.report_data, request.expected_report_data)
+        if evidence.ccel_data or evidence.ccel_table or evidence.runtime_log:
+            events = td_event_claims(claims.rtmrs, ccel_table=evidence.ccel_table or None,
+                                     ccel_data=evidence.ccel_data or None,
+                                     runtime_log=evidence.runtime_log or None)
+            claims = dataclasses.replace(claims, events=events)
+        return _Verdict(claims.report_data, [
+            appraise_tdx(claims, policy, at=now, init_data=request.init_data,
+                         allow_insecure_root=self._insecure)
+            for policy in policies
+        ], claims.as_dict())
+
+    def _sgx_verdict(self, request: verifier_pb2.AppraiseRequest,
+                     policies: Sequence[AppraisalPolicy], now: datetime) -> _Verdict:
+        claims = self._dcap_verifier("sgx").verify_sgx(request.evidence.sgx.quote, at=now,
+                                                       allow_missing_crl=True)
+        _check_binding(claims.report_data, request.expected_report_data)
+        return _Verdict(claims.report_data, [
+            appraise_sgx(claims, policy, at=now, init_data=request.init_data,
+                         allow_insecure_root=self._insecure)
+            for policy in policies
+        ], claims.as_dict())
+
     def appraise(self, request: verifier_pb2.AppraiseRequest, evidence_digest: str) -> str:
         """The whole appraisal; returns the token or raises a typed error."""
         names = _check_request(request, self._max_request_bytes)
         policies = [self._policy(name) for name in names]
         kind = request.evidence.WhichOneof("kind")
-        if kind != "snp":
-            raise Malformed("evidence type not supported yet", rule="request.evidence",
-                            expected="snp", actual=kind or "none")
+        if kind not in _PLATFORM_FOR_KIND:
+            raise Malformed("evidence type missing or not supported", rule="request.evidence",
+                            expected=" | ".join(_PLATFORM_FOR_KIND), actual=kind or "none")
+        platform = _PLATFORM_FOR_KIND[kind]
+        for policy in policies:
+            if policy.platform != platform:
+                raise Malformed(f"policy {policy.policy_id} is for platform {policy.platform}, "
+                                f"but the evidence is {platform}", rule="request.policy_ids",
+                                expected=f"a {platform} policy",
+                                actual=f"{policy.name}: {policy.platform}")
         now = self._clock()
-        claims = self._snp.verify(request.evidence.snp.report, request.evidence.snp.cert_table,
-                                  at=now)
-        if claims.report_data != request.expected_report_data:
-            raise BindingMismatch("report_data does not match the challenge binding",
-                                  rule="binding.report_data",
-                                  expected=request.expected_report_data.hex(),
-                                  actual=claims.report_data.hex())
-        appraisals: list[Appraisal] = [
-            appraise_snp(claims, policy, init_data=request.init_data,
-                         allow_insecure_root=self._insecure)
-            for policy in policies
-        ]
+        if kind == "tdx":
+            verdict = self._tdx_verdict(request, policies, now)
+        elif kind == "sgx":
+            verdict = self._sgx_verdict(request, policies, now)
+        else:
+            verdict = self._snp_verdict(request, policies, now)
         return self._signer.issue(
             now=now, nonce=request.nonce, request_id=request.request_id,
-            evidence_digest=evidence_digest, report_data=claims.report_data,
-            insecure=self._insecure, appraisals=appraisals, annotated_evidence=claims.as_dict(),
+            evidence_digest=evidence_digest, report_data=verdict.report_data,
+            insecure=self._insecure, appraisals=verdict.appraisals,
+            annotated_evidence=verdict.annotated,
         )
 
     async def Appraise(
@@ -192,6 +278,7 @@ def build_servicer(
         trust = AmdTrustStore.pinned()
         if config.simulator_roots:
             trust = trust.with_simulator_roots(list(config.simulator_roots))
+        intel_roots = load_intel_roots(config)
         collateral = CollateralStore.load(list(config.collateral))
     except OSError as exc:
         raise Malformed(f"{config.source}: cannot read trust anchors or collateral",
@@ -202,9 +289,10 @@ def build_servicer(
                                ttl_seconds=config.result_ttl_seconds)
     logger.info("verifier loaded policies=%s result_alg=%s kid=%s",
                 ",".join(f"{p.policy_id}" for p in policies.values()), signer.alg, signer.kid)
-    return VerifierServicer(snp=SnpVerifier(trust, collateral), policies=policies, signer=signer,
-                            insecure=insecure, max_request_bytes=config.max_request_bytes,
-                            clock=clock)
+    return VerifierServicer(snp=SnpVerifier(trust, collateral),
+                            dcap=DcapVerifier(collateral, simulator_roots=intel_roots),
+                            policies=policies, signer=signer, insecure=insecure,
+                            max_request_bytes=config.max_request_bytes, clock=clock)
 
 
 def _split_listen(listen: str) -> tuple[str, int]:

@@ -3,14 +3,19 @@
 Invariants:
 - Every attempt uses its own freshly created instance directory (unique name) that is removed
   afterwards, whatever happens.
-- ``provider`` must be a provider this collector supports (``sev_guest``); anything else is
-  UNAVAILABLE, never silently treated as SNP.
+- ``provider`` must be a provider this collector supports (``sev_guest`` -> SEV-SNP evidence,
+  ``tdx_guest`` -> TDX evidence); anything else is UNAVAILABLE, never guessed. The provider
+  decides ``tee`` (probed once, then fixed): an instance whose provider differs from it later is
+  UNAVAILABLE.
 - ``inblob`` receives exactly the 64 report_data bytes in one write.
 - A report is accepted only when ``generation`` after reading equals the generation before the
   writes plus the number of writes; otherwise another writer interfered and the attempt is
   retried, at most ``max_attempts`` times, then UNAVAILABLE.
 - The SNP ``outblob`` must be exactly one ATTESTATION_REPORT (1184 bytes), parse, and carry the
   requested report_data; a wrong size or shape is MALFORMED, a foreign report_data is BINDING.
+- The TDX ``outblob`` must be a DCAP TDX quote carrying the requested report_data (same
+  categories); it is sent with the CCEL and the runtime log (``tdx_evidence.collect_tdx``, which
+  holds the runtime log's shared lock while the quote is generated).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from attester_agent.collectors.base import check_report_data
+from attester_agent.collectors.tdx_evidence import TdxSources, collect_tdx
 from keybroker.errors import BindingMismatch, Malformed, Unavailable
 from keybroker.evidence.snp_report import REPORT_SIZE, parse_report
 from keybroker.v1 import evidence_pb2
@@ -31,17 +37,21 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROOT: Final = Path("/sys/kernel/config/tsm/report")
 PROVIDER_SEV_GUEST: Final = "sev_guest"
-SUPPORTED_PROVIDERS: Final = (PROVIDER_SEV_GUEST,)
+PROVIDER_TDX_GUEST: Final = "tdx_guest"
+SUPPORTED_PROVIDERS: Final = (PROVIDER_SEV_GUEST, PROVIDER_TDX_GUEST)
+TEE_FOR_PROVIDER: Final = {
+    PROVIDER_SEV_GUEST: evidence_pb2.TEE_TYPE_SEV_SNP,
+    PROVIDER_TDX_GUEST: evidence_pb2.TEE_TYPE_TDX,
+}
 # Upper bound for outblob/auxblob reads (the kernel's newest TSM_REPORT_OUTBLOB_MAX is 16 MiB).
 _MAX_BLOB: Final = 16 * 1024 * 1024
 _PRIVLEVEL_MAX: Final = 3
 
 
 class ConfigfsTsmCollector:
-    """SEV-SNP evidence from ``<root>/<instance>/{inblob,outblob,auxblob}``."""
+    """SEV-SNP or TDX evidence from ``<root>/<instance>/{inblob,outblob,auxblob}``."""
 
     name: Final = "configfs-tsm"
-    tee: Final = evidence_pb2.TEE_TYPE_SEV_SNP
 
     def __init__(
         self,
@@ -49,6 +59,7 @@ class ConfigfsTsmCollector:
         *,
         privlevel: int | None = None,
         max_attempts: int = 3,
+        tdx_sources: TdxSources | None = None,
     ) -> None:
         if privlevel is not None and not 0 <= privlevel <= _PRIVLEVEL_MAX:
             raise ValueError(f"privlevel must be 0..{_PRIVLEVEL_MAX}, got {privlevel}")
@@ -57,16 +68,29 @@ class ConfigfsTsmCollector:
         self.root = root
         self.privlevel = privlevel
         self.max_attempts = max_attempts
+        self.tdx_sources = tdx_sources if tdx_sources is not None else TdxSources()
+        self._provider: str | None = None
 
     # -- public API ------------------------------------------------------------------------
+
+    @property
+    def tee(self) -> int:
+        """The TeeType of the provider (probed on first use; UNAVAILABLE if unsupported)."""
+        provider = self._provider if self._provider is not None else self.provider()
+        if provider not in SUPPORTED_PROVIDERS:
+            raise _unsupported(provider)
+        return TEE_FOR_PROVIDER[provider]
 
     def provider(self) -> str:
         """The provider behind the interface (probes with a short-lived instance)."""
         instance = self._new_instance()
         try:
-            return self._read_provider(instance)
+            provider = self._read_provider(instance)
         finally:
             self._remove(instance)
+        if self._provider is None and provider in SUPPORTED_PROVIDERS:
+            self._provider = provider  # the first supported answer fixes the TEE
+        return provider
 
     def available(self) -> bool:
         """True when the root exists and its provider is one this collector supports."""
@@ -83,8 +107,23 @@ class ConfigfsTsmCollector:
         return True
 
     def collect(self, report_data: bytes) -> evidence_pb2.Evidence:
-        """An SNP report (outblob) and its certificate table (auxblob) for ``report_data``."""
+        """SNP: the report (outblob) and certificate table (auxblob); TDX: the quote (outblob)
+        with the CCEL and the runtime log; all for exactly ``report_data``."""
         check_report_data(report_data)
+        if self.tee == evidence_pb2.TEE_TYPE_TDX:
+            return collect_tdx(self._tdx_quote, report_data, self.tdx_sources,
+                               source="configfs-tsm")
+        report, aux = self._generate(report_data)
+        _check_snp_report(report, report_data)
+        logger.info("configfs-tsm report collected (%d cert-table bytes)", len(aux))
+        return evidence_pb2.Evidence(snp=evidence_pb2.SnpEvidence(report=report, cert_table=aux))
+
+    def _tdx_quote(self, report_data: bytes) -> bytes:
+        quote, _aux = self._generate(report_data)
+        return quote
+
+    def _generate(self, report_data: bytes) -> tuple[bytes, bytes]:
+        """(outblob, auxblob) of a generation-checked attempt (retried on interference)."""
         for attempt in range(1, self.max_attempts + 1):
             instance = self._new_instance()
             try:
@@ -92,13 +131,8 @@ class ConfigfsTsmCollector:
             finally:
                 self._remove(instance)
             if result is not None:
-                report, aux = result
-                _check_snp_report(report, report_data)
-                logger.info("configfs-tsm report collected (attempt %d, %d cert-table bytes)",
-                            attempt, len(aux))
-                return evidence_pb2.Evidence(
-                    snp=evidence_pb2.SnpEvidence(report=report, cert_table=aux)
-                )
+                logger.debug("configfs-tsm outblob generated on attempt %d", attempt)
+                return result
             logger.warning("configfs-tsm generation changed during attempt %d of %d; retrying",
                            attempt, self.max_attempts)
         raise Unavailable("configfs-tsm report kept being overwritten by another writer",
@@ -111,9 +145,11 @@ class ConfigfsTsmCollector:
         """(outblob, auxblob), or None when the generation check failed."""
         provider = self._read_provider(instance)
         if provider not in SUPPORTED_PROVIDERS:
-            raise Unavailable("configfs-tsm provider is not supported for SEV-SNP evidence",
-                              rule="configfs-tsm provider",
-                              expected=" | ".join(SUPPORTED_PROVIDERS), actual=provider)
+            raise _unsupported(provider)
+        if provider != self._provider:
+            raise Unavailable("configfs-tsm provider changed after it was probed",
+                              rule="configfs-tsm provider", expected=str(self._provider),
+                              actual=provider)
         g0 = self._read_generation(instance)
         writes = 0
         if self.privlevel is not None:
@@ -211,6 +247,11 @@ class ConfigfsTsmCollector:
         if not path.exists():
             return b""
         return self._read_attr(path)
+
+
+def _unsupported(provider: str) -> Unavailable:
+    return Unavailable("configfs-tsm provider is not supported", rule="configfs-tsm provider",
+                       expected=" | ".join(SUPPORTED_PROVIDERS), actual=provider)
 
 
 def _check_snp_report(report: bytes, report_data: bytes) -> None:

@@ -53,7 +53,7 @@ class RuntimeEvent:
 
 def check_image_digest(value: str) -> str:
     """``value`` if it is ``sha256:<64 lowercase hex>``; else ``Malformed``."""
-    if not _IMAGE_RE.match(value):
+    if not _IMAGE_RE.fullmatch(value):
         raise Malformed("image digest is not sha256:<64 lowercase hex digits>",
                         rule="runtime_log.value", expected="sha256:<64 hex>",
                         actual=value[:80])

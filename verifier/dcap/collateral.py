@@ -152,9 +152,10 @@ def check_window(issue: datetime, next_update: datetime, at: datetime, what: str
 class CollateralVerifier:
     """Verifies TCB Info / QE Identity documents against the pinned root (cached)."""
 
-    def __init__(self, trust: IntelTrustStore, *, cache_limit: int = 1024) -> None:
+    def __init__(self, trust: IntelTrustStore, *, cache_limit: int = 1024,
+                 chains: PckVerifier | None = None) -> None:
         self._trust = trust
-        self._chains = PckVerifier(trust)
+        self._chains = chains if chains is not None else PckVerifier(trust)
         self._crls: set[tuple[str, str]] = set()
         self._cache_limit = cache_limit
         self._verified: dict[str, TcbInfo | EnclaveIdentity] = {}
@@ -213,6 +214,12 @@ class CollateralVerifier:
                 at: datetime, root_crl: bytes | None, allow_missing_crl: bool) -> _T:
         signer = self.signing_cert(issuer_chain_pem, at=at, root_crl=root_crl,
                                    allow_missing_crl=allow_missing_crl)
+        return self.verify_signed(member, signer, kind)
+
+    def verify_signed(self, member: SignedMember, signer: Certificate, kind: type[_T]) -> _T:
+        """The parsed document if ``signer`` (a TCB Signing certificate the caller has chained
+        to the root) signed ``member``; ``ChainUntrusted`` otherwise. Cached by content and
+        signer; time windows are the caller's to check."""
         key = hashlib.sha256(hashlib.sha256(member.raw).digest() + member.signature
                              + signer.der).hexdigest()
         cached = self._verified.get(key)

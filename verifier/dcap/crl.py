@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -28,23 +29,44 @@ from verifier.snp.trust import Certificate
 
 @dataclass(frozen=True)
 class VerifiedCrl:
-    """A CRL whose issuer, signature and window were checked."""
+    """A CRL whose issuer name and signature were checked (its window is checked per use)."""
 
     crl: x509.CertificateRevocationList
     der: bytes
     issuer: Certificate
     this_update: datetime
-    next_update: datetime
+    next_update: datetime | None
 
     @property
     def digest(self) -> str:
         """SHA-256 hex of the CRL's DER."""
         return hashlib.sha256(self.der).hexdigest()
 
+    @functools.cached_property
+    def revoked_serials(self) -> frozenset[int]:
+        """Serial numbers listed by the CRL (computed once)."""
+        return frozenset(entry.serial_number for entry in self.crl)
+
+    def covers(self, at: datetime) -> bool:
+        """thisUpdate <= at < nextUpdate (never for a CRL without nextUpdate)."""
+        return self.next_update is not None and self.this_update <= at < self.next_update
+
+    @property
+    def window(self) -> str:
+        """``thisUpdate .. nextUpdate`` for messages."""
+        end = self.next_update.isoformat() if self.next_update else "(no nextUpdate)"
+        return f"{self.this_update.isoformat()} .. {end}"
+
+    def check_current(self, at: datetime, what: str) -> None:
+        """``CollateralStale`` unless the CRL covers ``at``."""
+        if not self.covers(at):
+            raise CollateralStale(f"{what} does not cover the verification time",
+                                  rule="crl-window", expected=self.window, actual=at.isoformat())
+
     def check_not_revoked(self, cert: Certificate, what: str) -> None:
         """``ChainUntrusted`` if ``cert``'s serial is listed."""
         serial = cert.cert.serial_number
-        if self.crl.get_revoked_certificate_by_serial_number(serial) is not None:
+        if serial in self.revoked_serials:
             raise ChainUntrusted(f"{what} is revoked", rule="crl", expected="not listed",
                                  actual=f"serial {serial:#x} listed by "
                                         f"{common_name(self.issuer.cert.subject)}")
@@ -64,6 +86,26 @@ def load_crl(data: bytes) -> tuple[x509.CertificateRevocationList, bytes]:
     return crl, crl.public_bytes(Encoding.DER)
 
 
+def verify_crl_signature(crl: x509.CertificateRevocationList, der: bytes,
+                         issuer: Certificate, *, what: str) -> VerifiedCrl:
+    """Issuer name and ECDSA-P256-SHA256 signature of a parsed CRL (no window check);
+    ``CollateralStale`` if either is wrong."""
+    cn = common_name(issuer.cert.subject)
+    if crl.issuer != issuer.cert.subject:
+        raise CollateralStale(f"{what} is not issued by {cn}", rule="crl-issuer",
+                              expected=issuer.cert.subject.rfc4514_string(),
+                              actual=crl.issuer.rfc4514_string())
+    try:
+        verify_p256_signature(issuer, algorithm_oid=crl.signature_algorithm_oid.dotted_string,
+                              signature=crl.signature, tbs=crl.tbs_certlist_bytes, what=what)
+    except ChainUntrusted as exc:
+        raise CollateralStale(f"{what} is not signed by {cn}", rule="crl-signature",
+                              expected=issuer.fingerprint,
+                              actual=hashlib.sha256(der).hexdigest()) from exc
+    return VerifiedCrl(crl=crl, der=der, issuer=issuer, this_update=crl.last_update_utc,
+                       next_update=crl.next_update_utc)
+
+
 def verify_crl(data: bytes, issuer: Certificate, *, at: datetime, what: str,
                verified: set[tuple[str, str]] | None = None) -> VerifiedCrl:
     """Check a CRL against its expected issuer CA at ``at`` (see the module invariants).
@@ -76,21 +118,13 @@ def verify_crl(data: bytes, issuer: Certificate, *, at: datetime, what: str,
                               expected=issuer.cert.subject.rfc4514_string(),
                               actual=crl.issuer.rfc4514_string())
     if verified is None or (issuer.fingerprint, digest) not in verified:
-        try:
-            verify_p256_signature(issuer, algorithm_oid=crl.signature_algorithm_oid
-                                  .dotted_string, signature=crl.signature,
-                                  tbs=crl.tbs_certlist_bytes, what=what)
-        except ChainUntrusted as exc:
-            raise CollateralStale(f"{what} is not signed by {cn}", rule="crl-signature",
-                                  expected=issuer.fingerprint, actual=digest) from exc
+        checked = verify_crl_signature(crl, der, issuer, what=what)
         if verified is not None:
             if len(verified) >= 4096:
                 verified.clear()
             verified.add((issuer.fingerprint, digest))
-    start, end = crl.last_update_utc, crl.next_update_utc
-    if end is None or not start <= at < end:
-        raise CollateralStale(f"{what} does not cover the verification time", rule="crl-window",
-                              expected=f"{start.isoformat()} .. "
-                                       f"{end.isoformat() if end else '(no nextUpdate)'}",
-                              actual=at.isoformat())
-    return VerifiedCrl(crl=crl, der=der, issuer=issuer, this_update=start, next_update=end)
+    else:
+        checked = VerifiedCrl(crl=crl, der=der, issuer=issuer, this_update=crl.last_update_utc,
+                              next_update=crl.next_update_utc)
+    checked.check_current(at, what)
+    return checked

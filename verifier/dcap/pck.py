@@ -13,15 +13,17 @@ Invariants:
   ``ChainUntrusted``; stale, foreign or badly signed -> ``CollateralStale`` (``verifier.dcap.crl``).
   A missing CRL is ``CollateralStale`` unless ``allow_missing_crl`` is set, and then it is named
   in ``PckChain.missing_crls`` so claims can carry a warning. Never silently skipped.
-- Signature results are cached by (issuer, subject) DER digests and CRL signatures by
-  (issuer, CRL digest); windows and revocation are checked on every call (they depend on
-  ``at``); extension decoding is cached by leaf digest.
+- Everything time-independent (structure, names, profiles, signatures, extension, key) is
+  cached per chain (``static_chain``, keyed by the PEM bytes' digest); signature results by
+  (issuer, subject) DER digests and CRL signatures by (issuer, CRL digest). Validity windows
+  and revocation are checked on every call (they depend on ``at``).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -94,6 +96,29 @@ class PckChain:
         return bool(self.missing_crls)
 
 
+@dataclass(frozen=True)
+class StaticChain:
+    """A PCK chain whose structure, pinned root, names, profiles and signatures were checked;
+    validity windows (``windows``) and revocation depend on the time and are checked per use."""
+
+    leaf: Certificate
+    intermediate: Certificate
+    root: Certificate
+    ca: Literal["platform", "processor"]
+    extensions: SgxExtensions
+    public_key: ec.EllipticCurvePublicKey
+    windows: tuple[tuple[str, datetime, datetime], ...]
+
+    def check_time(self, at: datetime) -> None:
+        """``ChainUntrusted`` unless every certificate is valid at ``at``."""
+        for what, start, end in self.windows:
+            if not start <= at <= end:
+                raise ChainUntrusted(f"{what} is not valid at the verification time",
+                                     rule="validity",
+                                     expected=f"{start.isoformat()} .. {end.isoformat()}",
+                                     actual=at.isoformat())
+
+
 @dataclass
 class CacheStats:
     """Certificate signatures served from the cache (hits) or verified (misses)."""
@@ -143,7 +168,7 @@ class PckVerifier:
         self._cache_limit = cache_limit
         self._signed: set[tuple[str, str]] = set()
         self._crls: set[tuple[str, str]] = set()
-        self._extensions: dict[str, SgxExtensions] = {}
+        self._static: dict[str, StaticChain] = {}
         self._stats = CacheStats()
 
     @property
@@ -171,6 +196,11 @@ class PckVerifier:
 
     def check_root(self, certs: Sequence[Certificate], at: datetime) -> Certificate:
         """The pinned root, valid at ``at``; an evidence root must be byte-identical."""
+        root = self._pinned_root_of(certs)
+        check_validity(root, at, "Intel SGX Root CA")
+        return root
+
+    def _pinned_root_of(self, certs: Sequence[Certificate]) -> Certificate:
         root = self._trust.root
         for cert in certs:
             if cert.cert.subject == root.cert.subject and not self._trust.is_pinned_root(
@@ -178,19 +208,33 @@ class PckVerifier:
                 raise ChainUntrusted("chain root is not the pinned Intel SGX Root CA",
                                      rule="root", expected=root.fingerprint,
                                      actual=cert.fingerprint)
-        check_validity(root, at, "Intel SGX Root CA")
         return root
 
-    def verify(self, chain: Sequence[Certificate] | bytes, *, at: datetime,
-               root_crl: bytes | None, pck_crl: bytes | None,
-               allow_missing_crl: bool = False) -> PckChain:
-        """Validate a PCK chain (certificates or PEM bytes) at ``at`` with DER/PEM CRLs."""
+    def static_chain(self, chain: Sequence[Certificate] | bytes) -> StaticChain:
+        """Everything about a PCK chain that does not depend on the time: structure, pinned
+        root, names, profiles, signatures, SGX extension, leaf key. Cached by the PEM bytes
+        (or the certificate fingerprints); failures are not cached."""
+        if isinstance(chain, bytes):
+            key = "pem:" + hashlib.sha256(chain).hexdigest()
+        else:
+            key = "der:" + ",".join(c.fingerprint for c in chain)
+        cached = self._static.get(key)
+        if cached is not None:
+            self._stats.hits += 2  # both certificate signatures served from the cache
+            return cached
         certs = parse_pem_chain(chain) if isinstance(chain, bytes) else tuple(chain)
+        static = self._check_static(certs)
+        if len(self._static) >= self._cache_limit:
+            self._static.clear()
+        self._static[key] = static
+        return static
+
+    def _check_static(self, certs: Sequence[Certificate]) -> StaticChain:
         if len(certs) not in (2, 3):
             raise ChainUntrusted("PCK chain must be leaf, intermediate [, root]",
                                  expected="2 or 3 certificates", actual=str(len(certs)))
         leaf, intermediate = certs[0], certs[1]
-        root = self.check_root(certs, at)
+        root = self._pinned_root_of(certs)
         if len(certs) == 3 and not self._trust.is_pinned_root(certs[2].der):
             raise ChainUntrusted("third certificate is not the pinned root", rule="root",
                                  expected=root.fingerprint, actual=certs[2].fingerprint)
@@ -201,10 +245,24 @@ class PckVerifier:
                                  expected=" | ".join(INTERMEDIATE_CNS), actual=inter_cn)
         check_profile(intermediate, cn=inter_cn, ca=True)
         check_profile(leaf, cn=LEAF_CN, ca=False)
-        check_validity(intermediate, at, inter_cn)
-        check_validity(leaf, at, LEAF_CN)
         self.check_signed(intermediate, root, inter_cn)
         self.check_signed(leaf, intermediate, LEAF_CN)
+        ext = decode_sgx_extensions(leaf.cert)
+        key = leaf.cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)  # checked by check_profile
+        windows = tuple((what, c.cert.not_valid_before_utc, c.cert.not_valid_after_utc)
+                        for what, c in (("Intel SGX Root CA", root), (inter_cn, intermediate),
+                                        (LEAF_CN, leaf)))
+        return StaticChain(leaf=leaf, intermediate=intermediate, root=root, ca=ca,
+                           extensions=ext, public_key=key, windows=windows)
+
+    def verify(self, chain: Sequence[Certificate] | bytes, *, at: datetime,
+               root_crl: bytes | None, pck_crl: bytes | None,
+               allow_missing_crl: bool = False) -> PckChain:
+        """Validate a PCK chain (certificates or PEM bytes) at ``at`` with DER/PEM CRLs."""
+        static = self.static_chain(chain)
+        static.check_time(at)
+        root, intermediate, leaf = static.root, static.intermediate, static.leaf
         missing: list[str] = []
         for name, data, issuer, subject in ((CRL_ROOT, root_crl, root, intermediate),
                                             (CRL_PCK, pck_crl, intermediate, leaf)):
@@ -221,13 +279,6 @@ class PckVerifier:
         if missing:
             _log.warning("PCK chain %s accepted without %s", leaf.fingerprint,
                          ", ".join(missing))
-        ext = self._extensions.get(leaf.fingerprint)
-        if ext is None:
-            ext = decode_sgx_extensions(leaf.cert)
-            if len(self._extensions) >= self._cache_limit:
-                self._extensions.clear()
-            self._extensions[leaf.fingerprint] = ext
-        key = leaf.cert.public_key()
-        assert isinstance(key, ec.EllipticCurvePublicKey)  # checked by check_profile
-        return PckChain(leaf=leaf, intermediate=intermediate, root=root, ca=ca, extensions=ext,
-                        public_key=key, missing_crls=tuple(missing))
+        return PckChain(leaf=leaf, intermediate=intermediate, root=root, ca=static.ca,
+                        extensions=static.extensions, public_key=static.public_key,
+                        missing_crls=tuple(missing))

@@ -1,9 +1,14 @@
 """The Intel SGX Root CA: the one trust anchor of every PCK chain, CRL and collateral signature.
 
 Invariants:
-- The root comes only from the package data in ``verifier/dcap/roots`` and must match the
-  SHA-256 fingerprint pinned in this module (over the DER bytes), its subject CN, and be a
-  self-signed ECDSA-P256-SHA256 CA certificate; otherwise the store is not built.
+- ``IntelTrustStore.pinned()`` reads the root only from the package data in
+  ``verifier/dcap/roots``; it must match the SHA-256 fingerprint pinned in this module (over
+  the DER bytes), its subject CN, and be a self-signed ECDSA-P256-SHA256 certificate; otherwise
+  the store is not built.
+- ``from_der`` builds a secure store only for the pinned root. Any other self-signed
+  "Intel SGX Root CA" (the DCAP simulator's test root) gives a store with ``insecure=True``,
+  which every claim derived from it carries (``insecure_root``), so appraisal can refuse it.
+  Anything that is not a self-signed P-256 "Intel SGX Root CA" is refused (``ChainUntrusted``).
 - Nothing is trusted because it appeared in evidence or collateral: ``is_pinned_root``
   compares exact DER bytes, and chains are anchored at ``IntelTrustStore.root`` only.
 """
@@ -52,31 +57,43 @@ def verify_p256_signature(issuer: Certificate, *, algorithm_oid: str, signature:
 
 @dataclass(frozen=True)
 class IntelTrustStore:
-    """The pinned Intel SGX Root CA."""
+    """One Intel SGX Root CA: the pinned one, or (``insecure``) a simulator test root."""
 
     root: Certificate
+    insecure: bool = False
 
     @classmethod
     def pinned(cls) -> IntelTrustStore:
         """The root shipped as package data, checked against its pinned fingerprint."""
         der = resources.files("verifier.dcap.roots").joinpath(ROOT_FILE).read_bytes()
-        return cls.from_der(der)
+        store = cls.from_der(der)
+        if store.insecure:
+            raise ChainUntrusted("Intel root does not match its pin",
+                                 expected=PINNED_ROOT_FINGERPRINT, actual=store.root.fingerprint)
+        return store
 
     @classmethod
     def from_der(cls, der: bytes) -> IntelTrustStore:
-        """A store for ``der``, which must be the pinned root (raises ``ChainUntrusted``)."""
+        """A store for ``der``: secure for the pinned root, INSECURE for any other self-signed
+        "Intel SGX Root CA" (simulator roots); anything else raises ``ChainUntrusted``."""
         root = Certificate.from_der(der)
-        if root.fingerprint != PINNED_ROOT_FINGERPRINT:
-            raise ChainUntrusted("Intel root does not match its pin",
-                                 expected=PINNED_ROOT_FINGERPRINT, actual=root.fingerprint)
         if common_name(root.cert.subject) != ROOT_CN or root.cert.issuer != root.cert.subject:
             raise ChainUntrusted("Intel root is not the self-signed Intel SGX Root CA",
                                  expected=ROOT_CN, actual=root.cert.subject.rfc4514_string())
         verify_p256_signature(root, algorithm_oid=root.cert.signature_algorithm_oid.dotted_string,
                               signature=root.cert.signature,
                               tbs=root.cert.tbs_certificate_bytes, what=ROOT_CN)
+        if root.fingerprint != PINNED_ROOT_FINGERPRINT:
+            _log.warning("INSECURE Intel-style test root accepted (sha256 %s, %s)",
+                         root.fingerprint, root.cert.subject.rfc4514_string())
+            return cls(root=root, insecure=True)
         _log.debug("Intel SGX Root CA pinned (sha256 %s)", root.fingerprint)
         return cls(root=root)
+
+    @property
+    def subject_der(self) -> bytes:
+        """DER of the root's subject name (issuer of everything it signs)."""
+        return self.root.cert.subject.public_bytes()
 
     def is_pinned_root(self, der: bytes) -> bool:
         """True only for the exact DER of the pinned root."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import construct as c
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.errors import ChainUntrusted, Malformed
@@ -122,9 +123,18 @@ def load_certificate(der: bytes) -> x509.Certificate:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            return x509.load_der_x509_certificate(der)
-    except ValueError as exc:
-        raise Malformed("certificate is not DER X.509", actual=f"{len(der)} bytes") from exc
+            cert = x509.load_der_x509_certificate(der)
+            # cryptography decodes these lazily; decode them now so that a malformed field is
+            # a Malformed here and never an untyped exception deep inside chain validation.
+            _ = (cert.version, cert.subject, cert.issuer, cert.public_key(), cert.extensions,
+                 cert.signature_algorithm_oid, cert.not_valid_before_utc,
+                 cert.not_valid_after_utc)
+    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+            x509.DuplicateExtension) as exc:
+        raise Malformed("certificate is not well-formed DER X.509",
+                        expected="a decodable X.509 v3 certificate",
+                        actual=f"{len(der)} bytes: {type(exc).__name__}") from exc
+    return cert
 
 
 def fingerprint(der: bytes) -> str:

@@ -1,0 +1,237 @@
+"""Set-up of a demo (and test/bench) deployment on loopback: simulator test CAs, verifier keys,
+policies and collateral, the broker database, KEK, release rules and the demo secret.
+
+Invariants:
+- Simulator roots and simulator collateral exist only inside the layout's directory; the
+  verifier config names them under ``simulator_roots`` / ``simulator_intel_roots``, which the
+  verifier refuses unless started with ``--insecure-simulator``.
+- Every policy written here requires init-data (its digest in HOST_DATA / MRCONFIGID) and a
+  launch measurement (SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE); TDX policies may also require
+  measured container images. Nothing here is a production setup.
+- Admin actions go through the real CLI in child processes (``run_cli``), as an operator would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from attester_agent.simulator.dcap import DcapTestCa
+from attester_agent.simulator.snp import SnpTestCa
+from keybroker.launcher import keybroker_command
+
+Tee = Literal["snp", "tdx", "sgx"]
+TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx")
+DEMO_KEY_ID = "demo/db-password"
+DEMO_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1").digest()
+WRONG_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1 (tampered)").digest()
+DEMO_MRTD = hashlib.sha384(b"keybroker demo TD firmware v1").digest()
+WRONG_MRTD = hashlib.sha384(b"keybroker demo TD firmware v1 (tampered)").digest()
+DEMO_MRENCLAVE = hashlib.sha256(b"keybroker demo enclave v1").digest()
+WRONG_MRENCLAVE = hashlib.sha256(b"keybroker demo enclave v1 (tampered)").digest()
+DEMO_IMAGE = "sha256:" + hashlib.sha256(b"keybroker demo container image v1").hexdigest()
+DEMO_INIT_DATA = b'workload = "demo"\nimage = "sha256:' + b"ab" * 32 + b'"\n'
+DEFAULT_POLICY = {"snp": "snp-demo", "tdx": "tdx-demo", "sgx": "sgx-demo"}
+LAUNCH_MEASUREMENT = {"snp": DEMO_MEASUREMENT, "tdx": DEMO_MRTD, "sgx": DEMO_MRENCLAVE}
+WRONG_LAUNCH_MEASUREMENT = {"snp": WRONG_MEASUREMENT, "tdx": WRONG_MRTD,
+                            "sgx": WRONG_MRENCLAVE}
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """Where the demo keeps its files."""
+
+    root: Path
+
+    @property
+    def sim(self) -> Path:
+        return self.root / "sim"
+
+    @property
+    def verifier(self) -> Path:
+        return self.root / "verifier"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def verifier_config(self) -> Path:
+        return self.verifier / "verifier.toml"
+
+    @property
+    def broker_config(self) -> Path:
+        return self.broker / "broker.toml"
+
+    @property
+    def init_data(self) -> Path:
+        return self.root / "init-data.toml"
+
+    @property
+    def collateral(self) -> Path:
+        return self.verifier / "collateral"
+
+    @property
+    def dcap_root(self) -> Path:
+        return self.sim / "dcap" / "root.pem"
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """An appraisal policy for the simulator and the release rule that requires it.
+
+    ``measurement`` is the launch measurement of the platform (SNP MEASUREMENT, TDX MRTD,
+    SGX MRENCLAVE)."""
+
+    name: str
+    keys: str
+    measurement: bytes
+    min_tcb: tuple[tuple[str, int], ...] = (
+        ("bootloader", 0), ("tee", 0), ("snp", 0), ("microcode", 0))
+    tee: Tee = "snp"
+    images: tuple[str, ...] = ()
+    grace_until: str | None = None
+    advisories: tuple[str, ...] = ()
+    accept_warning: bool = False
+
+
+def run_cli(*args: str) -> str:
+    """Run a keybroker CLI command in a child process; raise with its output on failure."""
+    done = subprocess.run(keybroker_command(*args), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"keybroker {' '.join(args)} failed ({done.returncode}):\n"
+                           f"{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def default_policy(tee: Tee) -> PolicySpec:
+    """The demo policy of ``tee`` (TDX: the demo image must have been measured)."""
+    return PolicySpec(DEFAULT_POLICY[tee], "demo/*", LAUNCH_MEASUREMENT[tee], tee=tee,
+                      images=(DEMO_IMAGE,) if tee == "tdx" else ())
+
+
+def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
+            extra_policies: Sequence[PolicySpec] = (), tee: Tee = "snp") -> bytes:
+    """Generate the simulator CAs (and DCAP collateral), verifier keys and policies, broker
+    database, KEK and the demo secret; returns the secret. ``extra_policies`` add policies
+    (and their rules); the first policy is the demo policy of ``tee``."""
+    for path in (layout.sim, layout.verifier, layout.broker, layout.verifier / "policies"):
+        path.mkdir(parents=True, exist_ok=True)
+    SnpTestCa.generate().save(layout.sim)
+    dcap = DcapTestCa.generate()
+    dcap.save(layout.dcap_root.parent)
+    dcap.write_collateral(layout.collateral, now=datetime.now(UTC))
+    layout.init_data.write_bytes(DEMO_INIT_DATA)
+    run_cli("verifier", "init", "--dir", str(layout.verifier))
+    specs = [default_policy(tee), *extra_policies]
+    for spec in specs:
+        write_policy(layout, spec)
+    policies = ", ".join(f'"policies/{p.name}.toml"' for p in specs)
+    layout.verifier_config.write_text(
+        "[verifier]\n"
+        'listen = "127.0.0.1:0"\n'
+        f"policies = [{policies}]\n"
+        'collateral = ["collateral"]\n'
+        'result_key = "result-key.pem"\n'
+        "result_ttl_seconds = 60\n"
+        'audience = "keybroker-broker"\n'
+        f'simulator_roots = ["{layout.sim / "ark.pem"}"]\n'
+        f'simulator_intel_roots = ["{layout.dcap_root}"]\n'
+    )
+    (layout.broker / "release-rules.toml").write_text("".join(
+        f'[[rule]]\nkeys = "{spec.keys}"\npolicy = "{spec.name}"\n'
+        f"accept_warning = {'true' if spec.accept_warning else 'false'}\n\n"
+        for spec in specs
+    ))
+    write_broker_config(layout, "127.0.0.1:1", challenge_ttl=challenge_ttl)
+    run_cli("broker", "init", "--config", str(layout.broker_config))
+    secret = b"demo-db-password-" + secrets.token_hex(16).encode()
+    put_secret(layout, DEMO_KEY_ID, secret)
+    return secret
+
+
+def _snp_section(spec: PolicySpec) -> str:
+    floor = ", ".join(f"{name} = {value}" for name, value in spec.min_tcb)
+    return ("\n[snp]\n"
+            f'measurements = ["{spec.measurement.hex()}"]\n'
+            f"min_tcb = {{ {floor} }}\n"
+            "allow_debug = false\n"
+            "allowed_vmpls = [0]\n"
+            "allow_migration_agent = false\n"
+            "allow_smt = true\n"
+            "require_init_data = true\n")
+
+
+def _tcb_lines(spec: PolicySpec) -> str:
+    advisories = ", ".join(f'"{advisory}"' for advisory in spec.advisories)
+    out = f'accepted_tcb_statuses = ["UpToDate"]\nallowed_advisories = [{advisories}]\n'
+    if spec.grace_until is not None:
+        out += f"out_of_date_grace_until = {spec.grace_until}\n"
+    return out
+
+
+def _tdx_section(spec: PolicySpec) -> str:
+    images = ", ".join(f'"{image}"' for image in spec.images)
+    return ("\n[tdx]\n"
+            f'mrtd = ["{spec.measurement.hex()}"]\n'
+            + _tcb_lines(spec)
+            + "require_init_data = true\n"
+            f"required_images = [{images}]\n")
+
+
+def _sgx_section(spec: PolicySpec) -> str:
+    return ("\n[sgx]\n"
+            f'mrenclave = ["{spec.measurement.hex()}"]\n'
+            + _tcb_lines(spec))
+
+
+def write_policy(layout: DemoLayout, spec: PolicySpec) -> None:
+    """Write the verifier policy file for ``spec``."""
+    platform = {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}[spec.tee]
+    section = {"snp": _snp_section, "tdx": _tdx_section, "sgx": _sgx_section}[spec.tee](spec)
+    (layout.verifier / "policies" / f"{spec.name}.toml").write_text(
+        "[policy]\n"
+        f'name = "{spec.name}"\n'
+        "version = 1\n"
+        f'platform = "{platform}"\n'
+        + section
+    )
+
+
+def put_secret(layout: DemoLayout, key_id: str, secret: bytes) -> None:
+    """Store ``secret`` under ``key_id`` through the broker admin CLI (file mode 0600)."""
+    secret_file = layout.broker / "incoming-secret.bin"
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secret)
+    try:
+        run_cli("broker", "secret", "put", "--config", str(layout.broker_config),
+                "--key-id", key_id, "--file", str(secret_file))
+    finally:
+        secret_file.unlink()
+
+
+def write_broker_config(layout: DemoLayout, verifier_address: str, *,
+                        challenge_ttl: int = 60) -> None:
+    """(Re)write the broker config pointing at the verifier's address."""
+    layout.broker_config.write_text(
+        "[broker]\n"
+        'listen = "127.0.0.1:0"\n'
+        'database = "broker.db"\n'
+        'kek_file = "kek.bin"\n'
+        f'verifier = "{verifier_address}"\n'
+        f'verifier_jwks = "{layout.verifier / "verifier-jwks.json"}"\n'
+        'verifier_alg = "ES256"\n'
+        "verifier_timeout_seconds = 5.0\n"
+        f"challenge_ttl_seconds = {challenge_ttl}\n"
+        'audience = "keybroker-broker"\n'
+        'release_rules = "release-rules.toml"\n'
+        "accept_insecure_results = true\n"
+    )

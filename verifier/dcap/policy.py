@@ -1,0 +1,164 @@
+"""The ``[tdx]`` and ``[sgx]`` sections of an appraisal policy, compiled into frozen values.
+
+Invariants:
+- Loading is as strict as for ``[snp]`` (see ``verifier.policy``): unknown keys, wrong types,
+  bad hex and out-of-range values are ``Malformed`` naming the file and the key. Switches
+  default to the strict setting (no migration, no perfmon, no profiling, SEPT_VE_DISABLE
+  required, missing CRLs refused).
+- Accepted TCB statuses are Intel's strings (``TcbStatus`` values); "Revoked" is refused at load,
+  so no policy can ever accept a revoked TCB. The default is UpToDate only. The grace date for
+  OutOfDate / OutOfDateConfigurationNeeded must carry a time zone.
+- Fail closed: ``mrtd`` / ``mrenclave`` are required when used and an empty list matches
+  nothing; ``allowed_advisories`` defaults to none; ``allowed_xfam`` and ``allowed_images`` are
+  allow-lists when present (present but empty allows nothing) and unchecked when absent. The
+  optional reference sets ``rtmr0``..``rtmr3``, ``mrseam``, ``mrsignerseam``, ``mrowner`` and
+  ``mrownerconfig`` are not checked when absent or empty.
+- An SGX policy names MRENCLAVE values, or the whole MRSIGNER + ISVPRODID + minimum ISVSVN
+  triple (or both); anything else is refused at load.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from verifier.dcap.schema import TcbStatus
+from verifier.policy_reader import PolicyReader
+
+TD_MEASUREMENT_SIZE = 48
+SGX_MEASUREMENT_SIZE = 32
+DEFAULT_STATUSES = (TcbStatus.UP_TO_DATE.value,)
+GRACE_STATUSES = frozenset({TcbStatus.OUT_OF_DATE.value,
+                            TcbStatus.OUT_OF_DATE_CONFIGURATION_NEEDED.value})
+_STATUS_RE = re.compile("^(" + "|".join(s.value for s in TcbStatus
+                                        if s is not TcbStatus.REVOKED) + ")$")
+_ADVISORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+IMAGE_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TCB_KEYS = frozenset({"accepted_tcb_statuses", "allowed_advisories", "out_of_date_grace_until",
+                       "allow_missing_crl"})
+_TDX_OPTIONAL = _TCB_KEYS | frozenset({
+    "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "mrsignerseam", "mrowner", "mrownerconfig",
+    "allowed_xfam", "allow_migratable", "allow_perfmon", "allow_profiling",
+    "require_sept_ve_disable", "require_init_data", "required_images", "allowed_images",
+})
+_SGX_OPTIONAL = _TCB_KEYS | frozenset({"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"})
+_SIGNER_KEYS = ("mrsigner", "isv_prod_id", "min_isv_svn")
+
+
+@dataclass(frozen=True)
+class DcapTcbPolicy:
+    """What an Intel TCB evaluation must say (shared by TDX and SGX)."""
+
+    accepted_statuses: frozenset[str] = frozenset(DEFAULT_STATUSES)
+    allowed_advisories: frozenset[str] = frozenset()
+    out_of_date_grace_until: datetime | None = None
+    allow_missing_crl: bool = False
+
+
+@dataclass(frozen=True)
+class TdxPolicy:
+    """Compiled ``[tdx]`` section (an empty frozenset = that register is not checked, except
+    ``mrtd``; ``None`` = that allow-list is not checked)."""
+
+    mrtd: frozenset[bytes]
+    tcb: DcapTcbPolicy = DcapTcbPolicy()
+    rtmrs: tuple[frozenset[bytes], ...] = (frozenset(),) * 4
+    mrseam: frozenset[bytes] = frozenset()
+    mrsignerseam: frozenset[bytes] = frozenset()
+    mrowner: frozenset[bytes] = frozenset()
+    mrownerconfig: frozenset[bytes] = frozenset()
+    allowed_xfam: frozenset[int] | None = None
+    allow_migratable: bool = False
+    allow_perfmon: bool = False
+    allow_profiling: bool = False
+    require_sept_ve_disable: bool = True
+    require_init_data: bool = False
+    required_images: tuple[str, ...] = ()
+    allowed_images: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class SgxSigner:
+    """Accept enclaves signed by one of ``mrsigner`` as product ``isv_prod_id``, SVN >= floor."""
+
+    mrsigner: frozenset[bytes]
+    isv_prod_id: int
+    min_isv_svn: int
+
+
+@dataclass(frozen=True)
+class SgxPolicy:
+    """Compiled ``[sgx]`` section: MRENCLAVE allow-list and/or a signer rule."""
+
+    mrenclave: frozenset[bytes] | None
+    signer: SgxSigner | None
+    tcb: DcapTcbPolicy = DcapTcbPolicy()
+
+
+def _compile_tcb(section: PolicyReader) -> DcapTcbPolicy:
+    listed = section.table.get("accepted_tcb_statuses")
+    if isinstance(listed, list) and TcbStatus.REVOKED.value in listed:
+        raise section.fail("accepted_tcb_statuses", "a revoked TCB can never be accepted",
+                           "statuses other than Revoked", "Revoked")
+    statuses = section.strings("accepted_tcb_statuses", list(DEFAULT_STATUSES), _STATUS_RE,
+                               "an Intel TCB status other than Revoked")
+    advisories = section.strings("allowed_advisories", [], _ADVISORY_RE,
+                                 "an advisory id such as INTEL-SA-00837")
+    return DcapTcbPolicy(
+        accepted_statuses=frozenset(statuses),
+        allowed_advisories=frozenset(advisories),
+        out_of_date_grace_until=section.instant("out_of_date_grace_until"),
+        allow_missing_crl=section.boolean("allow_missing_crl", False),
+    )
+
+
+def compile_tdx(tdx: PolicyReader) -> TdxPolicy:
+    """Compile a ``[tdx]`` table."""
+    tdx.check_keys(frozenset({"mrtd"}), _TDX_OPTIONAL)
+    size = TD_MEASUREMENT_SIZE
+    image_what = "sha256:<64 lowercase hex digits>"
+    return TdxPolicy(
+        mrtd=tdx.hex_values("mrtd", size),
+        tcb=_compile_tcb(tdx),
+        rtmrs=tuple(tdx.hex_values(f"rtmr{i}", size) for i in range(4)),
+        mrseam=tdx.hex_values("mrseam", size),
+        mrsignerseam=tdx.hex_values("mrsignerseam", size),
+        mrowner=tdx.hex_values("mrowner", size),
+        mrownerconfig=tdx.hex_values("mrownerconfig", size),
+        allowed_xfam=tdx.u64_values("allowed_xfam") if tdx.has("allowed_xfam") else None,
+        allow_migratable=tdx.boolean("allow_migratable", False),
+        allow_perfmon=tdx.boolean("allow_perfmon", False),
+        allow_profiling=tdx.boolean("allow_profiling", False),
+        require_sept_ve_disable=tdx.boolean("require_sept_ve_disable", True),
+        require_init_data=tdx.boolean("require_init_data", False),
+        required_images=tdx.strings("required_images", [], IMAGE_RE, image_what),
+        allowed_images=(frozenset(tdx.strings("allowed_images", [], IMAGE_RE, image_what))
+                        if tdx.has("allowed_images") else None),
+    )
+
+
+def compile_sgx(sgx: PolicyReader) -> SgxPolicy:
+    """Compile an ``[sgx]`` table."""
+    sgx.check_keys(frozenset(), _SGX_OPTIONAL)
+    given = [k for k in _SIGNER_KEYS if sgx.has(k)]
+    if given and len(given) != len(_SIGNER_KEYS):
+        missing = next(k for k in _SIGNER_KEYS if k not in given)
+        raise sgx.fail(missing, "missing key", "mrsigner, isv_prod_id and min_isv_svn together",
+                       f"absent (given: {', '.join(given)})")
+    if not given and not sgx.has("mrenclave"):
+        raise sgx.fail("mrenclave", "missing key",
+                       "mrenclave, or mrsigner + isv_prod_id + min_isv_svn", "absent")
+    signer = None
+    if given:
+        signer = SgxSigner(
+            mrsigner=sgx.hex_values("mrsigner", SGX_MEASUREMENT_SIZE),
+            isv_prod_id=sgx.integer("isv_prod_id", sgx.table["isv_prod_id"], 0, 0xFFFF),
+            min_isv_svn=sgx.integer("min_isv_svn", sgx.table["min_isv_svn"], 0, 0xFFFF),
+        )
+    return SgxPolicy(
+        mrenclave=(sgx.hex_values("mrenclave", SGX_MEASUREMENT_SIZE) if sgx.has("mrenclave")
+                   else None),
+        signer=signer,
+        tcb=_compile_tcb(sgx),
+    )
