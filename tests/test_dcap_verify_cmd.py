@@ -388,3 +388,37 @@ def test_simulator_quote_needs_the_insecure_root(tmp_path: Path,
     assert claims["insecure_root"] is True
     assert claims["report_data"] == bytes(range(64)).hex()
     assert claims["tcb"]["collateral_warnings"] == []
+
+
+def test_simulated_td_runtime_log_replays_into_rtmr3(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A simulated TD's CCEL plus the agent's runtime log replay to RTMR0-3: the measured image
+    digest is a claim; a runtime log naming another image is EVENT_LOG."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from attester_agent.simulator.dcap import DcapTestCa, TdxSimulator  # noqa: PLC0415
+    from keybroker.evidence.runtime_log import encode_log, image_event  # noqa: PLC0415
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    ca = DcapTestCa.generate()
+    ca.write_collateral(tmp_path / "collateral", now=now)
+    (tmp_path / "root.pem").write_bytes(ca.root_pem())
+    sim = TdxSimulator(ca)
+    image = "sha256:" + "ab" * 32
+    sim.extend_rtmr3(image_event(image))
+    (tmp_path / "q.dat").write_bytes(sim.quote(bytes(64)))
+    table, data = sim.ccel()
+    (tmp_path / "table").write_bytes(table)
+    (tmp_path / "data").write_bytes(data)
+    (tmp_path / "runtime.log").write_bytes(encode_log([image_event(image)]))
+    (tmp_path / "other.log").write_bytes(encode_log([image_event("sha256:" + "cd" * 32)]))
+    base = [str(tmp_path / "q.dat"), "--tee", "tdx", "--collateral",
+            str(tmp_path / "collateral"), "--insecure-simulator-root", str(tmp_path / "root.pem"),
+            "--ccel-table", str(tmp_path / "table"), "--ccel-data", str(tmp_path / "data")]
+    code, out = run_json(capsys, [*base, "--runtime-log", str(tmp_path / "runtime.log")])
+    assert code == 0, out
+    claims = out["claims"]
+    assert isinstance(claims, dict)
+    assert claims["events"]["images"] == [image]  # type: ignore[index]
+    code, out = run_json(capsys, [*base, "--runtime-log", str(tmp_path / "other.log")])
+    assert (code, out["category"]) == (1, "EVENT_LOG")

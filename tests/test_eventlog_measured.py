@@ -20,7 +20,7 @@ from keybroker.evidence.dcap_quote import parse_tdx_quote
 from keybroker.evidence.runtime_log import encode_log, extend, image_event
 from verifier.dcap.claims import TdEventClaims
 from verifier.eventlog.ccel import parse_ccel_log
-from verifier.eventlog.measured import td_event_claims
+from verifier.eventlog.measured import CcelCache, td_event_claims
 from verifier.eventlog.tcg import ALG_SHA384, EV_NO_ACTION, TcgEvent, build_event_log
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -302,3 +302,25 @@ def test_published_records_decode_like_ours() -> None:
     for ev, rec in zip(tags, tag_records, strict=True):
         assert ev.data == base64.b64decode(str(rec["event"]))
         assert struct.unpack_from("<I", ev.data)[0] in (0x8F3B22EC, 0x8F3B22ED)
+
+
+def test_ccel_cache_parses_once_and_still_checks_every_replay() -> None:
+    """A cached CCEL is reused across requests, but each request's replay is still checked:
+    a tampered copy (new content) and a quote with other RTMRs are EVENT_LOG."""
+    rtmrs, table, data = cloud()
+    cache = CcelCache()
+    first = td_event_claims(rtmrs, ccel_table=table, ccel_data=data, runtime_log=None,
+                            cache=cache)
+    again = td_event_claims(rtmrs, ccel_table=table, ccel_data=bytes(data), runtime_log=None,
+                            cache=cache)
+    assert first == again
+    assert cache.events(table, data) is cache.events(table, bytes(data))
+    tampered = bytearray(data)
+    tampered[data.find(b"\x0c\x00", 200) + 2] ^= 1
+    with pytest.raises(EventLogMismatch) as exc:
+        td_event_claims(rtmrs, ccel_table=table, ccel_data=bytes(tampered), runtime_log=None,
+                        cache=cache)
+    assert exc.value.category is Category.EVENT_LOG
+    other = (rtmrs[0], rtmrs[1], bytes(48), rtmrs[3])
+    with pytest.raises(EventLogMismatch):
+        td_event_claims(other, ccel_table=table, ccel_data=data, runtime_log=None, cache=cache)

@@ -45,7 +45,7 @@ from verifier.collateral import CollateralStore
 from verifier.config import VerifierConfig, ensure_secure, load_intel_roots
 from verifier.dcap.appraisal import appraise_sgx, appraise_tdx
 from verifier.dcap.verify import DcapVerifier
-from verifier.eventlog.measured import td_event_claims
+from verifier.eventlog.measured import CcelCache, td_event_claims
 from verifier.policy import (
     PLATFORM_SGX,
     PLATFORM_SNP,
@@ -152,6 +152,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> None:
         self._snp = snp
         self._dcap = dcap
+        self._ccel_cache = CcelCache()
         self._policies = dict(policies)
         self._signer = signer
         self._insecure = insecure
@@ -192,7 +193,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         if evidence.ccel_data or evidence.ccel_table or evidence.runtime_log:
             events = td_event_claims(claims.rtmrs, ccel_table=evidence.ccel_table or None,
                                      ccel_data=evidence.ccel_data or None,
-                                     runtime_log=evidence.runtime_log or None)
+                                     runtime_log=evidence.runtime_log or None,
+                                     cache=self._ccel_cache)
             claims = dataclasses.replace(claims, events=events)
         return _Verdict(claims.report_data, [
             appraise_tdx(claims, policy, at=now, init_data=request.init_data,

@@ -216,20 +216,48 @@ def _ccel_events(ccel_table: bytes | None, ccel_data: bytes | None) -> tuple[Rtm
     return rtmr_events(parse_ccel_log(ccel_data, table).events)
 
 
+class CcelCache:
+    """Parsed CCEL events by SHA-256 of (table, log data): a TD's CCEL is the same on every
+    request until it reboots, and parsing it is most of the event-log cost. Only successful
+    parses are kept; the replay against the quote is never cached. Bounded: the whole cache
+    is dropped when full."""
+
+    def __init__(self, limit: int = 256) -> None:
+        self._limit = limit
+        self._events: dict[bytes, tuple[RtmrEvent, ...]] = {}
+
+    def events(self, ccel_table: bytes | None, ccel_data: bytes | None) -> tuple[RtmrEvent, ...]:
+        """The CCEL's extending events (see ``_ccel_events``), parsed once per content."""
+        if not ccel_data:
+            return _ccel_events(ccel_table, ccel_data)
+        table = ccel_table or b""
+        key = hashlib.sha256(len(table).to_bytes(4, "big") + table + ccel_data).digest()
+        found = self._events.get(key)
+        if found is None:
+            found = _ccel_events(ccel_table, ccel_data)
+            if len(self._events) >= self._limit:
+                self._events.clear()
+            self._events[key] = found
+        return found
+
+
 def td_event_claims(
     rtmrs: Sequence[bytes],
     *,
     ccel_table: bytes | None,
     ccel_data: bytes | None,
     runtime_log: bytes | None,
+    cache: CcelCache | None = None,
 ) -> TdEventClaims:
     """Replay the CCEL and the runtime log against the quoted ``rtmrs`` and interpret them.
-    Callers call this only when a CCEL or a runtime log was presented."""
+    Callers call this only when a CCEL or a runtime log was presented; a long-lived caller
+    passes a ``CcelCache``."""
     if len(rtmrs) != RTMR_COUNT or any(len(r) != RTMR_SIZE for r in rtmrs):
         raise Malformed("quoted RTMRs must be four 48-byte values", rule="eventlog.rtmrs",
                         expected=f"{RTMR_COUNT} x {RTMR_SIZE} bytes",
                         actual=str([len(r) for r in rtmrs]))
-    ccel = _ccel_events(ccel_table, ccel_data)
+    ccel = (cache.events(ccel_table, ccel_data) if cache is not None
+            else _ccel_events(ccel_table, ccel_data))
     runtime = parse_runtime_log(runtime_log) if runtime_log else ()
     replayed = _replay(ccel, runtime)
     checked = range(RTMR_COUNT) if ccel_data else (RTMR_COUNT - 1,)
