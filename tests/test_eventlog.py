@@ -18,6 +18,7 @@ from keybroker.errors import Category, EventLogMismatch, KeybrokerError, Malform
 from keybroker.evidence.dcap_quote import parse_tdx_quote
 from verifier.eventlog.ccel import (
     CCEL_TABLE_SIZE,
+    build_ccel_table,
     check_rtmrs,
     parse_ccel_log,
     parse_ccel_table,
@@ -279,3 +280,14 @@ def test_hypothesis_arbitrary_bytes_raise_only_malformed(tail: bytes) -> None:
             parse_event_log(raw)
         except KeybrokerError as exc:
             assert exc.category is Category.MALFORMED
+
+
+def test_ccel_table_builds_back_byte_exact() -> None:
+    """The real cloud CCEL table parses and builds back to the same 56 bytes (checksum
+    recomputed), and a changed LAML gets a new, valid checksum."""
+    raw = (CLOUD_DIR / "ccel_table.dat").read_bytes()
+    table = parse_ccel_table(raw)
+    assert build_ccel_table(table) == raw
+    bigger = parse_ccel_table(build_ccel_table(dataclasses.replace(table, laml=0x80000)))
+    assert bigger.laml == 0x80000
+    assert bigger.checksum != table.checksum

@@ -15,7 +15,6 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Final, Protocol
 
 import construct as c
 
+from attester_agent.collectors.pseudo_file import read_bounded
 from keybroker.errors import Malformed, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -99,28 +99,6 @@ def _check_table(table: bytes) -> None:
 
 def _read_bounded(path: Path, limit: int) -> bytes | None:
     """The whole file (None when it does not exist); larger than ``limit`` is MALFORMED."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None
-    except OSError as exc:
-        raise Unavailable(f"cannot open {path}", actual=_oserror(exc)) from exc
-    try:
-        chunks: list[bytes] = []
-        total = 0
-        while chunk := os.read(fd, 65536):
-            total += len(chunk)
-            if total > limit:
-                raise Malformed(f"{path} is too large", rule="CCEL size bound",
-                                expected=f"<= {limit} bytes", actual=f"> {limit} bytes")
-            chunks.append(chunk)
-    except OSError as exc:
-        raise Unavailable(f"cannot read {path}", actual=_oserror(exc)) from exc
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
-def _oserror(exc: OSError) -> str:
-    name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "?"
-    return f"{name}: {exc.strerror or exc}"
+    return read_bounded(path, limit, what="CCEL", rule="CCEL size bound")

@@ -20,7 +20,6 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import secrets
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Final
 
 from attester_agent.collectors.base import check_report_data
+from attester_agent.collectors.pseudo_file import describe_oserror, read_bounded, write_once
 from attester_agent.collectors.tdx_evidence import TdxSources, collect_tdx
 from keybroker.errors import BindingMismatch, Malformed, Unavailable
 from keybroker.evidence.snp_report import REPORT_SIZE, parse_report
@@ -188,7 +188,8 @@ class ConfigfsTsmCollector:
             self._make_instance(instance)
         except OSError as exc:
             raise Unavailable("cannot create a configfs-tsm report instance",
-                              expected=f"writable {self.root}", actual=_oserror(exc)) from exc
+                              expected=f"writable {self.root}",
+                              actual=describe_oserror(exc)) from exc
         return instance
 
     def _make_instance(self, instance: Path) -> None:
@@ -200,7 +201,7 @@ class ConfigfsTsmCollector:
             self._remove_instance(instance)
         except OSError as exc:
             logger.warning("could not remove configfs-tsm instance %s: %s", instance,
-                           _oserror(exc))
+                           describe_oserror(exc))
 
     def _remove_instance(self, instance: Path) -> None:
         """rmdir the instance (configfs drops its attributes with it)."""
@@ -208,39 +209,11 @@ class ConfigfsTsmCollector:
 
     def _write_attr(self, path: Path, data: bytes) -> None:
         """Write ``data`` to an attribute in a single write call."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                written = os.write(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise Unavailable(f"configfs-tsm write to {path.name} failed",
-                              actual=_oserror(exc)) from exc
-        if written != len(data):
-            raise Unavailable(f"configfs-tsm short write to {path.name}",
-                              expected=f"{len(data)} bytes", actual=f"{written} bytes")
+        write_once(path, data, what="configfs-tsm")
 
     def _read_attr(self, path: Path) -> bytes:
         """Read a whole attribute (bounded)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                chunks: list[bytes] = []
-                total = 0
-                while chunk := os.read(fd, 65536):
-                    total += len(chunk)
-                    if total > _MAX_BLOB:
-                        raise Malformed(f"configfs-tsm {path.name} is too large",
-                                        expected=f"<= {_MAX_BLOB} bytes",
-                                        actual=f"> {_MAX_BLOB} bytes")
-                    chunks.append(chunk)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise Unavailable(f"configfs-tsm read of {path.name} failed",
-                              actual=_oserror(exc)) from exc
-        return b"".join(chunks)
+        return read_bounded(path, _MAX_BLOB, what="configfs-tsm")
 
     def _read_optional(self, path: Path) -> bytes:
         """Read an attribute that a provider may not expose (empty when absent)."""
@@ -264,8 +237,3 @@ def _check_snp_report(report: bytes, report_data: bytes) -> None:
         raise BindingMismatch("configfs-tsm report carries another report_data",
                               rule="configfs-tsm report_data", expected=report_data.hex(),
                               actual=parsed.report_data.hex())
-
-
-def _oserror(exc: OSError) -> str:
-    name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "?"
-    return f"{name}: {exc.strerror or exc}"

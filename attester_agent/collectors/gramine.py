@@ -16,14 +16,13 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Final
 
 from attester_agent.collectors.base import check_report_data
+from attester_agent.collectors.pseudo_file import read_bounded, write_once
 from keybroker.errors import BindingMismatch, Malformed, Unavailable
 from keybroker.evidence.dcap_quote import MAX_QUOTE_SIZE, parse_sgx_quote
 from keybroker.v1 import evidence_pb2
@@ -93,46 +92,8 @@ class GramineSgxCollector:
 
     def _write_file(self, path: Path, data: bytes) -> None:
         """Write ``data`` in a single write call."""
-        _write(path, data)
+        write_once(path, data, what="Gramine")
 
     def _read_file(self, path: Path, limit: int) -> bytes:
         """Read a whole pseudo-file (at most ``limit`` bytes)."""
-        return _read(path, limit)
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            written = os.write(fd, data)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise Unavailable(f"write to {path} failed", actual=_oserror(exc)) from exc
-    if written != len(data):
-        raise Unavailable(f"short write to {path}", expected=f"{len(data)} bytes",
-                          actual=f"{written} bytes")
-
-
-def _read(path: Path, limit: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            chunks: list[bytes] = []
-            total = 0
-            while chunk := os.read(fd, 65536):
-                total += len(chunk)
-                if total > limit:
-                    raise Malformed(f"{path.name} is too large", expected=f"<= {limit} bytes",
-                                    actual=f"> {limit} bytes")
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise Unavailable(f"read of {path} failed", actual=_oserror(exc)) from exc
-    return b"".join(chunks)
-
-
-def _oserror(exc: OSError) -> str:
-    name = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "?"
-    return f"{name}: {exc.strerror or exc}"
+        return read_bounded(path, limit, what="Gramine")

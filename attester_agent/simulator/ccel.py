@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import construct as c
 
+from verifier.eventlog.ccel import CC_TYPE_TDX, CcelTable, build_ccel_table
 from verifier.eventlog.tcg import (
     ALG_SHA384,
     DigestAlgorithm,
@@ -52,22 +53,6 @@ _TD_HOB_GUID = uuid.UUID("93bb96af-b9f2-4eb8-9462-e0ba74564236").bytes_le
 _QEMU_KERNEL_FS = uuid.UUID("1428f772-b64a-441e-b8c3-9ebdd7f893c7").bytes_le
 _FIRMWARE_BASE = 0xFFC0_0000
 
-_TABLE = c.Struct(
-    "signature" / c.Const(b"CCEL"),
-    "length" / c.Int32ul,
-    "revision" / c.Int8ul,
-    "checksum" / c.Int8ul,
-    "oem_id" / c.Bytes(6),
-    "oem_table_id" / c.Bytes(8),
-    "oem_revision" / c.Int32ul,
-    "creator_id" / c.Bytes(4),
-    "creator_revision" / c.Int32ul,
-    "cc_type" / c.Int8ul,
-    "cc_subtype" / c.Int8ul,
-    "reserved" / c.Bytes(2),
-    "laml" / c.Int64ul,
-    "lasa" / c.Int64ul,
-)
 _FIRMWARE_BLOB2 = c.Struct("description" / c.PascalString(c.Int8ul, "ascii"),
                            "base" / c.Int64ul, "length" / c.Int64ul)
 _HANDOFF_TABLES2 = c.Struct("description" / c.PascalString(c.Int8ul, "ascii"),
@@ -176,14 +161,11 @@ def _events(boot: TdBoot) -> list[TcgEvent]:
 
 
 def ccel_table(laml: int = LOG_AREA_SIZE, lasa: int = LOG_AREA_ADDRESS) -> bytes:
-    """The 56-byte CCEL ACPI table with a correct checksum."""
-    fields = {"length": 56, "revision": 1, "checksum": 0, "oem_id": b"INTEL ",
-              "oem_table_id": b"EDK2    ", "oem_revision": 2, "creator_id": b"    ",
-              "creator_revision": 0x01000013, "cc_type": 2, "cc_subtype": 0,
-              "reserved": bytes(2), "laml": laml, "lasa": lasa}
-    unsummed: bytes = _TABLE.build(fields)
-    out: bytes = _TABLE.build({**fields, "checksum": -sum(unsummed) % 256})
-    return out
+    """The 56-byte CCEL ACPI table (TDX, as EDK2 writes it) with a correct checksum."""
+    return build_ccel_table(CcelTable(
+        revision=1, checksum=0, oem_id=b"INTEL ", oem_table_id=b"EDK2    ", oem_revision=2,
+        creator_id=b"    ", creator_revision=0x01000013, cc_type=CC_TYPE_TDX, cc_subtype=0,
+        laml=laml, lasa=lasa))
 
 
 def simulate_ccel(boot: TdBoot) -> SimulatedCcel:

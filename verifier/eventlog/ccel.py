@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -105,6 +106,19 @@ def parse_ccel_table(raw: bytes) -> CcelTable:
         creator_revision=f.creator_revision, cc_type=f.cc_type, cc_subtype=f.cc_subtype,
         laml=f.laml, lasa=f.lasa,
     )
+
+
+def build_ccel_table(table: CcelTable) -> bytes:
+    """The 56 bytes of ``table`` with the ACPI checksum recomputed (``table.checksum`` is
+    ignored); ``parse_ccel_table`` of the result gives ``table`` back with that checksum."""
+    fields = {**dataclasses.asdict(table), "signature": CCEL_SIGNATURE,
+              "length": CCEL_TABLE_SIZE, "checksum": 0, "reserved": bytes(2)}
+    try:
+        unsummed: bytes = _TABLE.build(fields)
+        out: bytes = _TABLE.build({**fields, "checksum": -sum(unsummed) % 256})
+    except (c.ConstructError, ValueError, TypeError) as exc:
+        raise Malformed("CCEL table fields do not fit the layout", actual=str(exc)) from None
+    return out
 
 
 def parse_ccel_log(data: bytes, table: CcelTable | None = None) -> EventLog:
