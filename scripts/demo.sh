@@ -3,5 +3,5 @@
 # `keybroker demo` on embedded defaults (simulator TEE, SQLite files, generated keys).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/venv.sh
+. scripts/venv.sh ""   # no extras (an explicit argument, so ours are not passed on)
 exec "$VENV/bin/keybroker" demo "$@"
