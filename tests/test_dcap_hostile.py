@@ -387,3 +387,22 @@ def test_signature_data_mutation_raises_only_typed_errors(tdx_quote: bytes,
                + tdx_quote[offset + 1:])
     with pytest.raises(KeybrokerError):
         verifier.verify_tdx(mutated, at=NOW)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_byte_mutation_is_typed_or_harmless(tdx_quote: bytes, verifier: DcapVerifier,
+                                                data: st.DataObject) -> None:
+    """Changing any one byte anywhere in a TDX quote (PCK chain PEM included) either raises a
+    KeybrokerError or leaves what is verified unchanged (PEM whitespace, zero padding): the
+    claims are then identical and the change lies outside the signed region."""
+    offset = data.draw(st.integers(0, len(tdx_quote) - 1))
+    delta = data.draw(st.integers(1, 255))
+    mutated = (tdx_quote[:offset] + bytes([(tdx_quote[offset] + delta) % 256])
+               + tdx_quote[offset + 1:])
+    try:
+        claims = verifier.verify_tdx(mutated, at=NOW)
+    except KeybrokerError:
+        return
+    assert offset >= V4_SIGNED_END
+    assert claims == verifier.verify_tdx(tdx_quote, at=NOW)
