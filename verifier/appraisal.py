@@ -17,7 +17,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -28,6 +27,7 @@ from keybroker.errors import (
     PlatformPolicyViolation,
     TcbPolicyViolation,
 )
+from verifier.init_data import HOST_DATA, check_init_data
 from verifier.policy import AppraisalPolicy, SnpPolicy
 from verifier.snp.claims import FirmwareVersion, SnpClaims
 from verifier.snp.tcb import TcbVersion
@@ -129,18 +129,8 @@ def _check_measurement(claims: SnpClaims, snp: SnpPolicy, init_data: bytes) -> N
         raise MeasurementMismatch("HOST_DATA is not in the accepted list", rule="snp.host_data",
                                   expected=f"one of {len(snp.host_data)} accepted values",
                                   actual=claims.host_data.hex())
-    if snp.require_init_data and not init_data:
-        raise MeasurementMismatch("policy requires init-data but none was presented",
-                                  rule="snp.require_init_data",
-                                  expected="init-data with SHA-256 == HOST_DATA",
-                                  actual="no init-data")
-    if init_data:
-        digest = hashlib.sha256(init_data).digest()
-        if digest != claims.host_data:
-            raise MeasurementMismatch("HOST_DATA does not commit to the presented init-data",
-                                      rule="snp.require_init_data",
-                                      expected=f"HOST_DATA = {digest.hex()}",
-                                      actual=f"HOST_DATA = {claims.host_data.hex()}")
+    check_init_data(HOST_DATA, claims.host_data, init_data, required=snp.require_init_data,
+                    rule="snp.require_init_data")
 
 
 def appraise_snp(

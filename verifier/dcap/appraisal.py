@@ -30,7 +30,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -47,6 +46,7 @@ from verifier.appraisal import AFFIRMING, WARNING, Appraisal
 from verifier.dcap.claims import TD_ATTRIBUTE_BITS, DcapTcbClaims, SgxClaims, TdxClaims, rfc3339
 from verifier.dcap.policy import GRACE_STATUSES, DcapTcbPolicy, SgxPolicy, TdxPolicy
 from verifier.dcap.schema import TcbStatus
+from verifier.init_data import MRCONFIGID, check_init_data
 from verifier.policy import AppraisalPolicy
 
 GENUINE = 2
@@ -186,18 +186,8 @@ def _check_td_measurements(claims: TdxClaims, tdx: TdxPolicy, init_data: bytes) 
         _in_set(claims.rtmrs[i], accepted, f"RTMR{i}", f"rtmr{i}")
     _in_set(claims.mr_owner, tdx.mrowner, "MROWNER", "mrowner")
     _in_set(claims.mr_owner_config, tdx.mrownerconfig, "MROWNERCONFIG", "mrownerconfig")
-    if tdx.require_init_data and not init_data:
-        raise MeasurementMismatch("policy requires init-data but none was presented",
-                                  rule="tdx.require_init_data",
-                                  expected="init-data with SHA-384 == MRCONFIGID",
-                                  actual="no init-data")
-    if init_data:
-        digest = hashlib.sha384(init_data).digest()
-        if digest != claims.mr_config_id:
-            raise MeasurementMismatch("MRCONFIGID does not commit to the presented init-data",
-                                      rule="tdx.require_init_data",
-                                      expected=f"MRCONFIGID = {digest.hex()}",
-                                      actual=f"MRCONFIGID = {claims.mr_config_id.hex()}")
+    check_init_data(MRCONFIGID, claims.mr_config_id, init_data,
+                    required=tdx.require_init_data, rule="tdx.require_init_data")
     images = claims.events.images if claims.events is not None else ()
     if tdx.required_images and claims.events is None:
         raise MeasurementMismatch("policy requires measured images but no event log replayed "

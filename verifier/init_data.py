@@ -1,0 +1,50 @@
+"""The init-data binding: a launch-time register holds the digest of the init-data document
+the agent presents (SNP HOST_DATA = SHA-256, TDX MRCONFIGID = SHA-384; TPM PCR 8 later).
+
+Invariants:
+- Presented init-data is always checked against the register, required or not: an unbound
+  document is never passed on as if it were attested.
+- A policy that requires init-data refuses a request without it.
+- Every failure is ``MeasurementMismatch`` naming the register, the expected digest and the
+  register's actual value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from keybroker.errors import MeasurementMismatch
+
+
+@dataclass(frozen=True)
+class InitDataRegister:
+    """Where a platform puts the init-data digest, and which hash it uses."""
+
+    name: str  # e.g. "HOST_DATA"
+    hash_name: str  # hashlib name, e.g. "sha256"
+
+    def digest(self, init_data: bytes) -> bytes:
+        return hashlib.new(self.hash_name, init_data).digest()
+
+
+HOST_DATA = InitDataRegister("HOST_DATA", "sha256")
+MRCONFIGID = InitDataRegister("MRCONFIGID", "sha384")
+
+
+def check_init_data(register: InitDataRegister, value: bytes, init_data: bytes, *,
+                    required: bool, rule: str) -> None:
+    """Check ``init_data`` against the register's ``value`` (see the module invariants)."""
+    label = f"SHA-{register.hash_name[3:]}"
+    if required and not init_data:
+        raise MeasurementMismatch("policy requires init-data but none was presented",
+                                  rule=rule,
+                                  expected=f"init-data with {label} == {register.name}",
+                                  actual="no init-data")
+    if init_data:
+        digest = register.digest(init_data)
+        if digest != value:
+            raise MeasurementMismatch(
+                f"{register.name} does not commit to the presented init-data", rule=rule,
+                expected=f"{register.name} = {digest.hex()}",
+                actual=f"{register.name} = {value.hex()}")
