@@ -26,7 +26,7 @@ from typing import Any
 import sqlite_utils
 
 from broker.challenges import Clock
-from broker.database import Database, immediate
+from keybroker.database import Database, immediate
 from keybroker.errors import Malformed
 
 GENESIS = "0" * 64

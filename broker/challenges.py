@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from broker.database import Database
+from keybroker.database import Database
 from keybroker.errors import FreshnessError, Malformed
 
 NONCE_SIZE = 32

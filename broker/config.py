@@ -5,6 +5,9 @@ Invariants:
   MALFORMED (with the file, what was expected and what was found), so a typo never silently
   falls back to a default.
 - Relative paths are resolved against the directory of the configuration file.
+- ``admins`` maps identities to roles (``keybroker.admin_roles``; the broker honours
+  ``policy-admin`` for release rules); ``policy_poll_seconds`` (0.1..60) is how often the
+  service looks for newly applied release rules in ``database``.
 - ``accept_insecure_results`` is only read here; refusing to start with it (unless the operator
   passed the explicit insecure flag) is the CLI's start-up guard.
 """
@@ -12,9 +15,10 @@ Invariants:
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from keybroker.admin_roles import NO_ADMINS, Admins, parse_admins
 from keybroker.errors import Malformed
 
 ALGORITHMS = ("ES256", "ES384")
@@ -38,6 +42,8 @@ class BrokerConfig:
     accept_insecure_results: bool
     token_leeway_seconds: int
     max_request_bytes: int
+    admins: Admins = field(default_factory=lambda: NO_ADMINS)
+    policy_poll_seconds: float = 1.0
 
 
 _DEFAULTS: dict[str, object] = {
@@ -51,10 +57,12 @@ _DEFAULTS: dict[str, object] = {
     "verifier_timeout_seconds": 5.0,
     "challenge_ttl_seconds": 60,
     "audience": "keybroker-broker",
-    "release_rules": "release-rules.toml",
+    "release_rules": "release-rules.yaml",
     "accept_insecure_results": False,
     "token_leeway_seconds": 5,
     "max_request_bytes": 1024 * 1024,
+    "admins": {},
+    "policy_poll_seconds": 1.0,
 }
 
 _PATHS = ("database", "audit_database", "kek_file", "verifier_jwks", "release_rules")
@@ -92,6 +100,7 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
     for key in ("challenge_ttl_seconds", "token_leeway_seconds", "max_request_bytes"):
         _typed(path, key, merged[key], int)
     _typed(path, "accept_insecure_results", merged["accept_insecure_results"], bool)
+    _typed(path, "policy_poll_seconds", merged["policy_poll_seconds"], (int, float))
 
     def p(key: str) -> Path:
         return base / str(merged[key])
@@ -113,6 +122,10 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
     if not 0 <= leeway <= 60:
         raise Malformed(f"{path}: token_leeway_seconds out of range",
                         expected="0..60", actual=str(leeway))
+    poll = float(merged["policy_poll_seconds"])  # type: ignore[arg-type]
+    if not 0.1 <= poll <= 60:
+        raise Malformed(f"{path}: policy_poll_seconds out of range",
+                        rule="broker.policy_poll_seconds", expected="0.1..60", actual=str(poll))
     if not 4096 <= max_bytes <= 16 * 1024 * 1024:
         raise Malformed(f"{path}: max_request_bytes out of range",
                         expected="4096..16777216", actual=str(max_bytes))
@@ -131,6 +144,8 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
         accept_insecure_results=bool(merged["accept_insecure_results"]),
         token_leeway_seconds=leeway,
         max_request_bytes=max_bytes,
+        admins=parse_admins(merged["admins"], path, "broker.admins"),
+        policy_poll_seconds=poll,
     )
 
 

@@ -24,7 +24,7 @@ import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +37,7 @@ from broker.secrets import MAX_VERSION, SecretStore, SecretVersion
 from broker.token import TokenVerifier, evidence_digest
 from keybroker.binding import init_data_digest, report_data
 from keybroker.errors import FreshnessError, KeybrokerError, Malformed, Unavailable
+from keybroker.reload import Watched
 from keybroker.rpc_errors import error_from_rpc
 from keybroker.v1 import broker_pb2, evidence_pb2, verifier_pb2, verifier_pb2_grpc
 from keybroker.wrapping import PublicKey, Suite, load_public_key, release_info, seal
@@ -153,6 +154,12 @@ def effective_request_id(raw: str) -> str:
     return str(uuid.uuid4())
 
 
+def _fixed(rules: ReleaseRules) -> Callable[[], ReleaseRules]:
+    def current() -> ReleaseRules:
+        return rules
+    return current
+
+
 class Broker:
     """The Relying Party: issues challenges and decides releases."""
 
@@ -161,7 +168,7 @@ class Broker:
         *,
         challenges: ChallengeStore,
         secrets: SecretStore,
-        rules: ReleaseRules,
+        rules: ReleaseRules | Callable[[], ReleaseRules],
         tokens: TokenVerifier,
         audit: AuditLog,
         appraiser: Appraiser,
@@ -169,12 +176,14 @@ class Broker:
     ) -> None:
         self.challenges = challenges
         self.secrets = secrets
-        self.rules = rules
+        self._rules: Callable[[], ReleaseRules] = (
+            rules if callable(rules) else _fixed(rules))
         self.tokens = tokens
         self.audit = audit
         self.appraiser = appraiser
         self._clock = clock
         self.suites = tuple(Suite)
+        self.watched_rules: Watched[ReleaseRules] | None = None
 
     async def get_challenge(self, tee: int, key_ids: Sequence[str]) -> Challenge:
         """Issue a challenge for ``tee`` (a TeeType with an Evidence variant) and ``key_ids``."""
@@ -237,9 +246,10 @@ class Broker:
                                  expected=", ".join(challenge.key_ids), actual=", ".join(outside))
         expected = report_data(challenge.nonce, valid.suite.value, valid.public_key,
                                init_data_digest(request.init_data))
-        requirements: tuple[Requirement, ...] = self.rules.requirements(
-            [k for k, _ in valid.keys])
-        trail.policy_ids = tuple(r.policy for r in requirements)
+        rules = self._rules()
+        key_ids = [k for k, _ in valid.keys]
+        requirements: tuple[Requirement, ...] = rules.requirements(key_ids)
+        trail.policy_ids = (*(r.policy for r in requirements), rules.rules_id)
         token = await self.appraiser.appraise(verifier_pb2.AppraiseRequest(
             evidence=request.evidence, expected_report_data=expected, nonce=challenge.nonce,
             policy_ids=[r.policy for r in requirements], init_data=request.init_data,
@@ -248,7 +258,8 @@ class Broker:
             token, now=self._clock(), nonce=challenge.nonce,
             evidence_sha256=trail.evidence_digest, report_data=expected,
             request_id=trail.request_id, requirements=requirements)
-        trail.policy_ids = result.policy_ids
+        trail.policy_ids = (*result.policy_ids, rules.rules_id)
+        rules.check_conditions(key_ids, result.claims)
         if result.insecure:
             _log.warning("release %s: accepting an INSECURE (simulator) attestation result",
                          trail.request_id)

@@ -1,36 +1,55 @@
-"""Release rules: which appraisal policies must be affirming before a key is released.
+"""Release rules: which appraisal policies must be affirming before a key is released, and which
+extra CEL conditions the verified result must meet.
 
 Invariants:
+- The rules are a ``ReleaseRules`` YAML document (``keybroker/schemas/release-rules.schema.json``,
+  loaded by ``keybroker.document``): unknown fields, wrong types, a duplicate rule name or an
+  empty rule list are ``Malformed`` with ``file:line``. ``digest`` is the SHA-256 of the exact
+  document bytes; ``version`` is 0 until the policy store assigns one.
 - A rule names a key-id pattern (fnmatch, case-sensitive), one appraisal policy, and whether
-  that policy's ``warning`` status is acceptable. Unknown keys or wrong types in the file are
-  MALFORMED; a file without rules is MALFORMED (it could only ever deny).
-- Every rule whose pattern matches a key applies to it (they are ANDed). ``warning`` is
-  accepted for a policy only if every rule that requires the policy for the requested keys
-  accepts it.
+  that policy's ``warning`` status is acceptable. Every rule whose pattern matches a key applies
+  to it (they are ANDed). ``warning`` is accepted for a policy only if every rule that requires
+  the policy for the requested keys accepts it.
 - A requested key that matches no rule is denied (PLATFORM_POLICY): an empty requirement is
   never a vacuous pass.
+- A rule's ``when`` is CEL over ``key`` (the key id), ``submod`` (the EAR submod of the rule's
+  policy) and ``result`` (all token claims). It is compiled at load time against a sample token
+  (so a typo or a type error is refused at load) and, for a request, evaluated for every
+  matching rule; false, an evaluation error or a missing submod denies (PLATFORM_POLICY, rule
+  ``release.<rule name>.when``). Annotated evidence differs per platform: guard fields of
+  ``submod["ear.veraison.annotated-evidence"]`` with ``has()`` or ``in``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-import tomllib
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from keybroker.errors import Malformed, PlatformPolicyViolation
+from keybroker.condition import Condition, ConditionError, compile_condition
+from keybroker.document import Document, load_document, read_document
+from keybroker.errors import PlatformPolicyViolation
 
-_RULE_KEYS = {"keys": str, "policy": str, "accept_warning": bool}
+SCHEMA = "release-rules"
+KIND = "ReleaseRules"
+EAR_PROFILE = "tag:github.com,2023:veraison/ear"
+_SAMPLE_TIME = 1_767_225_600  # 2026-01-01T00:00:00Z
+_WILDCARDS = re.compile(r"\[[^\]]*\]|[*?]")
 
 
 @dataclass(frozen=True)
 class ReleaseRule:
-    """One ``[[rule]]`` entry."""
+    """One entry of ``rules``."""
 
     keys: str
     policy: str
     accept_warning: bool = False
+    name: str = ""
+    when: Condition | None = None
+    line: int = 0
 
     def matches(self, key_id: str) -> bool:
         """Whether this rule applies to ``key_id``."""
@@ -45,11 +64,69 @@ class Requirement:
     accept_warning: bool
 
 
+def sample_submod(policy: str) -> dict[str, object]:
+    """A realistic EAR submod for ``policy`` (shape of ``verifier.result`` submods)."""
+    return {
+        "ear.status": "affirming",
+        "ear.trustworthiness-vector": {"instance-identity": 2, "configuration": 2,
+                                       "executables": 2, "hardware": 2, "runtime-opaque": 2},
+        "ear.appraisal-policy-id": f"{policy}@1",
+        "keybroker.policy-digest": "ab" * 32,
+        "ear.veraison.annotated-evidence": {},
+        "keybroker.workload": {
+            "init_data_register": "HOST_DATA", "init_data_digest": "ab" * 32, "name": "demo",
+            "images": ["sha256:" + "ab" * 32], "agent_policy": "default",
+            "agent_policy_digest": "sha256:" + "cd" * 32, "measured_register": "RTMR3",
+            "measured_images": ["sha256:" + "ab" * 32]},
+        "keybroker.warnings": ["a warning"],
+        "keybroker.reference-values": {"evidence.measurement": "launch@1/fw"},
+        "keybroker.tcb-debt": ["reported_tcb.microcode 115 < next floor 200"],
+    }
+
+
+def sample_token_claims(policies: Sequence[str]) -> dict[str, object]:
+    """Realistic verified token claims with one submod per policy (for compile-time checks)."""
+    return {
+        "eat_profile": EAR_PROFILE,
+        "iat": _SAMPLE_TIME,
+        "nbf": _SAMPLE_TIME,
+        "exp": _SAMPLE_TIME + 60,
+        "jti": "00" * 16,
+        "aud": "keybroker-broker",
+        "ear.verifier-id": {"developer": "keybroker", "build": "keybroker-verifier 0.0.0"},
+        "eat_nonce": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "keybroker.request-id": "00000000-0000-4000-8000-000000000000",
+        "keybroker.evidence-digest": "cd" * 32,
+        "keybroker.report-data": "00" * 64,
+        "keybroker.insecure": False,
+        "submods": {policy: sample_submod(policy) for policy in policies},
+    }
+
+
+def _sample_key(pattern: str) -> str:
+    """A key id the pattern matches (wildcards replaced), for the sample activation."""
+    return _WILDCARDS.sub("x", pattern)
+
+
 @dataclass(frozen=True)
 class ReleaseRules:
-    """The loaded rule set."""
+    """The loaded rule set (one document)."""
 
     rules: tuple[ReleaseRule, ...]
+    name: str = "release-rules"
+    version: int = 0
+    digest: str = ""
+    source: str = ""
+    document: bytes = b""
+
+    @property
+    def rules_id(self) -> str:
+        """``<name>@<version>``."""
+        return f"{self.name}@{self.version}"
+
+    def with_version(self, version: int) -> ReleaseRules:
+        """The same rules as stored version ``version``."""
+        return dataclasses.replace(self, version=version)
 
     def requirements(self, key_ids: Sequence[str]) -> tuple[Requirement, ...]:
         """The policies required to release all ``key_ids``, sorted by policy name.
@@ -67,47 +144,79 @@ class ReleaseRules:
                 accept[rule.policy] = accept.get(rule.policy, True) and rule.accept_warning
         return tuple(Requirement(name, accept[name]) for name in sorted(accept))
 
+    def check_conditions(self, key_ids: Sequence[str],
+                         token_claims: Mapping[str, object]) -> None:
+        """Evaluate the ``when`` of every rule matching each key against the verified token
+        claims; PlatformPolicyViolation (rule ``release.<name>.when``) on false or error."""
+        submods = token_claims.get("submods")
+        for key_id in key_ids:
+            for rule in self.rules:
+                if rule.when is None or not rule.matches(key_id):
+                    continue
+                where = f"release.{rule.name}.when"
+                submod = submods.get(rule.policy) if isinstance(submods, Mapping) else None
+                if not isinstance(submod, Mapping):
+                    raise PlatformPolicyViolation(
+                        "release condition not met", rule=where,
+                        expected=rule.when.expression,
+                        actual=f"no result for policy {rule.policy}")
+                try:
+                    passed = rule.when.evaluate(
+                        {"key": key_id, "submod": submod, "result": token_claims})
+                except ConditionError as exc:
+                    raise PlatformPolicyViolation(
+                        "release condition could not be evaluated", rule=where,
+                        expected=rule.when.expression, actual=str(exc)) from None
+                if not passed:
+                    raise PlatformPolicyViolation(
+                        "release condition not met", rule=where,
+                        expected=rule.when.expression, actual="false")
 
-def parse_rules(data: dict[str, object], source: str) -> ReleaseRules:
-    """Validate parsed TOML ``data`` (from ``source``) into rules."""
-    extra = sorted(set(data) - {"rule"})
-    if extra:
-        raise Malformed(f"{source}: unknown top-level key", expected="[[rule]]",
-                        actual=", ".join(extra))
-    entries = data.get("rule")
-    if not isinstance(entries, list) or not entries:
-        raise Malformed(f"{source}: no release rules", expected="at least one [[rule]]",
-                        actual=type(entries).__name__ if entries is not None else "none")
+
+def _compile_rule(doc: Document, index: int, entry: Mapping[str, object],
+                  policies: Sequence[str]) -> ReleaseRule:
+    keys, policy = str(entry["keys"]), str(entry["policy"])
+    when: Condition | None = None
+    expression = entry.get("when")
+    if isinstance(expression, str):
+        sample = {"key": _sample_key(keys), "submod": sample_submod(policy),
+                  "result": sample_token_claims(policies)}
+        try:
+            when = compile_condition(expression, sample)
+        except ConditionError as exc:
+            raise doc.fail(("rules", index, "when"), f"invalid condition ({exc})",
+                           "a CEL boolean over key, submod and result", expression) from None
+    return ReleaseRule(keys=keys, policy=policy,
+                       accept_warning=entry.get("accept_warning") is True,
+                       name=str(entry["name"]), when=when, line=doc.line(("rules", index)))
+
+
+def compile_rules(doc: Document, version: int = 0) -> ReleaseRules:
+    """Compile a validated ``ReleaseRules`` document."""
+    entries = doc.data["rules"]
+    assert isinstance(entries, list)
+    policies = sorted({str(e["policy"]) for e in entries if isinstance(e, dict)})
+    seen: dict[str, int] = {}
     rules: list[ReleaseRule] = []
     for index, entry in enumerate(entries):
-        where = f"{source}: rule[{index}]"
-        if not isinstance(entry, dict):
-            raise Malformed(f"{where} is not a table", actual=type(entry).__name__)
-        unknown = sorted(set(entry) - set(_RULE_KEYS))
-        if unknown:
-            raise Malformed(f"{where}: unknown key", expected=", ".join(_RULE_KEYS),
-                            actual=", ".join(unknown))
-        for key in ("keys", "policy"):
-            if key not in entry:
-                raise Malformed(f"{where}: missing {key}", expected=key, actual="none")
-        for key, kind in _RULE_KEYS.items():
-            if key in entry and not isinstance(entry[key], kind):
-                raise Malformed(f"{where}: {key} has the wrong type", expected=kind.__name__,
-                                actual=type(entry[key]).__name__)
-        keys, policy = str(entry["keys"]), str(entry["policy"])
-        if not keys or not policy:
-            raise Malformed(f"{where}: keys and policy must be non-empty")
-        rules.append(ReleaseRule(keys, policy, bool(entry.get("accept_warning", False))))
-    return ReleaseRules(tuple(rules))
+        assert isinstance(entry, dict)
+        name = str(entry["name"])
+        if name in seen:
+            raise doc.fail(("rules", index, "name"), "duplicate rule name",
+                           f"a name not used by rules[{seen[name]}]", name)
+        seen[name] = index
+        rules.append(_compile_rule(doc, index, entry, policies))
+    if not rules:  # the schema requires one; kept so an empty rule set can never load
+        raise doc.fail(("rules",), "no release rules", "at least one rule", entries)
+    return ReleaseRules(rules=tuple(rules), name=str(doc.data["name"]), version=version,
+                        digest=doc.digest, source=doc.source, document=doc.raw)
 
 
-def load_rules(path: Path) -> ReleaseRules:
-    """Read and validate the release rules file."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-        data = tomllib.loads(text)
-    except OSError as exc:
-        raise Malformed(f"cannot read release rules {path}: {exc.strerror}") from exc
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise Malformed(f"{path}: not valid TOML: {exc}") from exc
-    return parse_rules(data, str(path))
+def parse_rules(raw: bytes, source: str, version: int = 0) -> ReleaseRules:
+    """Parse, validate and compile release-rules document bytes (``source`` names it)."""
+    return compile_rules(load_document(raw, source, SCHEMA), version)
+
+
+def load_rules(path: Path, version: int = 0) -> ReleaseRules:
+    """Read, validate and compile the release-rules file at ``path``."""
+    return compile_rules(read_document(path, SCHEMA), version)

@@ -21,8 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.challenges import MAX_KEY_ID_LEN, Clock
-from broker.database import Database, immediate
 from broker.kek import KekProvider
+from keybroker.database import Database, immediate
 from keybroker.errors import Malformed, Unavailable
 
 _AAD_LABEL = b"keybroker/v1/secret\x00"

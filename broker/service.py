@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 import sqlite_utils
@@ -30,13 +31,16 @@ from grpc_reflection.v1alpha import reflection
 from broker.audit import AuditLog
 from broker.challenges import ChallengeStore, Clock, challenge_schema
 from broker.config import BrokerConfig
-from broker.database import Database
 from broker.kek import FileKek, KekProvider
 from broker.release import Appraiser, Broker, GrpcAppraiser, effective_request_id
-from broker.rules import load_rules
+from broker.rules import KIND as RULES_KIND
+from broker.rules import ReleaseRules, load_rules, parse_rules
 from broker.secrets import SecretStore, secret_schema
 from broker.token import TokenVerifier, load_jwks
+from keybroker.database import Database
 from keybroker.errors import KeybrokerError, Unavailable
+from keybroker.policy_store import PolicyStore
+from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
 from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
 
@@ -68,7 +72,7 @@ def build_broker(
 ) -> Broker:
     """Assemble a Broker from ``config`` (stores, KEK, rules, pinned JWKS, verifier client)."""
     kek = kek if kek is not None else FileKek.load(config.kek_file)
-    rules = load_rules(config.release_rules)
+    rules = watch_rules(config, clock)
     tokens = TokenVerifier(load_jwks(config.verifier_jwks, config.verifier_alg),
                            alg=config.verifier_alg, audience=config.audience,
                            leeway_seconds=config.token_leeway_seconds,
@@ -80,16 +84,49 @@ def build_broker(
         _log.warning("audit: %d release intents without outcome marked unknown", dangling)
     challenges = ChallengeStore(db, ttl_seconds=config.challenge_ttl_seconds, clock=clock)
     challenges.purge_expired()
-    return Broker(
+    built = Broker(
         challenges=challenges,
         secrets=SecretStore(db, kek, clock=clock),
-        rules=rules,
+        rules=lambda: rules.current,
         tokens=tokens,
         audit=audit,
         appraiser=appraiser if appraiser is not None else GrpcAppraiser(
             config.verifier, timeout_seconds=config.verifier_timeout_seconds),
         clock=clock,
     )
+    built.watched_rules = rules
+    return built
+
+
+def watch_rules(config: BrokerConfig, clock: Clock) -> Watched[ReleaseRules]:
+    """The release rules in force, from the policy store in the broker database.
+
+    The configured rules file only seeds an empty store (version 1); afterwards the store is
+    the source of truth (``keybroker admin policy apply``) and a differing file is reported.
+    A broken file or stored version stops start-up (nothing is in force without rules).
+    """
+    seed = load_rules(config.release_rules)
+    store = PolicyStore(config.database)
+    now = datetime.fromtimestamp(clock(), UTC)
+    if store.seed(RULES_KIND, seed.name, seed.document, source=str(config.release_rules),
+                  now=now) is None:
+        current = store.in_force(RULES_KIND).get(seed.name)
+        if current is not None and current.digest != seed.digest:
+            _log.warning("release rules file %s differs from %s in force; the file is only a "
+                         "seed, apply it with `keybroker admin policy apply`",
+                         config.release_rules, current.label)
+
+    def load() -> ReleaseRules:
+        versions = store.in_force(RULES_KIND)
+        if len(versions) != 1:
+            raise Unavailable("release rules in force are ambiguous",
+                              rule="release.rules", expected="exactly one ReleaseRules document",
+                              actual=", ".join(sorted(versions)) or "none")
+        (version,) = versions.values()
+        return parse_rules(version.document, f"{version.label} (broker db)",
+                           version=version.version)
+
+    return Watched("release rules", store.generation, load)
 
 
 class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
@@ -208,6 +245,8 @@ async def serve(
 ) -> None:
     """Run the broker until SIGTERM/SIGINT; call ``ready(address)`` once serving."""
     broker = build_broker(config, clock=clock)
+    if broker.watched_rules is not None:
+        broker.watched_rules.start(config.policy_poll_seconds)
     running = await start_server(broker, config.listen,
                                  max_request_bytes=config.max_request_bytes)
     stop = asyncio.Event()
@@ -223,4 +262,6 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await running.stop()
+        if broker.watched_rules is not None:
+            await broker.watched_rules.stop()
         await close_broker(broker)

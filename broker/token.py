@@ -26,7 +26,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
@@ -51,6 +51,7 @@ class VerifiedResult:
     statuses: tuple[tuple[str, str], ...]  # (policy name, ear.status)
     insecure: bool
     jti: str
+    claims: Mapping[str, object] = field(default_factory=dict)  # the verified token claims
 
 
 def evidence_digest(evidence: evidence_pb2.Evidence) -> str:
@@ -212,7 +213,8 @@ class TokenVerifier:
                                rule="token.insecure", expected="false", actual="true")
         policy_ids, statuses = self._check_submods(claims, requirements)
         jti = claims.get("jti", "")
-        return VerifiedResult(policy_ids, statuses, insecure, jti if isinstance(jti, str) else "")
+        return VerifiedResult(policy_ids, statuses, insecure, jti if isinstance(jti, str) else "",
+                              claims)
 
     def _check_time(self, claims: Mapping[str, object], now: float) -> None:
         exp, iat, nbf = (_int_claim(claims, n) for n in ("exp", "iat", "nbf"))

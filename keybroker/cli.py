@@ -18,6 +18,7 @@ _GROUPS = (
     ("broker.cli", "register"),
     ("keybroker.verify_cmd", "register"),
     ("keybroker.demo", "register"),
+    ("keybroker.admin_cli", "register"),
 )
 
 

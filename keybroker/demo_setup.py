@@ -5,9 +5,13 @@ Invariants:
 - Simulator roots and simulator collateral exist only inside the layout's directory; the
   verifier config names them under ``simulator_roots`` / ``simulator_intel_roots``, which the
   verifier refuses unless started with ``--insecure-simulator``.
-- Every policy written here requires init-data (its digest in HOST_DATA / MRCONFIGID) and a
-  launch measurement (SNP MEASUREMENT, TDX MRTD, SGX MRENCLAVE); TDX policies may also require
-  measured container images. Nothing here is a production setup.
+- Policies are YAML appraisal policy documents (schema ``appraisal-policy``). Every SNP / TDX
+  policy written here requires init-data (``workload.require_init_data``: its digest in
+  HOST_DATA / MRCONFIGID), every policy a launch measurement (SNP MEASUREMENT, TDX MRTD, SGX
+  MRENCLAVE); TDX policies may also require measured container images. Nothing here is a
+  production setup.
+- ``DEMO_INIT_DATA`` is an init-data document (TOML ``[workload]`` name and images) whose
+  image is ``DEMO_IMAGE``.
 - Admin actions go through the real CLI in child processes (``run_cli``), as an operator would.
 """
 
@@ -17,11 +21,13 @@ import hashlib
 import os
 import secrets
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
+
+import yaml
 
 from attester_agent.simulator.dcap import DcapTestCa
 from attester_agent.simulator.snp import SnpTestCa
@@ -37,7 +43,8 @@ WRONG_MRTD = hashlib.sha384(b"keybroker demo TD firmware v1 (tampered)").digest(
 DEMO_MRENCLAVE = hashlib.sha256(b"keybroker demo enclave v1").digest()
 WRONG_MRENCLAVE = hashlib.sha256(b"keybroker demo enclave v1 (tampered)").digest()
 DEMO_IMAGE = "sha256:" + hashlib.sha256(b"keybroker demo container image v1").hexdigest()
-DEMO_INIT_DATA = b'workload = "demo"\nimage = "sha256:' + b"ab" * 32 + b'"\n'
+DEMO_INIT_DATA = (b'[workload]\nname = "demo"\nimages = ["' + DEMO_IMAGE.encode() + b'"]\n'
+                  b'\n[agent]\npolicy = "default"\n')
 DEFAULT_POLICY = {"snp": "snp-demo", "tdx": "tdx-demo", "sgx": "sgx-demo"}
 LAUNCH_MEASUREMENT = {"snp": DEMO_MEASUREMENT, "tdx": DEMO_MRTD, "sgx": DEMO_MRENCLAVE}
 WRONG_LAUNCH_MEASUREMENT = {"snp": WRONG_MEASUREMENT, "tdx": WRONG_MRTD,
@@ -88,7 +95,10 @@ class PolicySpec:
     """An appraisal policy for the simulator and the release rule that requires it.
 
     ``measurement`` is the launch measurement of the platform (SNP MEASUREMENT, TDX MRTD,
-    SGX MRENCLAVE)."""
+    SGX MRENCLAVE). ``grace_until`` is an RFC 3339 instant with a time zone. ``workload`` is
+    merged into the policy's ``workload:`` section (SNP and TDX policies always require
+    init-data); ``conditions`` are ``conditions:`` entries (name, when, category, message);
+    ``references`` are ``(claim, set)`` reference-value bindings."""
 
     name: str
     keys: str
@@ -100,6 +110,9 @@ class PolicySpec:
     grace_until: str | None = None
     advisories: tuple[str, ...] = ()
     accept_warning: bool = False
+    workload: Mapping[str, object] | None = None
+    conditions: tuple[Mapping[str, object], ...] = ()
+    references: tuple[tuple[str, str], ...] = ()
 
 
 def run_cli(*args: str) -> str:
@@ -133,7 +146,7 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
     specs = [default_policy(tee), *extra_policies]
     for spec in specs:
         write_policy(layout, spec)
-    policies = ", ".join(f'"policies/{p.name}.toml"' for p in specs)
+    policies = ", ".join(f'"policies/{p.name}.yaml"' for p in specs)
     layout.verifier_config.write_text(
         "[verifier]\n"
         'listen = "127.0.0.1:0"\n'
@@ -145,11 +158,11 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
         f'simulator_roots = ["{layout.sim / "ark.pem"}"]\n'
         f'simulator_intel_roots = ["{layout.dcap_root}"]\n'
     )
-    (layout.broker / "release-rules.toml").write_text("".join(
-        f'[[rule]]\nkeys = "{spec.keys}"\npolicy = "{spec.name}"\n'
-        f"accept_warning = {'true' if spec.accept_warning else 'false'}\n\n"
-        for spec in specs
-    ))
+    (layout.broker / "release-rules.yaml").write_text(
+        "kind: ReleaseRules\nname: release-rules\nrules:\n" + "".join(
+            f'  - name: {spec.name}-keys\n    keys: "{spec.keys}"\n    policy: {spec.name}\n'
+            f"    accept_warning: {'true' if spec.accept_warning else 'false'}\n"
+            for spec in specs))
     write_broker_config(layout, "127.0.0.1:1", challenge_ttl=challenge_ttl)
     run_cli("broker", "init", "--config", str(layout.broker_config))
     secret = b"demo-db-password-" + secrets.token_hex(16).encode()
@@ -157,52 +170,70 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
     return secret
 
 
-def _snp_section(spec: PolicySpec) -> str:
-    floor = ", ".join(f"{name} = {value}" for name, value in spec.min_tcb)
-    return ("\n[snp]\n"
-            f'measurements = ["{spec.measurement.hex()}"]\n'
-            f"min_tcb = {{ {floor} }}\n"
-            "allow_debug = false\n"
-            "allowed_vmpls = [0]\n"
-            "allow_migration_agent = false\n"
-            "allow_smt = true\n"
-            "require_init_data = true\n")
+def _snp_section(spec: PolicySpec) -> dict[str, object]:
+    return {
+        "measurements": [spec.measurement.hex()],
+        "min_tcb": dict(spec.min_tcb),
+        "allow_debug": False,
+        "allowed_vmpls": [0],
+        "allow_migration_agent": False,
+        "allow_smt": True,
+    }
 
 
-def _tcb_lines(spec: PolicySpec) -> str:
-    advisories = ", ".join(f'"{advisory}"' for advisory in spec.advisories)
-    out = f'accepted_tcb_statuses = ["UpToDate"]\nallowed_advisories = [{advisories}]\n'
+def _tcb_fields(spec: PolicySpec) -> dict[str, object]:
+    out: dict[str, object] = {"accepted_tcb_statuses": ["UpToDate"],
+                              "allowed_advisories": list(spec.advisories)}
     if spec.grace_until is not None:
-        out += f"out_of_date_grace_until = {spec.grace_until}\n"
+        out["out_of_date_grace_until"] = datetime.fromisoformat(
+            spec.grace_until.replace("Z", "+00:00"))
     return out
 
 
-def _tdx_section(spec: PolicySpec) -> str:
-    images = ", ".join(f'"{image}"' for image in spec.images)
-    return ("\n[tdx]\n"
-            f'mrtd = ["{spec.measurement.hex()}"]\n'
-            + _tcb_lines(spec)
-            + "require_init_data = true\n"
-            f"required_images = [{images}]\n")
+def _tdx_section(spec: PolicySpec) -> dict[str, object]:
+    return {"mrtd": [spec.measurement.hex()], **_tcb_fields(spec),
+            "required_images": list(spec.images)}
 
 
-def _sgx_section(spec: PolicySpec) -> str:
-    return ("\n[sgx]\n"
-            f'mrenclave = ["{spec.measurement.hex()}"]\n'
-            + _tcb_lines(spec))
+def _sgx_section(spec: PolicySpec) -> dict[str, object]:
+    return {"mrenclave": [spec.measurement.hex()], **_tcb_fields(spec)}
+
+
+class _PolicyDumper(yaml.SafeDumper):
+    """Writes aware datetimes as RFC 3339 YAML timestamps (``2026-06-30T00:00:00Z``)."""
+
+
+def _timestamp(dumper: yaml.SafeDumper, value: datetime) -> yaml.ScalarNode:
+    text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return dumper.represent_scalar("tag:yaml.org,2002:timestamp", text)
+
+
+_PolicyDumper.add_representer(datetime, _timestamp)
+
+
+def policy_document(spec: PolicySpec) -> bytes:
+    """The YAML appraisal policy document for ``spec``."""
+    platform = {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}[spec.tee]
+    section = {"snp": _snp_section, "tdx": _tdx_section, "sgx": _sgx_section}[spec.tee](spec)
+    doc: dict[str, object] = {"kind": "AppraisalPolicy", "name": spec.name,
+                              "platform": platform, spec.tee: section}
+    workload: dict[str, object] = {} if spec.tee == "sgx" else {"require_init_data": True}
+    workload.update(spec.workload or {})
+    if workload:
+        doc["workload"] = workload
+    if spec.references:
+        doc["reference_values"] = [{"claim": claim, "set": name}
+                                   for claim, name in spec.references]
+    if spec.conditions:
+        doc["conditions"] = [dict(c) for c in spec.conditions]
+    text: str = yaml.dump(doc, Dumper=_PolicyDumper, sort_keys=False,
+                          default_flow_style=False, width=120)
+    return text.encode()
 
 
 def write_policy(layout: DemoLayout, spec: PolicySpec) -> None:
-    """Write the verifier policy file for ``spec``."""
-    platform = {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}[spec.tee]
-    section = {"snp": _snp_section, "tdx": _tdx_section, "sgx": _sgx_section}[spec.tee](spec)
-    (layout.verifier / "policies" / f"{spec.name}.toml").write_text(
-        "[policy]\n"
-        f'name = "{spec.name}"\n'
-        "version = 1\n"
-        f'platform = "{platform}"\n'
-        + section
-    )
+    """Write the verifier policy file ``policies/<name>.yaml`` for ``spec``."""
+    (layout.verifier / "policies" / f"{spec.name}.yaml").write_bytes(policy_document(spec))
 
 
 def put_secret(layout: DemoLayout, key_id: str, secret: bytes) -> None:
@@ -232,6 +263,6 @@ def write_broker_config(layout: DemoLayout, verifier_address: str, *,
         "verifier_timeout_seconds = 5.0\n"
         f"challenge_ttl_seconds = {challenge_ttl}\n"
         'audience = "keybroker-broker"\n'
-        'release_rules = "release-rules.toml"\n'
+        'release_rules = "release-rules.yaml"\n'
         "accept_insecure_results = true\n"
     )

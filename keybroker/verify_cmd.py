@@ -12,8 +12,12 @@ Invariants:
 - Without ``--policy`` only authenticity is checked: TDX/SGX exit 0 for every TCB status Intel
   defines (printed with its advisories and any collateral warning), while a platform matching
   no TCB level, a Revoked one, or missing/stale collateral is rejected. With ``--policy`` the
-  claims are appraised (``verifier.appraisal.appraise_snp``,
-  ``verifier.dcap.appraisal.appraise_tdx`` / ``appraise_sgx``).
+  claims and the ``--init-data`` document are appraised by the decision engine
+  (``verifier.decision.appraise``). Reference values come only from ``--refs`` files
+  (ReferenceValues documents, each taken as an ACTIVE set version, checked as an import
+  would); without them a policy that binds a claim to a reference-value set is denied
+  (MEASUREMENT). The output gains the workload claims and the appraisal's warnings, matched
+  references and TCB debt.
 - TDX event logs (``--ccel-table/--ccel-data``, ``--runtime-log``) must replay to the quoted
   RTMRs (``EVENT_LOG`` otherwise); the replayed events become ``claims.events``.
 """
@@ -36,10 +40,12 @@ from keybroker.errors import KeybrokerError, Malformed
 
 if TYPE_CHECKING:
     from verifier.appraisal import Appraisal
+    from verifier.claims_view import PlatformClaims
     from verifier.collateral import CollateralStore
     from verifier.dcap.claims import SgxClaims, TdxClaims
     from verifier.dcap.trust import IntelTrustStore
     from verifier.policy import AppraisalPolicy
+    from verifier.reference import ReferenceSnapshot
     from verifier.snp.claims import SnpClaims
 
 TEES = ("snp", "tdx", "sgx", "nitro", "tpm")
@@ -86,9 +92,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="TDX: the CCEL event log area, replayed to RTMR0-3")
     parser.add_argument("--runtime-log", type=Path, metavar="FILE",
                         help="TDX: the agent's runtime event log, replayed into RTMR3")
-    parser.add_argument("--policy", type=Path, metavar="FILE", help="appraisal policy (TOML)")
+    parser.add_argument("--policy", type=Path, metavar="FILE",
+                        help="appraisal policy (YAML, kind AppraisalPolicy)")
     parser.add_argument("--init-data", type=Path, metavar="FILE",
                         help="init-data document presented with the evidence (with --policy)")
+    parser.add_argument("--refs", type=Path, action="append", default=[], metavar="FILE",
+                        help="ReferenceValues document (YAML), taken as an active set "
+                             "(with --policy; repeatable)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--insecure-simulator-root", type=Path, action="append", default=[],
                         metavar="FILE", help="INSECURE: also trust this simulator root (AMD ARK "
@@ -220,19 +230,21 @@ def _run_snp(args: argparse.Namespace) -> int:
     collateral = _load_collateral(list(args.collateral))
     policy = _load_policy(args)
     at = args.at or datetime.now(UTC)
+    references = _load_references(args, at)
     claims: SnpClaims | None = None
     appraisal: dict[str, object] | None = None
+    workload: dict[str, object] | None = None
     try:
         claims = SnpVerifier(trust, collateral).verify(report, cert_table, at=at)
         if policy is not None:
-            from verifier.appraisal import appraise_snp  # noqa: PLC0415 - optional feature
-
-            appraisal = _appraisal_doc(appraise_snp(claims, policy, init_data=init_data,
-                                                    allow_insecure_root=bool(amd_roots)))
+            appraisal, workload = _appraise(claims, policy, at=at, init_data=init_data,
+                                            references=references, insecure=bool(amd_roots))
     except KeybrokerError as exc:
-        _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None, at=at)
+        _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None,
+              workload=None, at=at)
         return 1
-    _emit(args.json, verdict="verified", error=None, claims=claims, appraisal=appraisal, at=at)
+    _emit(args.json, verdict="verified", error=None, claims=claims, appraisal=appraisal,
+          workload=workload, at=at)
     return 0
 
 
@@ -260,9 +272,11 @@ def _run_dcap(args: argparse.Namespace) -> int:
     collateral = _load_collateral(list(args.collateral))
     policy = _load_policy(args)
     at = args.at or datetime.now(UTC)
+    references = _load_references(args, at)
     verifier = DcapVerifier(collateral, simulator_roots=intel_roots)
     claims: TdxClaims | SgxClaims | None = None
     appraisal: dict[str, object] | None = None
+    workload: dict[str, object] | None = None
     try:
         if tdx:
             claims = verifier.verify_tdx(quote, at=at, allow_missing_crl=args.allow_missing_crl)
@@ -278,35 +292,57 @@ def _run_dcap(args: argparse.Namespace) -> int:
             print(f"WARNING: collateral incomplete: {warning} (allowed by --allow-missing-crl)",
                   file=sys.stderr)
         if policy is not None:
-            appraisal = _appraise_dcap(claims, policy, at=at, init_data=init_data,
-                                       insecure=bool(intel_roots))
+            appraisal, workload = _appraise(claims, policy, at=at, init_data=init_data,
+                                            references=references, insecure=bool(intel_roots))
     except KeybrokerError as exc:
-        _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None, at=at)
+        _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None,
+              workload=None, at=at)
         return 1
-    _emit(args.json, verdict="verified", error=None, claims=claims, appraisal=appraisal, at=at)
+    _emit(args.json, verdict="verified", error=None, claims=claims, appraisal=appraisal,
+          workload=workload, at=at)
     return 0
 
 
-def _appraise_dcap(claims: TdxClaims | SgxClaims, policy: AppraisalPolicy, *, at: datetime,
-                   init_data: bytes, insecure: bool) -> dict[str, object]:
-    from verifier.dcap.appraisal import appraise_sgx, appraise_tdx  # noqa: PLC0415
-    from verifier.dcap.claims import TdxClaims  # noqa: PLC0415
+def _load_references(args: argparse.Namespace, at: datetime) -> ReferenceSnapshot:
+    """``--refs`` documents as ACTIVE set versions (an empty snapshot without them)."""
+    from verifier.reference import ReferenceSnapshot  # noqa: PLC0415 - optional feature
 
-    if isinstance(claims, TdxClaims):
-        return _appraisal_doc(appraise_tdx(claims, policy, at=at, init_data=init_data,
-                                           allow_insecure_root=insecure))
-    return _appraisal_doc(appraise_sgx(claims, policy, at=at, init_data=init_data,
-                                       allow_insecure_root=insecure))
+    paths = list(args.refs)
+    if not paths:
+        return ReferenceSnapshot(())
+    if args.policy is None:
+        raise UsageError("--refs needs --policy")
+    from verifier.policy_cases import active_references  # noqa: PLC0415
+
+    documents = [(_read(Path(path)) or b"", str(path)) for path in paths]
+    try:
+        return active_references(documents, now=at)
+    except KeybrokerError as exc:
+        raise UsageError(f"unusable reference values: {exc.detail}") from None
+
+
+def _appraise(claims: PlatformClaims, policy: AppraisalPolicy, *, at: datetime,
+              init_data: bytes, references: ReferenceSnapshot,
+              insecure: bool) -> tuple[dict[str, object], dict[str, object]]:
+    """The decision engine's appraisal document and workload claims."""
+    from verifier.decision import appraise  # noqa: PLC0415 - optional feature
+
+    result, workload = appraise(policy, claims, init_data=init_data, at=at,
+                                references=references, allow_insecure_root=insecure)
+    return _appraisal_doc(result), workload.as_dict()
 
 
 def _appraisal_doc(result: Appraisal) -> dict[str, object]:
     return {"status": result.status, "policy_id": result.policy_id,
-            "policy_digest": result.policy_digest, "trust_vector": dict(result.trust_vector)}
+            "policy_digest": result.policy_digest, "trust_vector": dict(result.trust_vector),
+            "warnings": list(result.warnings), "matched": dict(result.matched),
+            "would_match": list(result.would_match), "tcb_debt": list(result.tcb_debt)}
 
 
 def _emit(as_json: bool, *, verdict: str, error: KeybrokerError | None,
           claims: SnpClaims | TdxClaims | SgxClaims | None,
-          appraisal: Mapping[str, object] | None, at: datetime) -> None:
+          appraisal: Mapping[str, object] | None, workload: Mapping[str, object] | None,
+          at: datetime) -> None:
     doc: dict[str, object] = {
         "verdict": verdict,
         "category": error.category.value if error else None,
@@ -318,6 +354,8 @@ def _emit(as_json: bool, *, verdict: str, error: KeybrokerError | None,
         doc.update(rule=error.rule, expected=error.expected, actual=error.actual)
     if appraisal is not None:
         doc["appraisal"] = dict(appraisal)
+    if workload is not None:
+        doc["workload"] = dict(workload)
     if as_json:
         print(json.dumps(doc, indent=2, sort_keys=True))
         return
@@ -329,6 +367,9 @@ def _emit(as_json: bool, *, verdict: str, error: KeybrokerError | None,
         print(f"TCB status: {tcb.status} (advisories: {advisories})")
     if appraisal is not None:
         for key, value in _flatten(appraisal, "appraisal."):
+            print(f"{key}: {value}")
+    if workload is not None:
+        for key, value in _flatten(workload, "workload."):
             print(f"{key}: {value}")
     print(f"verification time: {doc['at']}")
     if error is None:

@@ -170,7 +170,15 @@ async def start_fake_verifier(servicer: FakeVerifier) -> tuple[grpc.aio.Server, 
     return server, f"127.0.0.1:{port}"
 
 
-RULES = f'[[rule]]\nkeys = "demo/*"\npolicy = "{POLICY}"\naccept_warning = false\n'
+RULES = (
+    "kind: ReleaseRules\n"
+    "name: release-rules\n"
+    "rules:\n"
+    "  - name: demo-keys\n"
+    '    keys: "demo/*"\n'
+    f"    policy: {POLICY}\n"
+    "    accept_warning: false\n"
+)
 
 
 def write_config(tmp: Path, *, verifier: str, signer: EarSigner, rules: str = RULES,
@@ -179,11 +187,12 @@ def write_config(tmp: Path, *, verifier: str, signer: EarSigner, rules: str = RU
     """Write a broker config, rules, pinned JWKS (and KEK) under ``tmp``; return it loaded."""
     tmp.mkdir(parents=True, exist_ok=True)
     signer.write_jwks(tmp / "verifier-jwks.json")
-    (tmp / "release-rules.toml").write_text(rules)
+    (tmp / "release-rules.yaml").write_text(rules)
     (tmp / "broker.toml").write_text(
         "[broker]\n"
         'listen = "127.0.0.1:0"\n'
         f'verifier = "{verifier}"\n'
+        'release_rules = "release-rules.yaml"\n'
         f'verifier_alg = "{signer.alg}"\n'
         f"verifier_timeout_seconds = {timeout}\n"
         f"challenge_ttl_seconds = {ttl}\n"

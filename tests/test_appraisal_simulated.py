@@ -1,4 +1,5 @@
-"""Hostile-evidence rows 34-37, 44, 45 end to end: simulator report -> SnpVerifier -> appraisal.
+"""Hostile-evidence rows 34-37, 44, 45 end to end: simulator report -> SnpVerifier -> the decision
+engine (``verifier.decision.appraise``).
 
 Each hostile report is built by the SNP simulator (or mutated and re-signed with the test VCEK),
 so the signature and chain verify and the named appraisal rule must be what rejects it.
@@ -9,34 +10,44 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from policy_docs import compiled, snp_policy_yaml
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.snp_report import POLICY_DEBUG, POLICY_MIGRATE_MA, SnpReport
-from verifier.appraisal import appraise_snp
+from verifier.appraisal import Appraisal
 from verifier.collateral import CollateralStore
-from verifier.policy import AppraisalPolicy, parse_policy
+from verifier.decision import appraise
+from verifier.policy import AppraisalPolicy
+from verifier.reference import ReferenceSnapshot
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 
 MEASUREMENT = hashlib.sha384(b"simulated guest firmware").digest()
-INIT_DATA = b'{"workload": "demo", "image": "sha256:' + b"a" * 64 + b'"}'
+INIT_DATA = b'[workload]\nname = "demo"\nimages = ["sha256:' + b"a" * 64 + b'"]\n'
 HOST_DATA = hashlib.sha256(INIT_DATA).digest()
 REPORT_DATA = hashlib.sha512(b"report data").digest()
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 # Milan simulator default TCB: bootloader 3, tee 0, snp 8, microcode 115 (0x73).
-FLOOR = "{ bootloader = 3, tee = 0, snp = 8, microcode = 115 }"
+FLOOR = {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}
 
 
-def policy(**snp: str) -> AppraisalPolicy:
-    values = {"measurements": f'["{MEASUREMENT.hex()}"]', "min_tcb": FLOOR, "allow_smt": "true"}
+def policy(*, workload: dict[str, Any] | None = None, **snp: Any) -> AppraisalPolicy:
+    values: dict[str, Any] = {"measurements": [MEASUREMENT], "min_tcb": FLOOR, "allow_smt": True}
     values.update(snp)
-    body = "\n".join(f"{k} = {v}" for k, v in values.items())
-    text = f'[policy]\nname = "sim"\nversion = 1\nplatform = "sev-snp"\n[snp]\n{body}\n'
-    return parse_policy(text.encode(), "sim-policy.toml")
+    return compiled(snp_policy_yaml("sim", workload=workload, **values), version=1,
+                    source="sim-policy.yaml")
+
+
+def appraise_snp(claims: SnpClaims, pol: AppraisalPolicy, *, init_data: bytes = b"",
+                 allow_insecure_root: bool = False) -> Appraisal:
+    """The decision engine's appraisal (no reference values loaded)."""
+    return appraise(pol, claims, init_data=init_data, at=NOW, references=ReferenceSnapshot(()),
+                    allow_insecure_root=allow_insecure_root)[0]
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +86,8 @@ def test_genuine_simulated_report_affirms(verifier: SnpVerifier, sim: SnpSimulat
     """The untouched simulator report passes the strict-ish policy with init-data."""
     claims = verified(verifier, sim)
     assert claims.insecure_root
-    result = appraise_snp(claims, policy(require_init_data="true"), init_data=INIT_DATA,
-                          allow_insecure_root=True)
+    result = appraise_snp(claims, policy(workload={"require_init_data": True}),
+                          init_data=INIT_DATA, allow_insecure_root=True)
     assert result.status == "affirming"
 
 
@@ -114,7 +125,7 @@ def test_row36_smt_forbidden(verifier: SnpVerifier, sim: SnpSimulator) -> None:
     """Row 36: SMT allowed by the guest policy / enabled on the platform, policy forbids SMT."""
     claims = verified(verifier, sim)
     assert claims.policy.smt and claims.platform_info.smt_enabled
-    err = rejected(claims, policy(allow_smt="false"))
+    err = rejected(claims, policy(allow_smt=False))
     assert err.category is Category.PLATFORM_POLICY and err.rule == "snp.allow_smt"
 
 
@@ -137,7 +148,7 @@ def test_row37_committed_below_current(verifier: SnpVerifier, sim: SnpSimulator)
     err = rejected(claims, policy())
     assert err.category is Category.TCB_POLICY
     assert err.rule == "snp.allow_provisional_firmware"
-    assert appraise_snp(claims, policy(allow_provisional_firmware="true"),
+    assert appraise_snp(claims, policy(allow_provisional_firmware=True),
                         allow_insecure_root=True).status == "affirming"
 
 
@@ -154,6 +165,6 @@ def test_row45_host_data_zero_or_different(verifier: SnpVerifier, sim: SnpSimula
                                           host_data: bytes) -> None:
     """Row 45: HOST_DATA zero or of a different init-data document is MEASUREMENT."""
     claims = verified(verifier, sim, sim.report(REPORT_DATA).with_changes(host_data=host_data))
-    err = rejected(claims, policy(require_init_data="true"), init_data=INIT_DATA)
-    assert err.category is Category.MEASUREMENT
+    err = rejected(claims, policy(workload={"require_init_data": True}), init_data=INIT_DATA)
+    assert err.category is Category.MEASUREMENT and err.rule == "workload.require_init_data"
     assert err.actual == f"HOST_DATA = {host_data.hex()}"

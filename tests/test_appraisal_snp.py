@@ -1,12 +1,16 @@
-"""appraise_snp on typed claims: hostile-evidence rows 34-37, 44, 45 and the affirming path."""
+"""appraise_snp on typed claims: hostile-evidence rows 34-37, 44 and the affirming path; row 45
+(init-data bound by HOST_DATA) through the decision engine's workload step."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from policy_docs import compiled, snp_policy_yaml
 
 from keybroker.errors import (
     Category,
@@ -17,12 +21,15 @@ from keybroker.errors import (
     TcbPolicyViolation,
 )
 from verifier.appraisal import TRUST_VECTOR_AFFIRMING, appraise_snp
-from verifier.policy import AppraisalPolicy, load_policy, parse_policy
+from verifier.decision import appraise
+from verifier.policy import AppraisalPolicy, load_policy
+from verifier.reference import ReferenceSnapshot
 from verifier.snp.claims import FirmwareVersion, GuestPolicy, PlatformInfo, SnpClaims
 from verifier.snp.tcb import TcbVersion
 
 MEASUREMENT = bytes.fromhex("5a" * 48)
-INIT_DATA = b'{"image": "sha256:' + b"0" * 64 + b'"}'
+INIT_DATA = b'[workload]\nname = "demo"\nimages = ["sha256:' + b"0" * 64 + b'"]\n'
+AT = datetime(2026, 3, 1, tzinfo=UTC)
 HOST_DATA = hashlib.sha256(INIT_DATA).digest()
 
 
@@ -47,32 +54,28 @@ def make_claims(**changes: object) -> SnpClaims:
     return dataclasses.replace(claims, **changes)  # type: ignore[arg-type]
 
 
-def make_policy(**snp: object) -> AppraisalPolicy:
-    def dump(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {dump(x)}" for k, x in v.items()) + "}"
-        if isinstance(v, list):
-            return "[" + ", ".join(dump(x) for x in v) + "]"
-        if isinstance(v, str):
-            return f'"{v}"'
-        return str(v)
-
-    values: dict[str, object] = {
+def make_policy(*, workload: dict[str, Any] | None = None, **snp: Any) -> AppraisalPolicy:
+    values: dict[str, Any] = {
         "measurements": [MEASUREMENT.hex()],
         "min_tcb": {"bootloader": 4, "tee": 0, "snp": 22, "microcode": 213},
         "allow_smt": True,
     }
     values.update(snp)
-    body = "\n".join(f"{k} = {dump(v)}" for k, v in values.items())
-    text = f'[policy]\nname = "t"\nversion = 7\nplatform = "sev-snp"\n[snp]\n{body}\n'
-    return parse_policy(text.encode(), "test-policy.toml")
+    return compiled(snp_policy_yaml("t", workload=workload, **values), version=7)
 
 
-def reject(claims: SnpClaims, policy: AppraisalPolicy, init_data: bytes = b"") -> KeybrokerError:
+def reject(claims: SnpClaims, policy: AppraisalPolicy) -> KeybrokerError:
     with pytest.raises(KeybrokerError) as exc:
-        appraise_snp(claims, policy, init_data=init_data)
+        appraise_snp(claims, policy)
+    return exc.value
+
+
+def reject_workload(claims: SnpClaims, policy: AppraisalPolicy,
+                    init_data: bytes = b"") -> KeybrokerError:
+    """The decision engine's verdict (typed step, then the init-data workload step)."""
+    with pytest.raises(KeybrokerError) as exc:
+        appraise(policy, claims, init_data=init_data, at=AT, references=ReferenceSnapshot(()),
+                 allow_insecure_root=False)
     return exc.value
 
 
@@ -198,38 +201,45 @@ def test_empty_measurement_list_matches_nothing() -> None:
     assert reject(make_claims(), make_policy(measurements=[])).category is Category.MEASUREMENT
 
 
+REQUIRED = {"require_init_data": True}
+
+
 def test_row45_zero_host_data_with_required_init_data() -> None:
     """Row 45: HOST_DATA all zero while init-data is required is MEASUREMENT."""
     claims = make_claims(host_data=b"\0" * 32)
-    err = reject(claims, make_policy(require_init_data=True), init_data=INIT_DATA)
+    err = reject_workload(claims, make_policy(workload=REQUIRED), init_data=INIT_DATA)
     assert err.category is Category.MEASUREMENT
+    assert err.rule == "workload.require_init_data"
     assert err.expected == f"HOST_DATA = {HOST_DATA.hex()}"
     assert err.actual == f"HOST_DATA = {'00' * 32}"
 
 
 def test_row45_different_init_data() -> None:
     """Row 45: init-data whose SHA-256 differs from HOST_DATA is MEASUREMENT."""
-    err = reject(make_claims(), make_policy(require_init_data=True),
-                 init_data=INIT_DATA.replace(b"0", b"1", 1))
+    err = reject_workload(make_claims(), make_policy(workload=REQUIRED),
+                          init_data=INIT_DATA.replace(b"0", b"1", 1))
     assert err.category is Category.MEASUREMENT
 
 
 def test_row45_required_init_data_missing() -> None:
     """Row 45: require_init_data without init-data presented is MEASUREMENT."""
-    err = reject(make_claims(), make_policy(require_init_data=True))
+    err = reject_workload(make_claims(), make_policy(workload=REQUIRED))
     assert err.category is Category.MEASUREMENT
     assert err.actual == "no init-data"
 
 
 def test_row45_matching_init_data_affirms() -> None:
     """Row 45 control: HOST_DATA == SHA-256(init-data) passes a policy requiring it."""
-    result = appraise_snp(make_claims(), make_policy(require_init_data=True), init_data=INIT_DATA)
+    result, workload = appraise(make_policy(workload=REQUIRED), make_claims(),
+                                init_data=INIT_DATA, at=AT, references=ReferenceSnapshot(()),
+                                allow_insecure_root=False)
     assert result.status == "affirming"
+    assert workload.name == "demo" and workload.init_data_register == "HOST_DATA"
 
 
 def test_presented_init_data_checked_even_if_not_required() -> None:
     """Init-data that HOST_DATA does not commit to is MEASUREMENT even without the requirement."""
-    err = reject(make_claims(host_data=b"\0" * 32), make_policy(), init_data=INIT_DATA)
+    err = reject_workload(make_claims(host_data=b"\0" * 32), make_policy(), init_data=INIT_DATA)
     assert err.category is Category.MEASUREMENT
 
 
@@ -251,5 +261,5 @@ def test_simulator_root_needs_insecure_switch() -> None:
 
 def test_example_policy_rejects_unknown_measurement() -> None:
     """The shipped demo policy does not accept an arbitrary measurement."""
-    demo = load_policy(Path(__file__).resolve().parent.parent / "config/policies/snp-demo.toml")
+    demo = load_policy(Path(__file__).resolve().parent.parent / "config/policies/snp-demo.yaml")
     assert reject(make_claims(), demo).category is Category.MEASUREMENT

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.challenges import ChallengeStore, challenge_schema
-from broker.database import Database
+from keybroker.database import Database
 from keybroker.errors import Category, FreshnessError, KeybrokerError, Malformed, Unavailable
 from keybroker.v1 import evidence_pb2
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.database import Database
 from broker.kek import KEK_SIZE, FileKek
 from broker.secrets import SecretStore, VersionConflict, secret_schema
+from keybroker.database import Database
 from keybroker.errors import Category, KeybrokerError, Malformed, Unavailable
 
 T0 = 1_750_000_000.0

@@ -108,7 +108,7 @@ def test_release_succeeds_and_opens(tmp_path: Path) -> None:
             records = stack.broker.audit.records(request_id=response.request_id)
             assert [r.entry.kind for r in records] == ["intent", "released"]
             assert records[0].entry.keys == ("demo/a@1",)
-            assert records[0].entry.policy_ids == ("snp-demo@1",)
+            assert records[0].entry.policy_ids == ("snp-demo@1", "release-rules@1")
             assert records[0].entry.challenge_id == challenge.challenge_id
             assert len(records[0].entry.agent_key_fingerprint) == 64
             another = AgentKeyPair.generate(suite)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from policy_docs import policy_yaml
 
 from keybroker.cli import main
 from keybroker.verify_cmd import decode_quote, split_simulator_roots
@@ -274,9 +275,7 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["verify", quote, "--tee", "tdx", "--cert-table", quote]) == 2
     assert main(["verify", str(tmp_path / "missing"), "--tee", "sgx"]) == 2
     assert main(["verify", quote, "--tee", "sgx", "--collateral", str(tmp_path / "no")]) == 2
-    policy = tmp_path / "p.toml"
-    policy.write_text('[policy]\nname = "t"\nversion = 1\nplatform = "tdx"\n\n[tdx]\n'
-                      'mrtd = []\n')
+    policy = write_policy(tmp_path / "p.yaml", "tdx", {"mrtd": []})
     assert main(["verify", quote, "--tee", "sgx", "--policy", str(policy)]) == 2
     assert "not supported yet" in capsys.readouterr().err
 
@@ -299,10 +298,9 @@ def test_simulator_roots_are_routed_by_content(tmp_path: Path) -> None:
     assert [s.insecure for s in stores] == [True]
 
 
-def write_policy(path: Path, platform: str, body: str) -> Path:
+def write_policy(path: Path, platform: str, section: dict[str, object]) -> Path:
     """A minimal appraisal policy file for ``platform``."""
-    path.write_text(f'[policy]\nname = "t-{platform}"\nversion = 1\nplatform = "{platform}"\n\n'
-                    f"[{platform}]\n{body}")
+    path.write_bytes(policy_yaml(platform, section, name=f"t-{platform}"))
     return path
 
 
@@ -311,14 +309,17 @@ def test_policy_appraisal_of_a_real_td(tmp_path: Path,
     """With --policy the v5 TD is appraised: its MRTD passes, another MRTD is MEASUREMENT."""
     tee, quote, at, collateral, allow, _, _ = VERIFIED["gotdx-emr-v5"]
     mr_td = readme_expected(quote)["mr_td"]
-    good = write_policy(tmp_path / "good.toml", "tdx", f'mrtd = ["{mr_td}"]\n')
+    good = write_policy(tmp_path / "good.yaml", "tdx", {"mrtd": [mr_td]})
     code, out = run_json(capsys, [*argv_for(tee, quote, at, collateral, allow),
                                   "--policy", str(good)])
     assert code == 0, out
     appraisal = out["appraisal"]
     assert isinstance(appraisal, dict)
     assert appraisal["policy_id"]
-    bad = write_policy(tmp_path / "bad.toml", "tdx", f'mrtd = ["{"00" * 48}"]\n')
+    workload = out["workload"]
+    assert isinstance(workload, dict) and workload["name"] is None
+    assert workload["measured_register"] is None
+    bad = write_policy(tmp_path / "bad.yaml", "tdx", {"mrtd": ["00" * 48]})
     code, out = run_json(capsys, [*argv_for(tee, quote, at, collateral, allow),
                                   "--policy", str(bad)])
     assert (code, out["category"]) == (1, "MEASUREMENT")
@@ -329,15 +330,13 @@ def test_policy_denies_debug_td_and_unaccepted_status(tmp_path: Path,
     """The trustee SPR TD has TDATTRIBUTES.DEBUG set (PLATFORM_POLICY under a policy), and an
     OutOfDate platform is TCB_POLICY under the default accepted statuses."""
     tee, quote, at, collateral, allow, _, _ = VERIFIED["trustee-spr"]
-    policy = write_policy(tmp_path / "p.toml", "tdx",
-                          f'mrtd = ["{readme_expected(quote)["mr_td"]}"]\n')
+    policy = write_policy(tmp_path / "p.yaml", "tdx", {"mrtd": [readme_expected(quote)["mr_td"]]})
     code, out = run_json(capsys, [*argv_for(tee, quote, at, collateral, allow),
                                   "--policy", str(policy)])
     assert (code, out["category"]) == (1, "PLATFORM_POLICY")
     tee, quote, at, collateral, allow, _, _ = VERIFIED["teekit-edgeless"]
-    policy = write_policy(tmp_path / "q.toml", "tdx",
-                          f'mrtd = ["{readme_expected(quote)["mr_td"]}"]\n'
-                          "allow_missing_crl = true\n")
+    policy = write_policy(tmp_path / "q.yaml", "tdx",
+                          {"mrtd": [readme_expected(quote)["mr_td"]], "allow_missing_crl": True})
     code, out = run_json(capsys, [*argv_for(tee, quote, at, collateral, allow),
                                   "--policy", str(policy)])
     assert (code, out["category"]) == (1, "TCB_POLICY")
@@ -349,14 +348,17 @@ def test_policy_appraisal_of_a_real_enclave(tmp_path: Path,
     advisories, and fails one that accepts only UpToDate."""
     tee, quote, at, collateral, allow, status, advisories = VERIFIED["dcapqvl-sgx"]
     mr_enclave = readme_expected(quote)["mr_enclave"]
-    accepting = write_policy(tmp_path / "a.toml", "sgx",
-                             f'mrenclave = ["{mr_enclave}"]\n'
-                             f'accepted_tcb_statuses = ["UpToDate", "{status}"]\n'
-                             f"allowed_advisories = {json.dumps(advisories)}\n")
+    accepting = write_policy(tmp_path / "a.yaml", "sgx",
+                             {"mrenclave": [mr_enclave],
+                              "accepted_tcb_statuses": ["UpToDate", status],
+                              "allowed_advisories": list(advisories)})
     code, out = run_json(capsys, [*argv_for(tee, quote, at, collateral, allow),
                                   "--policy", str(accepting)])
     assert code == 0, out
-    strict = write_policy(tmp_path / "s.toml", "sgx", f'mrenclave = ["{mr_enclave}"]\n')
+    appraisal = out["appraisal"]
+    assert isinstance(appraisal, dict) and appraisal["status"] == "warning"
+    assert appraisal["warnings"] == [f"TCB status {status} accepted by the policy"]
+    strict = write_policy(tmp_path / "s.yaml", "sgx", {"mrenclave": [mr_enclave]})
     code, out = run_json(capsys, [*argv_for(tee, quote, at, collateral, allow),
                                   "--policy", str(strict)])
     assert (code, out["category"]) == (1, "TCB_POLICY")

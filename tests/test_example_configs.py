@@ -25,14 +25,14 @@ def test_example_broker_config_loads() -> None:
     """config/broker.toml loads; relative paths resolve next to the file; insecure is off."""
     config = load_config(CONFIG / "broker.toml")
     assert config.database == CONFIG / "broker.db"
-    assert config.release_rules == CONFIG / "release-rules.toml"
+    assert config.release_rules == CONFIG / "release-rules.yaml"
     assert config.verifier_alg == "ES256"
     assert config.accept_insecure_results is False
 
 
 def test_example_release_rules_load() -> None:
-    """config/release-rules.toml maps demo/* and prod/* to their policies; others match none."""
-    rules = load_rules(CONFIG / "release-rules.toml")
+    """config/release-rules.yaml maps demo/* and prod/* to their policies; others match none."""
+    rules = load_rules(CONFIG / "release-rules.yaml")
     assert [r.policy for r in rules.requirements(["demo/db-password"])] == ["snp-demo"]
     assert [r.policy for r in rules.requirements(["prod/api"])] == ["snp-strict"]
     with pytest.raises(KeybrokerError) as exc:
@@ -41,19 +41,20 @@ def test_example_release_rules_load() -> None:
 
 
 def test_example_tdx_policy_loads() -> None:
-    """config/policies/tdx-demo.toml is a strict TDX policy for the simulator's default TD."""
-    policy = load_policy(CONFIG / "policies" / "tdx-demo.toml")
+    """config/policies/tdx-demo.yaml is a strict TDX policy for the simulator's default TD."""
+    policy = load_policy(CONFIG / "policies" / "tdx-demo.yaml", version=1)
     tdx = policy.tdx
     assert policy.policy_id == "tdx-demo@1"
     assert tdx.mrtd == frozenset({mr_td_for(TdBoot())})
     assert tdx.tcb.accepted_statuses == frozenset({"UpToDate"})
     assert tdx.tcb.out_of_date_grace_until is None and not tdx.tcb.allow_missing_crl
     assert tdx.require_sept_ve_disable and not tdx.allow_migratable
+    assert not policy.workload.require_init_data
 
 
 def test_example_sgx_policy_loads() -> None:
-    """config/policies/sgx-demo.toml accepts the SGX simulator's default enclave and signer."""
-    sgx = load_policy(CONFIG / "policies" / "sgx-demo.toml").sgx
+    """config/policies/sgx-demo.yaml accepts the SGX simulator's default enclave and signer."""
+    sgx = load_policy(CONFIG / "policies" / "sgx-demo.yaml").sgx
     assert sgx.mrenclave == frozenset({DEFAULT_MR_ENCLAVE})
     assert sgx.signer is not None and sgx.signer.mrsigner == frozenset({DEFAULT_MR_SIGNER})
     assert (sgx.signer.isv_prod_id, sgx.signer.min_isv_svn) == (1, 1)
@@ -62,5 +63,5 @@ def test_example_sgx_policy_loads() -> None:
 def test_example_verifier_config_lists_every_example_policy() -> None:
     """config/verifier.toml names every policy in config/policies and no simulator roots."""
     config = load_verifier_config(CONFIG / "verifier.toml")
-    assert set(config.policies) == set((CONFIG / "policies").glob("*.toml"))
+    assert set(config.policies) == set((CONFIG / "policies").glob("*.yaml"))
     assert config.simulator_roots == () and config.simulator_intel_roots == ()

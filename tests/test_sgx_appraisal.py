@@ -1,17 +1,22 @@
 """SGX appraisal on typed claims: debug enclave and signer rules (row 41), TCB status, grace,
-advisories and missing CRLs (row 39), MRENCLAVE (MEASUREMENT), trust vector and status."""
+advisories and missing CRLs (row 39), MRENCLAVE (MEASUREMENT), trust vector and status;
+init-data with SGX evidence through the decision engine."""
 
 from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from policy_docs import compiled, sgx_policy_yaml, tdx_policy_yaml
 
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_sgx
 from verifier.dcap.claims import DcapTcbClaims, SgxClaims
-from verifier.policy import AppraisalPolicy, parse_policy
+from verifier.decision import appraise
+from verifier.policy import AppraisalPolicy
+from verifier.reference import ReferenceSnapshot
 
 MRENCLAVE = bytes.fromhex("5a" * 32)
 MRSIGNER = bytes.fromhex("c3" * 32)
@@ -41,21 +46,17 @@ def claims(**changes: object) -> SgxClaims:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def policy(*, enclave: bool = True, signer: bool = True, **extra: str) -> AppraisalPolicy:
-    lines = []
-    if enclave:
-        lines.append(f'mrenclave = ["{MRENCLAVE.hex()}"]')
+def policy(*, enclave: bool = True, signer: bool = True, **extra: Any) -> AppraisalPolicy:
+    values: dict[str, Any] = {"mrenclave": [MRENCLAVE] if enclave else None}
     if signer:
-        lines += [f'mrsigner = ["{MRSIGNER.hex()}"]', "isv_prod_id = 7", "min_isv_svn = 4"]
-    lines += [f"{k} = {v}" for k, v in extra.items()]
-    text = '[policy]\nname = "enclave"\nversion = 2\nplatform = "sgx"\n[sgx]\n' + "\n".join(lines)
-    return parse_policy(text.encode(), "sgx-test.toml")
+        values.update(mrsigner=[MRSIGNER], isv_prod_id=7, min_isv_svn=4)
+    values.update(extra)
+    return compiled(sgx_policy_yaml("enclave", **values), version=2, source="sgx-test.yaml")
 
 
-def reject(c: SgxClaims, p: AppraisalPolicy, *, at: datetime = AT,
-           init_data: bytes = b"") -> KeybrokerError:
+def reject(c: SgxClaims, p: AppraisalPolicy, *, at: datetime = AT) -> KeybrokerError:
     with pytest.raises(KeybrokerError) as exc:
-        appraise_sgx(c, p, at=at, init_data=init_data)
+        appraise_sgx(c, p, at=at)
     return exc.value
 
 
@@ -94,8 +95,7 @@ def test_mrenclave_not_accepted_is_measurement() -> None:
     err = reject(claims(mr_enclave=b"\x5b" * 32), policy(signer=False))
     assert err.category is Category.MEASUREMENT and err.rule == "sgx.mrenclave"
     assert err.actual == "5b" * 32
-    empty = parse_policy(b'[policy]\nname="e"\nversion=1\nplatform="sgx"\n[sgx]\nmrenclave=[]\n',
-                         "empty.toml")
+    empty = compiled(sgx_policy_yaml("e", mrenclave=[]))
     assert reject(claims(), empty).category is Category.MEASUREMENT
 
 
@@ -116,13 +116,13 @@ def test_row39_grace_and_advisories() -> None:
     """OutOfDate within the grace date is a warning; after it TCB_POLICY; advisories must
     still be allow-listed."""
     c = claims(tcb=tcb(status="OutOfDate", advisory_ids=("INTEL-SA-00615",)))
-    p = policy(out_of_date_grace_until="2026-04-01T00:00:00Z",
-               allowed_advisories='["INTEL-SA-00615"]')
+    grace = datetime(2026, 4, 1, tzinfo=UTC)
+    p = policy(out_of_date_grace_until=grace, allowed_advisories=["INTEL-SA-00615"])
     result = appraise_sgx(c, p, at=AT)
     assert result.status == "warning" and result.trust_vector["hardware"] == 32
     late = reject(c, p, at=datetime(2026, 4, 1, tzinfo=UTC))
     assert late.category is Category.TCB_POLICY and late.rule == "sgx.out_of_date_grace_until"
-    strict = policy(out_of_date_grace_until="2026-04-01T00:00:00Z")
+    strict = policy(out_of_date_grace_until=grace)
     adv = reject(c, strict)
     assert adv.category is Category.TCB_POLICY and adv.rule == "sgx.allowed_advisories"
 
@@ -131,18 +131,21 @@ def test_missing_crl_both_ways() -> None:
     """Missing CRLs are COLLATERAL_STALE by default and a warning when the policy allows."""
     c = claims(tcb=tcb(collateral_warnings=("root-ca-crl missing",)))
     assert reject(c, policy()).category is Category.COLLATERAL_STALE
-    assert appraise_sgx(c, policy(allow_missing_crl="true"), at=AT).status == "warning"
+    assert appraise_sgx(c, policy(allow_missing_crl=True), at=AT).status == "warning"
 
 
 def test_simulator_root_and_init_data() -> None:
     """A simulator root needs the insecure switch; init-data cannot be bound by SGX evidence."""
     assert reject(claims(insecure_root=True), policy()).category is Category.CHAIN_UNTRUSTED
-    err = reject(claims(), policy(), init_data=b"doc")
+    with pytest.raises(KeybrokerError) as exc:
+        appraise(policy(), claims(), init_data=b"doc", at=AT, references=ReferenceSnapshot(()),
+                 allow_insecure_root=False)
+    err = exc.value
     assert err.category is Category.MEASUREMENT and err.rule == "sgx.init_data"
 
 
 def test_policy_of_another_platform_is_malformed() -> None:
     """A TDX policy applied to SGX claims is MALFORMED naming both platforms."""
-    tdx = parse_policy(b'[policy]\nname="t"\nversion=1\nplatform="tdx"\n[tdx]\nmrtd=[]\n', "t")
+    tdx = compiled(tdx_policy_yaml("t", mrtd=[]))
     err = reject(claims(), tdx)
     assert isinstance(err, Malformed) and (err.expected, err.actual) == ("sgx", "tdx")

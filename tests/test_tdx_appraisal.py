@@ -1,24 +1,29 @@
 """TDX appraisal on typed claims: platform attributes (row 38), TCB status, grace and advisories
-(row 39), module identity (row 40), MRTD (row 44), init-data in MRCONFIGID (row 45), runtime
-images (rows 46, 48), missing CRLs, trust vector and status."""
+(row 39), module identity (row 40), MRTD (row 44), init-data in MRCONFIGID (row 45, through the
+decision engine's workload step), runtime images (rows 46, 48), missing CRLs, trust vector and
+status."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from policy_docs import compiled, sgx_policy_yaml, snp_policy_yaml, tdx_policy_yaml
 
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_tdx
 from verifier.dcap.claims import DcapTcbClaims, TdAttributes, TdEventClaims, TdxClaims
-from verifier.policy import AppraisalPolicy, parse_policy
+from verifier.decision import appraise
+from verifier.policy import AppraisalPolicy
+from verifier.reference import ReferenceSnapshot
 
 MRTD = bytes.fromhex("dae67181d3d65e073ad8f95b7907d5e927bfe9761c9ff3e9b89734a45d8954db"
                      "a41394c7717cb2735396c1d04231f94a")
 SEPT_VE_DISABLE = 1 << 28
-INIT_DATA = b'{"policy": "demo"}'
+INIT_DATA = b'[workload]\nname = "demo"\n[agent]\npolicy = "demo"\n'
 IMAGE_A = "sha256:" + "a1" * 32
 IMAGE_B = "sha256:" + "b2" * 32
 AT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -49,28 +54,32 @@ def claims(**changes: object) -> TdxClaims:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def dump(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(dump(v) for v in value) + "]"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
+def instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def policy(**tdx: object) -> AppraisalPolicy:
-    values: dict[str, object] = {"mrtd": [MRTD.hex()]}
+def policy(**tdx: Any) -> AppraisalPolicy:
+    """A TDX policy; ``workload=`` is the workload section, the rest the ``tdx`` section."""
+    workload = tdx.pop("workload", None)
+    values: dict[str, Any] = {"mrtd": [MRTD.hex()]}
     values.update(tdx)
-    body = "\n".join(f"{k} = {dump(v)}" for k, v in values.items())
-    text = f'[policy]\nname = "td"\nversion = 3\nplatform = "tdx"\n[tdx]\n{body}\n'
-    return parse_policy(text.encode(), "tdx-test.toml")
+    if isinstance(values.get("out_of_date_grace_until"), str):
+        values["out_of_date_grace_until"] = instant(values["out_of_date_grace_until"])
+    return compiled(tdx_policy_yaml("td", workload=workload, **values), version=3,
+                    source="tdx-test.yaml")
 
 
-def reject(c: TdxClaims, p: AppraisalPolicy, *, at: datetime = AT,
-           init_data: bytes = b"") -> KeybrokerError:
+def reject(c: TdxClaims, p: AppraisalPolicy, *, at: datetime = AT) -> KeybrokerError:
     with pytest.raises(KeybrokerError) as exc:
-        appraise_tdx(c, p, at=at, init_data=init_data)
+        appraise_tdx(c, p, at=at)
+    return exc.value
+
+
+def reject_workload(c: TdxClaims, p: AppraisalPolicy, *, init_data: bytes = b"") -> KeybrokerError:
+    """The decision engine's verdict (typed step, then the init-data workload step)."""
+    with pytest.raises(KeybrokerError) as exc:
+        appraise(p, c, init_data=init_data, at=AT, references=ReferenceSnapshot(()),
+                 allow_insecure_root=False)
     return exc.value
 
 
@@ -276,9 +285,12 @@ def test_register_reference_sets_match() -> None:
 def test_row45_init_data_bound_in_mrconfigid() -> None:
     """MRCONFIGID = SHA-384(init-data) passes; required init-data absent is MEASUREMENT."""
     bound = claims(mr_config_id=hashlib.sha384(INIT_DATA).digest())
-    p = policy(require_init_data=True)
-    assert appraise_tdx(bound, p, at=AT, init_data=INIT_DATA).status == "affirming"
-    err = reject(bound, p)
+    p = policy(workload={"require_init_data": True})
+    result, workload = appraise(p, bound, init_data=INIT_DATA, at=AT,
+                                references=ReferenceSnapshot(()), allow_insecure_root=False)
+    assert result.status == "affirming"
+    assert (workload.init_data_register, workload.agent_policy) == ("MRCONFIGID", "demo")
+    err = reject_workload(bound, p)
     assert err.category is Category.MEASUREMENT and err.actual == "no init-data"
 
 
@@ -288,9 +300,9 @@ def test_row45_init_data_bound_in_mrconfigid() -> None:
 def test_row45_mrconfigid_zero_or_other_hash(mrconfigid: bytes, required: bool) -> None:
     """Presented init-data is always checked: zero or another hash in MRCONFIGID is
     MEASUREMENT, whether or not the policy requires init-data."""
-    err = reject(claims(mr_config_id=mrconfigid), policy(require_init_data=required),
-                 init_data=INIT_DATA)
-    assert err.category is Category.MEASUREMENT and err.rule == "tdx.require_init_data"
+    err = reject_workload(claims(mr_config_id=mrconfigid),
+                          policy(workload={"require_init_data": required}), init_data=INIT_DATA)
+    assert err.category is Category.MEASUREMENT and err.rule == "workload.require_init_data"
     assert err.actual == f"MRCONFIGID = {mrconfigid.hex()}"
 
 
@@ -341,10 +353,8 @@ def test_simulator_root_needs_the_insecure_switch() -> None:
 
 def test_policy_of_another_platform_is_malformed() -> None:
     """An SNP or SGX policy applied to TDX claims is MALFORMED naming both platforms."""
-    snp = parse_policy(b'[policy]\nname="s"\nversion=1\nplatform="sev-snp"\n[snp]\n'
-                       b'measurements=[]\nmin_tcb={}\n', "snp.toml")
-    sgx = parse_policy(b'[policy]\nname="e"\nversion=1\nplatform="sgx"\n[sgx]\n'
-                       b'mrenclave=[]\n', "sgx.toml")
+    snp = compiled(snp_policy_yaml("s", measurements=[], min_tcb={}))
+    sgx = compiled(sgx_policy_yaml("e", mrenclave=[]))
     for other, platform in ((snp, "sev-snp"), (sgx, "sgx")):
         err = reject(claims(), other)
         assert isinstance(err, Malformed)

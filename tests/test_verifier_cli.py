@@ -68,23 +68,25 @@ def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def test_policy_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """policy check prints name@version for a valid file and exits 1 for an invalid one."""
-    assert run("verifier", "policy", "check", str(ROOT / "config/policies/snp-demo.toml")) == 0
-    assert capsys.readouterr().out.startswith("snp-demo@1 ")
-    bad = tmp_path / "bad.toml"
-    bad.write_text((ROOT / "config/policies/snp-demo.toml").read_text()
-                   .replace("allow_debug = false", "allow_debug = 1"))
+    assert run("verifier", "policy", "check", str(ROOT / "config/policies/snp-demo.yaml")) == 0
+    assert capsys.readouterr().out.startswith("snp-demo sha256:")
+    bad = tmp_path / "bad.yaml"
+    good = (ROOT / "config/policies/snp-demo.yaml").read_text()
+    assert "allow_debug: false" in good
+    bad.write_text(good.replace("allow_debug: false", "allow_debug: 1"))
     assert run("verifier", "policy", "check", str(bad)) == 1
     err = capsys.readouterr().err
-    assert "MALFORMED" in err and "snp.allow_debug" in err and "boolean" in err
+    line = good.splitlines().index(next(x for x in good.splitlines() if "allow_debug:" in x)) + 1
+    assert "MALFORMED" in err and f"bad.yaml:{line}:" in err and "boolean" in err
 
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
     run("verifier", "init", "--dir", str(tmp_path))
     (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "demo.toml").write_text(
-        (ROOT / "config/policies/snp-demo.toml").read_text())
+    (tmp_path / "policies" / "demo.yaml").write_text(
+        (ROOT / "config/policies/snp-demo.yaml").read_text())
     path = tmp_path / "verifier.toml"
-    path.write_text('[verifier]\nlisten = "127.0.0.1:0"\npolicies = ["policies/demo.toml"]\n'
+    path.write_text('[verifier]\nlisten = "127.0.0.1:0"\npolicies = ["policies/demo.yaml"]\n'
                     f'result_key = "result-key.pem"\n{extra}')
     return path
 

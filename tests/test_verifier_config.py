@@ -39,10 +39,10 @@ def test_example_config_loads_with_paths_relative_to_file() -> None:
     """config/verifier.toml loads; its paths resolve against config/ and it is secure."""
     config = load_config(CONFIG / "verifier.toml")
     assert config.listen == "127.0.0.1:50061"
-    assert config.policies == (CONFIG / "policies/snp-demo.toml",
-                               CONFIG / "policies/snp-strict.toml",
-                               CONFIG / "policies/tdx-demo.toml",
-                               CONFIG / "policies/sgx-demo.toml")
+    assert config.policies == (CONFIG / "policies/snp-demo.yaml",
+                               CONFIG / "policies/snp-strict.yaml",
+                               CONFIG / "policies/tdx-demo.yaml",
+                               CONFIG / "policies/sgx-demo.yaml")
     assert config.result_key == CONFIG / "result-key.pem"
     assert config.collateral == (CONFIG / "collateral",)
     assert config.simulator_roots == () and config.simulator_intel_roots == ()
@@ -78,6 +78,40 @@ def test_defaults(tmp_path: Path) -> None:
          "verifier.simulator_intel_roots"),
         ('policies = ["p"]\nresult_key = "k"\nsimulator_intel_roots = [""]\n',
          "verifier.simulator_intel_roots"),
+        ('policies = ["p"]\nresult_key = "k"\nstate_db = ""\n', "verifier.state_db"),
+        ('policies = ["p"]\nresult_key = "k"\nstate_db = 1\n', "verifier.state_db"),
+        ('policies = ["p"]\nresult_key = "k"\nrecord_days = 91\n', "verifier.record_days"),
+        ('policies = ["p"]\nresult_key = "k"\nrecord_days = -1\n', "verifier.record_days"),
+        ('policies = ["p"]\nresult_key = "k"\nrecord_days = 7.0\n', "verifier.record_days"),
+        ('policies = ["p"]\nresult_key = "k"\npolicy_poll_seconds = 0.05\n',
+         "verifier.policy_poll_seconds"),
+        ('policies = ["p"]\nresult_key = "k"\npolicy_poll_seconds = true\n',
+         "verifier.policy_poll_seconds"),
+        ('policies = ["p"]\nresult_key = "k"\nadmins = ["secops"]\n', "verifier.admins"),
+        ('policies = ["p"]\nresult_key = "k"\nadmins = { secops = ["root"] }\n',
+         "verifier.admins"),
+        ('policies = ["p"]\nresult_key = "k"\nadmins = { secops = "policy-admin" }\n',
+         "verifier.admins"),
+        ('policies = ["p"]\nresult_key = "k"\n'
+         'admins = { secops = ["policy-admin", "policy-admin"] }\n', "verifier.admins"),
+        ('policies = ["p"]\nresult_key = "k"\nreference_providers = ["v"]\n',
+         "verifier.reference_providers[0]"),
+        ('policies = ["p"]\nresult_key = "k"\n'
+         'reference_providers = [{ name = "v", key = "v.pem" }]\n',
+         "verifier.reference_providers[0].sets"),
+        ('policies = ["p"]\nresult_key = "k"\n'
+         'reference_providers = [{ name = "v", key = "v.pem", sets = [] }]\n',
+         "verifier.reference_providers[0].sets"),
+        ('policies = ["p"]\nresult_key = "k"\n'
+         'reference_providers = [{ name = "v", key = "v.pem", sets = ["*"], url = "x" }]\n',
+         "verifier.reference_providers[0].url"),
+        ('policies = ["p"]\nresult_key = "k"\n'
+         'reference_providers = [{ name = "v w", key = "v.pem", sets = ["*"] }]\n',
+         "verifier.reference_providers[0].name"),
+        ('policies = ["p"]\nresult_key = "k"\n'
+         'reference_providers = [{ name = "v", key = "a.pem", sets = ["*"] },'
+         ' { name = "v", key = "b.pem", sets = ["*"] }]\n',
+         "verifier.reference_providers[1].name"),
     ],
 )
 def test_bad_config_is_malformed(tmp_path: Path, body: str, key: str) -> None:
@@ -87,6 +121,32 @@ def test_bad_config_is_malformed(tmp_path: Path, body: str, key: str) -> None:
     assert exc.value.category is Category.MALFORMED
     assert key in exc.value.reason
     assert str(tmp_path) in exc.value.reason
+
+
+def test_administration_keys(tmp_path: Path) -> None:
+    """state_db, record_days, poll interval, admins and providers load with paths resolved."""
+    config = load_config(_write(tmp_path, (
+        'policies = ["p"]\nresult_key = "k"\nstate_db = "db/state.db"\nrecord_days = 0\n'
+        'policy_poll_seconds = 2\n'
+        'admins = { secops = ["policy-admin", "refvalue-admin"], build-pipeline = [] }\n'
+        '[[verifier.reference_providers]]\nname = "fw-vendor"\nkey = "keys/fw.pem"\n'
+        'sets = ["snp-*"]\n')))
+    assert config.state_db == tmp_path.resolve() / "db/state.db"
+    assert (config.record_days, config.policy_poll_seconds) == (0, 2.0)
+    assert dict(config.admins) == {"secops": frozenset({"policy-admin", "refvalue-admin"}),
+                                   "build-pipeline": frozenset()}
+    (provider,) = config.reference_providers
+    assert provider.name == "fw-vendor"
+    assert provider.key == tmp_path.resolve() / "keys/fw.pem"
+    assert provider.covers("snp-launch") and not provider.covers("tdx-mrtd")
+
+
+def test_administration_defaults(tmp_path: Path) -> None:
+    """Without the keys: state db beside the config, 7 days, 1 s poll, no admins, no providers."""
+    config = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'))
+    assert config.state_db == tmp_path.resolve() / "verifier-state.db"
+    assert (config.record_days, config.policy_poll_seconds) == (7, 1.0)
+    assert dict(config.admins) == {} and config.reference_providers == ()
 
 
 def test_other_tables_are_malformed(tmp_path: Path) -> None:

@@ -91,6 +91,10 @@ def test_token_claims_follow_contract(tmp_path: Path) -> None:
         "ear.appraisal-policy-id": "snp-demo@1",
         "keybroker.policy-digest": "ab" * 32,
         "ear.veraison.annotated-evidence": {"platform": "sev-snp", "vmpl": 0},
+        "keybroker.workload": {},
+        "keybroker.warnings": [],
+        "keybroker.reference-values": {},
+        "keybroker.tcb-debt": [],
     }
 
 

@@ -16,6 +16,7 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from policy_docs import snp_policy_yaml
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError, Malformed
@@ -44,11 +45,11 @@ REPORT_DATA = hashlib.sha512(b"binding" + NONCE).digest()
 MAX_BYTES = 64 * 1024
 
 
-def _policy_text(name: str, **snp: str) -> str:
-    values = {"measurements": f'["{MEASUREMENT.hex()}"]', "min_tcb": "{}", "allow_smt": "true"}
+def _policy_text(name: str, **snp: object) -> bytes:
+    values: dict[str, object] = {"measurements": [MEASUREMENT.hex()], "min_tcb": {},
+                                 "allow_smt": True}
     values.update(snp)
-    body = "\n".join(f"{k} = {v}" for k, v in values.items())
-    return f'[policy]\nname = "{name}"\nversion = 1\nplatform = "sev-snp"\n[snp]\n{body}\n'
+    return snp_policy_yaml(name, **values)
 
 
 @dataclass
@@ -72,8 +73,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
 def _servicer(env: Env, *, insecure: bool = True,
               clock: Callable[[], datetime] | None = None) -> VerifierServicer:
     policies = {p.name: p for p in (
-        parse_policy(_policy_text("snp-demo").encode(), "demo.toml"),
-        parse_policy(_policy_text("snp-other", allowed_vmpls="[0, 1]").encode(), "other.toml"),
+        parse_policy(_policy_text("snp-demo"), "demo.yaml", 1),
+        parse_policy(_policy_text("snp-other", allowed_vmpls=[0, 1]), "other.yaml", 1),
     )}
     trust = env.trust if insecure else AmdTrustStore.pinned()
     return VerifierServicer(snp=SnpVerifier(trust, CollateralStore.empty()), policies=policies,
@@ -312,7 +313,7 @@ def test_build_servicer_from_example_config(env: Env, tmp_path: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "config"
     (config_dir / "verifier.toml").write_text((example / "verifier.toml").read_text())
     (config_dir / "policies").mkdir()
-    for policy in (example / "policies").glob("*.toml"):
+    for policy in (example / "policies").glob("*.yaml"):
         (config_dir / "policies" / policy.name).write_bytes(policy.read_bytes())
     (config_dir / "collateral").mkdir()
     signer = ResultSigner.generate()
@@ -334,8 +335,8 @@ def test_build_servicer_from_example_config(env: Env, tmp_path: Path) -> None:
 
 def test_duplicate_policy_names_refused(tmp_path: Path) -> None:
     """Two policy files with the same name are refused at start-up (MALFORMED)."""
-    for name in ("a.toml", "b.toml"):
-        (tmp_path / name).write_text(_policy_text("same"))
+    for name in ("a.yaml", "b.yaml"):
+        (tmp_path / name).write_bytes(_policy_text("same"))
     with pytest.raises(Malformed) as exc:
-        load_policies([tmp_path / "a.toml", tmp_path / "b.toml"])
+        load_policies([tmp_path / "a.yaml", tmp_path / "b.yaml"])
     assert exc.value.category is Category.MALFORMED and "duplicate" in exc.value.reason

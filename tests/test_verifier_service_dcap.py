@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
+from policy_docs import sgx_policy_yaml, tdx_policy_yaml
 
 from attester_agent.simulator.dcap import (
     DEFAULT_MR_ENCLAVE,
@@ -50,17 +51,12 @@ NONCE = os.urandom(32)
 REPORT_DATA = hashlib.sha512(b"binding" + NONCE).digest()
 IMAGE = "sha256:" + hashlib.sha256(b"registry.example/app:1.0").hexdigest()
 OTHER_IMAGE = "sha256:" + hashlib.sha256(b"registry.example/miner:6.6").hexdigest()
-INIT_DATA = b'{"agent": "demo"}'
+INIT_DATA = b'[workload]\nname = "demo"\n'
 MAX_BYTES = 1 << 20
 
 
 def _rfc3339(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
-
-
-def _policy(name: str, platform: str, body: str) -> tuple[str, bytes]:
-    text = f'[policy]\nname = "{name}"\nversion = 1\nplatform = "{platform}"\n[{platform}]\n'
-    return name, (text + body + "\n").encode()
 
 
 @dataclass
@@ -73,26 +69,25 @@ class Env:
     signer: ResultSigner
 
     def policies(self) -> dict[str, bytes]:
-        mrtd = f'mrtd = ["{self.tdx.mr_td.hex()}"]'
-        enclave = f'mrenclave = ["{DEFAULT_MR_ENCLAVE.hex()}"]'
-        return dict([
-            _policy("tdx-demo", "tdx", f'{mrtd}\nrequired_images = ["{IMAGE}"]\n'
-                                       f'allowed_images = ["{IMAGE}"]'),
-            _policy("tdx-boot", "tdx", mrtd),
-            _policy("tdx-grace", "tdx", f'{mrtd}\nout_of_date_grace_until = '
-                                        f'{_rfc3339(NOW + timedelta(days=1))}\n'
-                                        'allowed_advisories = ["INTEL-SA-00828", '
-                                        '"INTEL-SA-00615"]'),
-            _policy("tdx-expired-grace", "tdx", f'{mrtd}\nout_of_date_grace_until = '
-                                                f'{_rfc3339(NOW - timedelta(days=1))}\n'
-                                                'allowed_advisories = ["INTEL-SA-00828", '
-                                                '"INTEL-SA-00615"]'),
-            _policy("tdx-no-crl", "tdx", f"{mrtd}\nallow_missing_crl = true"),
-            _policy("tdx-init", "tdx", f"{mrtd}\nrequire_init_data = true"),
-            _policy("sgx-demo", "sgx", enclave),
-            _policy("sgx-signer", "sgx", f'mrsigner = ["{"00" * 32}"]\nisv_prod_id = 1\n'
-                                         "min_isv_svn = 1"),
-        ])
+        mrtd = [self.tdx.mr_td.hex()]
+        advisories = ["INTEL-SA-00828", "INTEL-SA-00615"]
+        return {
+            "tdx-demo": tdx_policy_yaml("tdx-demo", mrtd=mrtd, required_images=[IMAGE],
+                                        allowed_images=[IMAGE]),
+            "tdx-boot": tdx_policy_yaml("tdx-boot", mrtd=mrtd),
+            "tdx-grace": tdx_policy_yaml("tdx-grace", mrtd=mrtd,
+                                         out_of_date_grace_until=NOW + timedelta(days=1),
+                                         allowed_advisories=advisories),
+            "tdx-expired-grace": tdx_policy_yaml(
+                "tdx-expired-grace", mrtd=mrtd, out_of_date_grace_until=NOW - timedelta(days=1),
+                allowed_advisories=advisories),
+            "tdx-no-crl": tdx_policy_yaml("tdx-no-crl", mrtd=mrtd, allow_missing_crl=True),
+            "tdx-init": tdx_policy_yaml("tdx-init", mrtd=mrtd,
+                                        workload={"require_init_data": True}),
+            "sgx-demo": sgx_policy_yaml("sgx-demo", mrenclave=[DEFAULT_MR_ENCLAVE.hex()]),
+            "sgx-signer": sgx_policy_yaml("sgx-signer", mrenclave=None, mrsigner=["00" * 32],
+                                          isv_prod_id=1, min_isv_svn=1),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +107,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
 
 def _servicer(env: Env, *, insecure: bool = True, collateral: Path | None = None,
               roots: bool = True) -> VerifierServicer:
-    policies = {name: parse_policy(raw, f"{name}.toml") for name, raw in env.policies().items()}
+    policies = {name: parse_policy(raw, f"{name}.yaml", 1) for name, raw in env.policies().items()}
     store = CollateralStore.load([collateral or env.collateral])
     dcap = DcapVerifier(store, simulator_roots=[IntelTrustStore.from_der(env.ca.root_der)]
                         if roots else [])
@@ -315,6 +310,23 @@ def test_tdx_init_data_bound_in_mrconfigid(env: Env) -> None:
     run(go())
 
 
+def test_tdx_workload_claims_in_token(env: Env) -> None:
+    """Bound init-data content becomes the token's workload claims (name, register, digest)."""
+    sim = TdxSimulator(env.ca, mr_config_id=hashlib.sha384(INIT_DATA).digest())
+
+    async def go() -> None:
+        async with serving(_servicer(env)) as channel:
+            token = await _appraise(channel, _tdx_request(sim, policies=("tdx-init",),
+                                                          runtime_log=b"", init_data=INIT_DATA))
+        claims = jwt.decode(token, options={"verify_signature": False})
+        workload = claims["submods"]["tdx-init"]["keybroker.workload"]
+        assert workload["name"] == "demo"
+        assert workload["init_data_register"] == "MRCONFIGID"
+        assert workload["init_data_digest"] == hashlib.sha384(INIT_DATA).hexdigest()
+
+    run(go())
+
+
 def test_tdx_binding_platform_and_root(env: Env) -> None:
     """Wrong report_data is BINDING; an SGX policy for TDX evidence is MALFORMED naming both;
     the simulator root without the insecure switch is CHAIN_UNTRUSTED."""
@@ -389,12 +401,12 @@ def test_build_servicer_with_simulator_intel_roots(env: Env, tmp_path: Path) -> 
     at start-up without the insecure switch (row 58)."""
     (tmp_path / "root.pem").write_bytes(env.ca.root_pem())
     for name, raw in env.policies().items():
-        (tmp_path / f"{name}.toml").write_bytes(raw)
+        (tmp_path / f"{name}.yaml").write_bytes(raw)
     signer = ResultSigner.generate()
     signer.write_private_key(tmp_path / KEY_FILE)
     signer.write_jwks(tmp_path / JWKS_FILE)
     (tmp_path / "verifier.toml").write_text(
-        "[verifier]\npolicies = [\"tdx-demo.toml\", \"sgx-demo.toml\"]\n"
+        "[verifier]\npolicies = [\"tdx-demo.yaml\", \"sgx-demo.yaml\"]\n"
         f'result_key = "{KEY_FILE}"\ncollateral = ["{env.collateral}"]\n'
         'simulator_intel_roots = ["root.pem"]\n')
     config = load_config(tmp_path / "verifier.toml")

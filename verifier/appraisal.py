@@ -1,4 +1,5 @@
-"""Appraisal of verified SEV-SNP claims against one compiled appraisal policy.
+"""Typed appraisal of verified SEV-SNP claims against one compiled appraisal policy, and the
+``Appraisal`` value every platform's appraisal returns.
 
 Invariants:
 - Input is ``SnpClaims`` (a report whose signature and chain already verified); output is an
@@ -9,16 +10,17 @@ Invariants:
   debug, VMPL, migration agent, SMT (guest policy bit or platform SMT_EN) -> PLATFORM_POLICY;
   reported/committed TCB below the floor, committed != current (or > current when provisional
   firmware is allowed) -> TCB_POLICY;
-  MEASUREMENT not accepted (an empty list accepts nothing), HOST_DATA not allowed, init-data
-  required but absent or HOST_DATA != SHA-256(init-data) -> MEASUREMENT.
-- Init-data presented by the agent is always checked against HOST_DATA, even when the policy
-  does not require it: an unbound document is never passed on as if it were attested.
+  MEASUREMENT not accepted (an empty list accepts nothing), HOST_DATA not allowed ->
+  MEASUREMENT. ``measurements`` None means a reference-value binding covers MEASUREMENT: the
+  decision engine (``verifier.decision``) checks it, this module does not.
+- Init-data, workload rules, reference values, conditions and the TCB early warning are the
+  decision engine's steps; this module is the typed, per-platform step only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from keybroker.errors import (
@@ -27,7 +29,6 @@ from keybroker.errors import (
     PlatformPolicyViolation,
     TcbPolicyViolation,
 )
-from verifier.init_data import HOST_DATA, check_init_data
 from verifier.policy import AppraisalPolicy, SnpPolicy
 from verifier.snp.claims import FirmwareVersion, SnpClaims
 from verifier.snp.tcb import TcbVersion
@@ -45,13 +46,22 @@ TRUST_VECTOR_AFFIRMING: Mapping[str, int] = MappingProxyType({
 
 @dataclass(frozen=True)
 class Appraisal:
-    """The outcome of a passed appraisal (an EAR submod)."""
+    """The outcome of a passed appraisal (an EAR submod).
+
+    ``warnings`` say why the status is "warning" beyond the trust vector (deprecated reference
+    values, accepted non-current TCB); ``matched`` maps each reference-bound claim to
+    "set@version/value-name"; ``would_match`` lists matches that needed staged values;
+    ``tcb_debt`` lists the claims below the policy's next TCB floor (never a denial)."""
 
     status: str
     trust_vector: Mapping[str, int]
     policy_id: str
     policy_digest: str
     policy_name: str
+    warnings: tuple[str, ...] = ()
+    matched: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    would_match: tuple[str, ...] = ()
+    tcb_debt: tuple[str, ...] = ()
 
 
 def _check_root(claims: SnpClaims, allow_insecure_root: bool) -> None:
@@ -119,8 +129,8 @@ def _check_tcb(claims: SnpClaims, snp: SnpPolicy) -> None:
             actual=f"committed {committed}; fw {claims.committed_firmware}")
 
 
-def _check_measurement(claims: SnpClaims, snp: SnpPolicy, init_data: bytes) -> None:
-    if claims.measurement not in snp.measurements:
+def _check_measurement(claims: SnpClaims, snp: SnpPolicy) -> None:
+    if snp.measurements is not None and claims.measurement not in snp.measurements:
         raise MeasurementMismatch(
             "launch MEASUREMENT is not in the accepted list", rule="snp.measurements",
             expected=f"one of {len(snp.measurements)} accepted measurements",
@@ -129,22 +139,20 @@ def _check_measurement(claims: SnpClaims, snp: SnpPolicy, init_data: bytes) -> N
         raise MeasurementMismatch("HOST_DATA is not in the accepted list", rule="snp.host_data",
                                   expected=f"one of {len(snp.host_data)} accepted values",
                                   actual=claims.host_data.hex())
-    check_init_data(HOST_DATA, claims.host_data, init_data, required=snp.require_init_data,
-                    rule="snp.require_init_data")
 
 
 def appraise_snp(
     claims: SnpClaims,
     policy: AppraisalPolicy,
     *,
-    init_data: bytes = b"",
     allow_insecure_root: bool = False,
 ) -> Appraisal:
-    """Appraise verified SNP claims against ``policy``; raise the first violated rule."""
+    """Appraise verified SNP claims against ``policy``'s typed ``snp`` rules; raise the first
+    violated rule (init-data and workload rules: ``verifier.decision.appraise``)."""
     _check_root(claims, allow_insecure_root)
     _check_platform(claims, policy.snp)
     _check_tcb(claims, policy.snp)
-    _check_measurement(claims, policy.snp, init_data)
+    _check_measurement(claims, policy.snp)
     return Appraisal(
         status=AFFIRMING,
         trust_vector=TRUST_VECTOR_AFFIRMING,

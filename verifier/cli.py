@@ -68,7 +68,7 @@ def _policy_check(args: argparse.Namespace) -> int:
     except KeybrokerError as err:
         print(str(err), file=sys.stderr)
         return 1
-    print(f"{policy.policy_id} sha256:{policy.digest}")
+    print(f"{policy.name} sha256:{policy.digest}")
     return 0
 
 
@@ -92,6 +92,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     policy = commands.add_parser("policy", help="appraisal policy tools")
     policy_cmds = policy.add_subparsers(dest="policy_command", required=True)
-    check = policy_cmds.add_parser("check", help="load a policy file and print its id")
-    check.add_argument("file", help="policy TOML file")
+    check = policy_cmds.add_parser("check", help="compile a policy; print its name and digest")
+    check.add_argument("file", help="appraisal policy (YAML)")
     check.set_defaults(func=_policy_check)

@@ -7,6 +7,11 @@ Invariants:
   configuration with ``simulator_roots`` (AMD), ``simulator_intel_roots`` (DCAP) or with any
   simulator certificate (subject or issuer O containing "INSECURE TEST ROOT") among the
   collateral unless the process was started with the explicit insecure switch.
+- ``state_db`` (policy versions, reference-value sets, recorded appraisals) defaults to
+  ``verifier-state.db`` beside the config; ``record_days`` 0..90 (0: record nothing),
+  ``policy_poll_seconds`` 0.1..60. ``admins`` maps identities to roles
+  (``keybroker.admin_roles``); each ``[[verifier.reference_providers]]`` names a provider, its
+  PEM public key (path) and the fnmatch patterns of the reference-value sets it may publish.
 - ``load_intel_roots`` reads each ``simulator_intel_roots`` file (DER, or PEM with one or more
   certificates) into an ``IntelTrustStore``; an unreadable or non-certificate file, or one that
   is not a self-signed "Intel SGX Root CA", refuses the start.
@@ -14,27 +19,48 @@ Invariants:
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
+from keybroker.admin_roles import NO_ADMINS, Admins, parse_admins
 from keybroker.errors import Malformed
 from verifier.dcap.trust import IntelTrustStore
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 INSECURE_MARKER = "INSECURE TEST ROOT"
-_KEYS = {
+DEFAULT_STATE_DB = "verifier-state.db"
+_KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "policies": list, "collateral": list, "result_key": str,
     "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
     "simulator_intel_roots": list, "max_request_bytes": int,
+    "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
+    "admins": dict, "reference_providers": list,
 }
+_PROVIDER_KEYS = ("name", "key", "sets")
+_PROVIDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _REQUIRED = ("policies", "result_key")
+
+
+@dataclass(frozen=True)
+class ReferenceProvider:
+    """A reference-value provider whose signed (JWS) manifests may be imported."""
+
+    name: str
+    key: Path  # PEM public key (EC P-256 or P-384)
+    sets: tuple[str, ...]  # fnmatch patterns of the set names it may publish
+
+    def covers(self, set_name: str) -> bool:
+        """Whether this provider may publish the set ``set_name``."""
+        return any(fnmatch.fnmatchcase(set_name, pattern) for pattern in self.sets)
 
 
 @dataclass(frozen=True)
@@ -51,6 +77,11 @@ class VerifierConfig:
     simulator_roots: tuple[Path, ...] = ()
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     simulator_intel_roots: tuple[Path, ...] = ()
+    state_db: Path = Path(DEFAULT_STATE_DB)
+    record_days: int = 7
+    policy_poll_seconds: float = 1.0
+    admins: Admins = field(default_factory=lambda: NO_ADMINS)
+    reference_providers: tuple[ReferenceProvider, ...] = ()
 
 
 def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
@@ -89,7 +120,8 @@ def load_config(path: Path) -> VerifierConfig:
         if kind is None:
             raise _fail(path, key, "unknown key", "one of " + ", ".join(sorted(_KEYS)), key)
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise _fail(path, key, "wrong type", kind.__name__,
+            kinds = (kind,) if isinstance(kind, type) else kind
+            raise _fail(path, key, "wrong type", " or ".join(k.__name__ for k in kinds),
                         f"{type(value).__name__} {value!r}"[:120])
     for key in _REQUIRED:
         if key not in table:
@@ -106,6 +138,14 @@ def load_config(path: Path) -> VerifierConfig:
     policies = _paths(path, "policies", table["policies"])
     if not policies:
         raise _fail(path, "policies", "no appraisal policy configured", ">= 1 path", "[]")
+    record_days = table.get("record_days", 7)
+    assert isinstance(record_days, int)
+    if not 0 <= record_days <= 90:
+        raise _fail(path, "record_days", "value out of range", "0..90", str(record_days))
+    poll = table.get("policy_poll_seconds", 1.0)
+    assert isinstance(poll, int | float)
+    if not 0.1 <= poll <= 60:
+        raise _fail(path, "policy_poll_seconds", "value out of range", "0.1..60", str(poll))
     listen = str(table.get("listen", DEFAULT_LISTEN))
     if ":" not in listen:
         raise _fail(path, "listen", "invalid listen address", "HOST:PORT", listen)
@@ -121,7 +161,46 @@ def load_config(path: Path) -> VerifierConfig:
         max_request_bytes=max_bytes,
         simulator_intel_roots=_paths(path, "simulator_intel_roots",
                                      table.get("simulator_intel_roots", [])),
+        state_db=_paths(path, "state_db", [table.get("state_db", DEFAULT_STATE_DB)])[0],
+        record_days=record_days,
+        policy_poll_seconds=float(poll),
+        admins=parse_admins(table.get("admins", {}), path, "verifier.admins"),
+        reference_providers=_providers(path, table.get("reference_providers", [])),
     )
+
+
+def _providers(path: Path, value: object) -> tuple[ReferenceProvider, ...]:
+    key = "reference_providers"
+    assert isinstance(value, list)
+    out: list[ReferenceProvider] = []
+    for index, item in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(item, dict):
+            raise _fail(path, where, "wrong element type", "table {name, key, sets}",
+                        f"{type(item).__name__} {item!r}"[:120])
+        unknown = sorted(set(item) - set(_PROVIDER_KEYS))
+        missing = [k for k in _PROVIDER_KEYS if k not in item]
+        if unknown:
+            raise _fail(path, f"{where}.{unknown[0]}", "unknown key",
+                        "one of " + ", ".join(_PROVIDER_KEYS), unknown[0])
+        if missing:
+            raise _fail(path, f"{where}.{missing[0]}", "missing key", "present", "absent")
+        name, pem, sets = item["name"], item["key"], item["sets"]
+        if not isinstance(name, str) or not _PROVIDER_NAME_RE.fullmatch(name):
+            raise _fail(path, f"{where}.name", "invalid provider name",
+                        "1-64 of [A-Za-z0-9._-]", repr(name)[:120])
+        if any(p.name == name for p in out):
+            raise _fail(path, f"{where}.name", "duplicate provider name", "unique names", name)
+        if not isinstance(pem, str) or not pem:
+            raise _fail(path, f"{where}.key", "wrong type", "non-empty string path",
+                        repr(pem)[:120])
+        if (not isinstance(sets, list) or not sets
+                or not all(isinstance(s, str) and s for s in sets)):
+            raise _fail(path, f"{where}.sets", "wrong type",
+                        "non-empty list of set-name patterns", repr(sets)[:120])
+        out.append(ReferenceProvider(name=name, key=(path.parent / pem).resolve(),
+                                     sets=tuple(str(s) for s in sets)))
+    return tuple(out)
 
 
 def _files(paths: tuple[Path, ...]) -> Iterator[Path]:

@@ -175,6 +175,7 @@ class ResultSigner:
         insecure: bool,
         appraisals: Sequence[Appraisal],
         annotated_evidence: Mapping[str, object],
+        workload: Mapping[str, object] | None = None,
     ) -> str:
         """Sign the EAR JWT for passed ``appraisals`` (one submod per policy)."""
         if not appraisals:
@@ -188,6 +189,10 @@ class ResultSigner:
                 "ear.appraisal-policy-id": a.policy_id,
                 "keybroker.policy-digest": a.policy_digest,
                 "ear.veraison.annotated-evidence": dict(annotated_evidence),
+                "keybroker.workload": dict(workload or {}),
+                "keybroker.warnings": list(a.warnings),
+                "keybroker.reference-values": dict(a.matched),
+                "keybroker.tcb-debt": list(a.tcb_debt),
             }
             for a in appraisals
         }

@@ -30,32 +30,33 @@ import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from keybroker.errors import BindingMismatch, KeybrokerError, Malformed, Unavailable
+from keybroker.errors import BindingMismatch, KeybrokerError, Malformed, Unavailable, error_for
+from keybroker.policy_store import PolicyStore
+from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
-from verifier.appraisal import Appraisal, appraise_snp
+from verifier.appraisal import Appraisal
+from verifier.claims_view import PlatformClaims
 from verifier.collateral import CollateralStore
 from verifier.config import VerifierConfig, ensure_secure, load_intel_roots
-from verifier.dcap.appraisal import appraise_sgx, appraise_tdx
 from verifier.dcap.verify import DcapVerifier
+from verifier.decision import appraise, evidence_workload
 from verifier.eventlog.measured import CcelCache, td_event_claims
-from verifier.policy import (
-    PLATFORM_SGX,
-    PLATFORM_SNP,
-    PLATFORM_TDX,
-    AppraisalPolicy,
-    load_policy,
-)
+from verifier.policy import PLATFORM_SGX, PLATFORM_SNP, PLATFORM_TDX, AppraisalPolicy
+from verifier.policy_state import PolicyState, load_state, read_policy_files, seed_policies
+from verifier.records import AppraisalRecord, RecordStore, RecordWriter
+from verifier.reference_store import ReferenceStore
 from verifier.result import ResultSigner
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
+from verifier.workload import WorkloadClaims
 
 logger = logging.getLogger(__name__)
 
@@ -76,16 +77,8 @@ def utc_now() -> datetime:
 
 
 def load_policies(paths: Sequence[Path]) -> dict[str, AppraisalPolicy]:
-    """Load every policy file, keyed by policy name; a duplicate name is refused."""
-    out: dict[str, AppraisalPolicy] = {}
-    for path in paths:
-        policy = load_policy(path)
-        if policy.name in out:
-            raise Malformed(f"{path}: duplicate appraisal policy name", rule="config.policies",
-                            expected="unique policy names",
-                            actual=f"{policy.name} also in {out[policy.name].source}")
-        out[policy.name] = policy
-    return out
+    """Compile policy files keyed by name (duplicate names refused); see ``policy_state``."""
+    return read_policy_files(paths)
 
 
 def _check_request(request: verifier_pb2.AppraiseRequest, max_bytes: int) -> list[str]:
@@ -134,36 +127,61 @@ class _Verdict:
     report_data: bytes
     appraisals: list[Appraisal]
     annotated: Mapping[str, object]
+    workload: Mapping[str, object]
+
+
+def _denied(policy: AppraisalPolicy, err: KeybrokerError) -> KeybrokerError:
+    """``err`` with the policy id (name@version) in force named in its reason."""
+    return error_for(err.category, f"policy {policy.policy_id}: {err.reason}", rule=err.rule,
+                     expected=err.expected, actual=err.actual)
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
-    """Appraise: verify, bind, appraise each requested policy, sign one EAR token."""
+    """Appraise: verify, bind, appraise each requested policy, record, sign one EAR token."""
 
     def __init__(
         self,
         *,
         snp: SnpVerifier,
-        policies: Mapping[str, AppraisalPolicy],
         signer: ResultSigner,
         insecure: bool,
+        policies: Mapping[str, AppraisalPolicy] | None = None,
+        state: Callable[[], PolicyState] | None = None,
+        records: RecordWriter | None = None,
         dcap: DcapVerifier | None = None,
         max_request_bytes: int = 1 << 20,
         clock: Clock = utc_now,
     ) -> None:
+        fixed = PolicyState.static(policies or {})
+        self._state: Callable[[], PolicyState] = state if state is not None else fixed.itself
+        self._records = records
         self._snp = snp
         self._dcap = dcap
         self._ccel_cache = CcelCache()
-        self._policies = dict(policies)
         self._signer = signer
         self._insecure = insecure
         self._max_request_bytes = max_request_bytes
         self._clock = clock
+        self.watched: Watched[PolicyState] | None = None
 
-    def _policy(self, name: str) -> AppraisalPolicy:
-        policy = self._policies.get(name)
+    def start_background(self, poll_seconds: float) -> None:
+        """Start watching the state database for applied policies and reference values."""
+        if self.watched is not None:
+            self.watched.start(poll_seconds)
+
+    async def close(self) -> None:
+        """Stop watching and flush the recorded appraisals."""
+        if self.watched is not None:
+            await self.watched.stop()
+        if self._records is not None:
+            await asyncio.to_thread(self._records.close)
+
+    @staticmethod
+    def _policy(state: PolicyState, name: str) -> AppraisalPolicy:
+        policy = state.policies.get(name)
         if policy is None:
             raise Malformed("unknown policy", rule="request.policy_ids",
-                            expected="one of " + ", ".join(sorted(self._policies)), actual=name)
+                            expected="one of " + ", ".join(sorted(state.policies)), actual=name)
         return policy
 
     def _dcap_verifier(self, kind: str) -> DcapVerifier:
@@ -172,51 +190,76 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                             rule="request.evidence", expected="snp", actual=kind)
         return self._dcap
 
-    def _snp_verdict(self, request: verifier_pb2.AppraiseRequest,
-                     policies: Sequence[AppraisalPolicy], now: datetime) -> _Verdict:
-        evidence = request.evidence.snp
-        claims = self._snp.verify(evidence.report, evidence.cert_table, at=now)
+    def _claims(self, request: verifier_pb2.AppraiseRequest, kind: str,
+                now: datetime) -> PlatformClaims:
+        """Verify the evidence (signatures, chain, collateral; TDX logs replayed)."""
+        claims: PlatformClaims
+        if kind == "tdx":
+            evidence = request.evidence.tdx
+            # Missing CRLs are reported as claims; each policy's allow_missing_crl decides.
+            tdx = self._dcap_verifier("tdx").verify_tdx(evidence.quote, at=now,
+                                                        allow_missing_crl=True)
+            _check_binding(tdx.report_data, request.expected_report_data)
+            if evidence.ccel_data or evidence.ccel_table or evidence.runtime_log:
+                events = td_event_claims(tdx.rtmrs, ccel_table=evidence.ccel_table or None,
+                                         ccel_data=evidence.ccel_data or None,
+                                         runtime_log=evidence.runtime_log or None,
+                                         cache=self._ccel_cache)
+                tdx = dataclasses.replace(tdx, events=events)
+            claims = tdx
+        elif kind == "sgx":
+            claims = self._dcap_verifier("sgx").verify_sgx(request.evidence.sgx.quote, at=now,
+                                                           allow_missing_crl=True)
+        else:
+            evidence_snp = request.evidence.snp
+            claims = self._snp.verify(evidence_snp.report, evidence_snp.cert_table, at=now)
         _check_binding(claims.report_data, request.expected_report_data)
-        return _Verdict(claims.report_data, [
-            appraise_snp(claims, policy, init_data=request.init_data,
-                         allow_insecure_root=self._insecure)
-            for policy in policies
-        ], claims.as_dict())
+        return claims
 
-    def _tdx_verdict(self, request: verifier_pb2.AppraiseRequest,
-                     policies: Sequence[AppraisalPolicy], now: datetime) -> _Verdict:
-        evidence = request.evidence.tdx
-        # Missing CRLs are reported as claims; each policy's allow_missing_crl decides.
-        claims = self._dcap_verifier("tdx").verify_tdx(evidence.quote, at=now,
-                                                       allow_missing_crl=True)
-        _check_binding(claims.report_data, request.expected_report_data)
-        if evidence.ccel_data or evidence.ccel_table or evidence.runtime_log:
-            events = td_event_claims(claims.rtmrs, ccel_table=evidence.ccel_table or None,
-                                     ccel_data=evidence.ccel_data or None,
-                                     runtime_log=evidence.runtime_log or None,
-                                     cache=self._ccel_cache)
-            claims = dataclasses.replace(claims, events=events)
-        return _Verdict(claims.report_data, [
-            appraise_tdx(claims, policy, at=now, init_data=request.init_data,
-                         allow_insecure_root=self._insecure)
-            for policy in policies
-        ], claims.as_dict())
-
-    def _sgx_verdict(self, request: verifier_pb2.AppraiseRequest,
-                     policies: Sequence[AppraisalPolicy], now: datetime) -> _Verdict:
-        claims = self._dcap_verifier("sgx").verify_sgx(request.evidence.sgx.quote, at=now,
-                                                       allow_missing_crl=True)
-        _check_binding(claims.report_data, request.expected_report_data)
-        return _Verdict(claims.report_data, [
-            appraise_sgx(claims, policy, at=now, init_data=request.init_data,
-                         allow_insecure_root=self._insecure)
-            for policy in policies
-        ], claims.as_dict())
+    def _judge(self, request: verifier_pb2.AppraiseRequest, *, state: PolicyState,
+               policies: Sequence[AppraisalPolicy], claims: PlatformClaims, platform: str,
+               evidence_digest: str, now: datetime) -> _Verdict:
+        """Every requested policy judges the claims; each decision is recorded; the first
+        denial (in request order) is raised, with the policy id in its reason."""
+        appraisals: list[Appraisal] = []
+        decisions: dict[str, dict[str, str]] = {}
+        denial: KeybrokerError | None = None
+        workload: WorkloadClaims | None = None
+        try:
+            workload = evidence_workload(claims, request.init_data)
+        except KeybrokerError:
+            workload = None  # each policy reports the binding failure itself, below
+        for policy in policies:
+            try:
+                appraisal, workload = appraise(
+                    policy, claims, init_data=request.init_data, at=now,
+                    references=state.references, allow_insecure_root=self._insecure)
+            except KeybrokerError as err:
+                decisions[policy.name] = {
+                    "policy_id": policy.policy_id, "status": "deny",
+                    "category": err.category.value, "rule": err.rule, "reason": err.detail}
+                denial = denial or _denied(policy, err)
+                continue
+            appraisals.append(appraisal)
+            decisions[policy.name] = {"policy_id": policy.policy_id, "status": appraisal.status}
+        annotated = claims.as_dict()
+        workload_doc = workload.as_dict() if workload is not None else {}
+        if self._records is not None:
+            self._records.submit(AppraisalRecord(
+                at=now, request_id=request.request_id, platform=platform,
+                evidence_digest=evidence_digest, evidence=annotated,
+                workload=workload.as_dict() if workload is not None else None,
+                init_data=bytes(request.init_data), insecure=self._insecure,
+                decisions=decisions))
+        if denial is not None:
+            raise denial
+        return _Verdict(claims.report_data, appraisals, annotated, workload_doc)
 
     def appraise(self, request: verifier_pb2.AppraiseRequest, evidence_digest: str) -> str:
         """The whole appraisal; returns the token or raises a typed error."""
         names = _check_request(request, self._max_request_bytes)
-        policies = [self._policy(name) for name in names]
+        state = self._state()
+        policies = [self._policy(state, name) for name in names]
         kind = request.evidence.WhichOneof("kind")
         if kind not in _PLATFORM_FOR_KIND:
             raise Malformed("evidence type missing or not supported", rule="request.evidence",
@@ -229,17 +272,14 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                                 expected=f"a {platform} policy",
                                 actual=f"{policy.name}: {policy.platform}")
         now = self._clock()
-        if kind == "tdx":
-            verdict = self._tdx_verdict(request, policies, now)
-        elif kind == "sgx":
-            verdict = self._sgx_verdict(request, policies, now)
-        else:
-            verdict = self._snp_verdict(request, policies, now)
+        claims = self._claims(request, kind, now)
+        verdict = self._judge(request, state=state, policies=policies, claims=claims,
+                              platform=platform, evidence_digest=evidence_digest, now=now)
         return self._signer.issue(
             now=now, nonce=request.nonce, request_id=request.request_id,
             evidence_digest=evidence_digest, report_data=verdict.report_data,
             insecure=self._insecure, appraisals=verdict.appraisals,
-            annotated_evidence=verdict.annotated,
+            annotated_evidence=verdict.annotated, workload=verdict.workload,
         )
 
     async def Appraise(
@@ -286,15 +326,27 @@ def build_servicer(
         raise Malformed(f"{config.source}: cannot read trust anchors or collateral",
                         rule="config.collateral", expected="readable files and directories",
                         actual=str(exc)) from None
-    policies = load_policies(config.policies)
     signer = ResultSigner.load(config.result_key, audience=config.audience,
                                ttl_seconds=config.result_ttl_seconds)
-    logger.info("verifier loaded policies=%s result_alg=%s kid=%s",
-                ",".join(f"{p.policy_id}" for p in policies.values()), signer.alg, signer.kid)
-    return VerifierServicer(snp=SnpVerifier(trust, collateral),
-                            dcap=DcapVerifier(collateral, simulator_roots=intel_roots),
-                            policies=policies, signer=signer, insecure=insecure,
-                            max_request_bytes=config.max_request_bytes, clock=clock)
+    policy_store = PolicyStore(config.state_db)
+    reference_store = ReferenceStore(config.state_db)
+    seed_policies(policy_store, config.policies, clock())
+    watched = Watched("verifier policies and reference values",
+                      lambda: (policy_store.generation(), reference_store.generation()),
+                      lambda: load_state(policy_store, reference_store))
+    records = (RecordWriter(RecordStore(config.state_db,
+                                        retention=timedelta(days=config.record_days)))
+               if config.record_days > 0 else None)
+    logger.info("verifier policies in force=%s result_alg=%s kid=%s record_days=%d",
+                ",".join(p.policy_id for p in watched.current.policies.values()),
+                signer.alg, signer.kid, config.record_days)
+    servicer = VerifierServicer(snp=SnpVerifier(trust, collateral),
+                                dcap=DcapVerifier(collateral, simulator_roots=intel_roots),
+                                state=lambda: watched.current, records=records, signer=signer,
+                                insecure=insecure, max_request_bytes=config.max_request_bytes,
+                                clock=clock)
+    servicer.watched = watched
+    return servicer
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -369,6 +421,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    servicer.start_background(config.policy_poll_seconds)
     logger.info("verifier serving on %s", server.address)
     on_ready(server.address)
     try:
@@ -378,3 +431,4 @@ async def serve(
             loop.remove_signal_handler(sig)
         logger.info("verifier shutting down")
         await server.stop()
+        await servicer.close()

@@ -15,11 +15,14 @@ Invariants:
   TCB status not accepted (OutOfDate after the grace date), advisory not allow-listed, MRSEAM /
   MRSIGNERSEAM not in the policy's module sets -> TCB_POLICY [39, 40]; missing revocation lists
   without ``allow_missing_crl`` -> COLLATERAL_STALE;
-  MRTD, RTMRs, MROWNER, MROWNERCONFIG, MRENCLAVE not accepted; init-data required but absent, or
-  MRCONFIGID != SHA-384(init-data); a required image not replayed into RTMR3; a measured image
-  not allow-listed -> MEASUREMENT [44, 45, 46, 48].
-- Init-data presented is always checked against MRCONFIGID (TDX), like HOST_DATA for SNP; SGX
-  quotes have no field that binds it, so init-data with SGX evidence is refused.
+  MRTD, RTMRs, MROWNER, MROWNERCONFIG, MRENCLAVE not accepted; a required image not replayed
+  into RTMR3; a measured image not allow-listed -> MEASUREMENT [44, 46, 48]. ``mrtd`` None
+  (TDX) or ``mrenclave`` None (SGX) means a reference-value binding or the signer rule covers
+  it: the decision engine checks bindings, this module does not.
+- Init-data (MRCONFIGID for TDX; refused with SGX evidence, which cannot bind it) and the
+  workload rules are the decision engine's steps (``verifier.decision``) [45].
+- ``warnings`` name every reason for a warning-tier trust vector (accepted non-UpToDate
+  status, a status accepted under its grace date, allowed missing revocation lists).
 - Trust vector (AR4SI, evidence-formats.md section 7.3): hardware 2 (genuine) for UpToDate with
   complete collateral, 32 (warning tier) for an accepted non-UpToDate status, a status accepted
   under the grace date, or allowed missing CRLs; configuration 32 when the status asks for a
@@ -46,7 +49,6 @@ from verifier.appraisal import AFFIRMING, WARNING, Appraisal
 from verifier.dcap.claims import TD_ATTRIBUTE_BITS, DcapTcbClaims, SgxClaims, TdxClaims, rfc3339
 from verifier.dcap.policy import GRACE_STATUSES, DcapTcbPolicy, SgxPolicy, TdxPolicy
 from verifier.dcap.schema import TcbStatus
-from verifier.init_data import MRCONFIGID, check_init_data
 from verifier.policy import AppraisalPolicy
 
 GENUINE = 2
@@ -66,10 +68,11 @@ def _check_root(insecure_root: bool, allow_insecure_root: bool, platform: str) -
 
 
 def _check_tcb(tcb: DcapTcbClaims, policy: DcapTcbPolicy, at: datetime,
-               platform: str) -> tuple[int, int]:
-    """Status, grace, advisories, collateral; returns (hardware, configuration) values."""
+               platform: str) -> tuple[int, int, tuple[str, ...]]:
+    """Status, grace, advisories, collateral; returns (hardware, configuration, warnings)."""
     status = tcb.status
     hardware = GENUINE
+    warnings: list[str] = []
     if status == TcbStatus.REVOKED.value:
         raise TcbPolicyViolation("the platform TCB is revoked", rule=f"{platform}.tcb_status",
                                  expected="not Revoked", actual=status)
@@ -86,6 +89,9 @@ def _check_tcb(tcb: DcapTcbClaims, policy: DcapTcbPolicy, at: datetime,
                 rule=f"{platform}.out_of_date_grace_until",
                 expected=f"verification time before {rfc3339(grace)}",
                 actual=f"{status} at {rfc3339(at)}")
+        warnings.append(f"TCB status {status} accepted until {rfc3339(grace)}")
+    elif status != TcbStatus.UP_TO_DATE.value:
+        warnings.append(f"TCB status {status} accepted by the policy")
     if status != TcbStatus.UP_TO_DATE.value:
         hardware = UNSAFE
     refused = [a for a in tcb.advisory_ids if a not in policy.allowed_advisories]
@@ -101,12 +107,14 @@ def _check_tcb(tcb: DcapTcbClaims, policy: DcapTcbPolicy, at: datetime,
                 rule=f"{platform}.allow_missing_crl", expected="PCK and root CA CRLs present",
                 actual=", ".join(tcb.collateral_warnings))
         hardware = UNSAFE
+        warnings.append("collateral incomplete (allowed by the policy): "
+                        + ", ".join(tcb.collateral_warnings))
     configuration = UNSAFE if "Configuration" in status else APPROVED
-    return hardware, configuration
+    return hardware, configuration, tuple(warnings)
 
 
 def _appraisal(policy: AppraisalPolicy, *, hardware: int, configuration: int,
-               executables: int) -> Appraisal:
+               executables: int, warnings: tuple[str, ...]) -> Appraisal:
     vector: Mapping[str, int] = MappingProxyType({
         "instance-identity": GENUINE,
         "configuration": configuration,
@@ -117,7 +125,7 @@ def _appraisal(policy: AppraisalPolicy, *, hardware: int, configuration: int,
     warn = any(v in WARNING_TIER for v in vector.values())
     return Appraisal(status=WARNING if warn else AFFIRMING, trust_vector=vector,
                      policy_id=policy.policy_id, policy_digest=policy.digest,
-                     policy_name=policy.name)
+                     policy_name=policy.name, warnings=warnings)
 
 
 def _utc(at: datetime) -> datetime:
@@ -162,8 +170,10 @@ def _check_td_platform(claims: TdxClaims, tdx: TdxPolicy) -> None:
             actual=f"XFAM={claims.xfam:016x}")
 
 
-def _in_set(value: bytes, accepted: frozenset[bytes], name: str, key: str, *,
+def _in_set(value: bytes, accepted: frozenset[bytes] | None, name: str, key: str, *,
             check_empty: bool = False) -> None:
+    if accepted is None:
+        return
     if (accepted or check_empty) and value not in accepted:
         raise MeasurementMismatch(f"{name} is not in the accepted list", rule=f"tdx.{key}",
                                   expected=f"one of {len(accepted)} accepted values",
@@ -180,14 +190,12 @@ def _check_td_module(claims: TdxClaims, tdx: TdxPolicy) -> None:
                                      actual=value.hex())
 
 
-def _check_td_measurements(claims: TdxClaims, tdx: TdxPolicy, init_data: bytes) -> None:
+def _check_td_measurements(claims: TdxClaims, tdx: TdxPolicy) -> None:
     _in_set(claims.mr_td, tdx.mrtd, "MRTD", "mrtd", check_empty=True)
     for i, accepted in enumerate(tdx.rtmrs):
         _in_set(claims.rtmrs[i], accepted, f"RTMR{i}", f"rtmr{i}")
     _in_set(claims.mr_owner, tdx.mrowner, "MROWNER", "mrowner")
     _in_set(claims.mr_owner_config, tdx.mrownerconfig, "MROWNERCONFIG", "mrownerconfig")
-    check_init_data(MRCONFIGID, claims.mr_config_id, init_data,
-                    required=tdx.require_init_data, rule="tdx.require_init_data")
     images = claims.events.images if claims.events is not None else ()
     if tdx.required_images and claims.events is None:
         raise MeasurementMismatch("policy requires measured images but no event log replayed "
@@ -213,22 +221,22 @@ def appraise_tdx(
     policy: AppraisalPolicy,
     *,
     at: datetime,
-    init_data: bytes = b"",
     allow_insecure_root: bool = False,
 ) -> Appraisal:
-    """Appraise verified TDX claims against ``policy`` at time ``at``; raise the first
-    violated rule."""
+    """Appraise verified TDX claims against ``policy``'s typed ``tdx`` rules at time ``at``;
+    raise the first violated rule (init-data, workload: ``verifier.decision.appraise``)."""
     tdx = policy.tdx
     at = _utc(at)
     _check_root(claims.insecure_root, allow_insecure_root, "tdx")
     _check_td_platform(claims, tdx)
-    hardware, configuration = _check_tcb(claims.tcb, tdx.tcb, at, "tdx")
+    hardware, configuration, warnings = _check_tcb(claims.tcb, tdx.tcb, at, "tdx")
     _check_td_module(claims, tdx)
-    _check_td_measurements(claims, tdx, init_data)
+    _check_td_measurements(claims, tdx)
     images_checked = bool(tdx.required_images) or tdx.allowed_images is not None
     runtime = (claims.events is not None and images_checked) or bool(tdx.rtmrs[3])
     return _appraisal(policy, hardware=hardware, configuration=configuration,
-                      executables=APPROVED if runtime else APPROVED_BOOT_ONLY)
+                      executables=APPROVED if runtime else APPROVED_BOOT_ONLY,
+                      warnings=warnings)
 
 
 def _check_enclave(claims: SgxClaims, sgx: SgxPolicy) -> None:
@@ -259,22 +267,18 @@ def appraise_sgx(
     policy: AppraisalPolicy,
     *,
     at: datetime,
-    init_data: bytes = b"",
     allow_insecure_root: bool = False,
 ) -> Appraisal:
-    """Appraise verified SGX claims against ``policy`` at time ``at``; raise the first
-    violated rule."""
+    """Appraise verified SGX claims against ``policy``'s typed ``sgx`` rules at time ``at``;
+    raise the first violated rule (init-data: ``verifier.decision.appraise``)."""
     sgx = policy.sgx
     at = _utc(at)
     _check_root(claims.insecure_root, allow_insecure_root, "sgx")
     _check_enclave(claims, sgx)
-    hardware, configuration = _check_tcb(claims.tcb, sgx.tcb, at, "sgx")
+    hardware, configuration, warnings = _check_tcb(claims.tcb, sgx.tcb, at, "sgx")
     if sgx.mrenclave is not None and claims.mr_enclave not in sgx.mrenclave:
         raise MeasurementMismatch("MRENCLAVE is not in the accepted list", rule="sgx.mrenclave",
                                   expected=f"one of {len(sgx.mrenclave)} accepted values",
                                   actual=claims.mr_enclave.hex())
-    if init_data:
-        raise MeasurementMismatch("SGX evidence cannot bind init-data", rule="sgx.init_data",
-                                  expected="no init-data", actual=f"{len(init_data)} bytes")
     return _appraisal(policy, hardware=hardware, configuration=configuration,
-                      executables=APPROVED)
+                      executables=APPROVED, warnings=warnings)

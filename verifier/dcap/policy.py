@@ -1,20 +1,25 @@
-"""The ``[tdx]`` and ``[sgx]`` sections of an appraisal policy, compiled into frozen values.
+"""The ``tdx:`` and ``sgx:`` sections of an appraisal policy, compiled into frozen values.
 
 Invariants:
-- Loading is as strict as for ``[snp]`` (see ``verifier.policy``): unknown keys, wrong types,
-  bad hex and out-of-range values are ``Malformed`` naming the file and the key. Switches
-  default to the strict setting (no migration, no perfmon, no profiling, SEPT_VE_DISABLE
-  required, missing CRLs refused).
+- Compiling is as strict as for ``snp:`` (see ``verifier.policy``): unknown keys, wrong types,
+  bad hex and out-of-range values are ``Malformed`` naming the file, the line and the key.
+  Switches default to the strict setting (no migration, no perfmon, no profiling,
+  SEPT_VE_DISABLE required, missing CRLs refused).
 - Accepted TCB statuses are Intel's strings (``TcbStatus`` values); "Revoked" is refused at load,
   so no policy can ever accept a revoked TCB. The default is UpToDate only. The grace date for
   OutOfDate / OutOfDateConfigurationNeeded must carry a time zone.
-- Fail closed: ``mrtd`` / ``mrenclave`` are required when used and an empty list matches
-  nothing; ``allowed_advisories`` defaults to none; ``allowed_xfam`` and ``allowed_images`` are
-  allow-lists when present (present but empty allows nothing) and unchecked when absent. The
-  optional reference sets ``rtmr0``..``rtmr3``, ``mrseam``, ``mrsignerseam``, ``mrowner`` and
-  ``mrownerconfig`` are not checked when absent or empty.
+- Fail closed: ``mrtd`` is required unless a reference binding covers ``evidence.mr_td`` (then
+  it may be absent and compiles to None: not checked by the typed appraiser, the binding is);
+  an empty list matches nothing; ``allowed_advisories`` defaults to none; ``allowed_xfam`` and
+  ``allowed_images`` are allow-lists when present (present but empty allows nothing) and
+  unchecked when absent. The optional reference sets ``rtmr0``..``rtmr3``, ``mrseam``,
+  ``mrsignerseam``, ``mrowner`` and ``mrownerconfig`` are not checked when absent or empty.
 - An SGX policy names MRENCLAVE values, or the whole MRSIGNER + ISVPRODID + minimum ISVSVN
-  triple (or both); anything else is refused at load.
+  triple (or both); anything else is refused at load, except that neither is required when a
+  reference binding covers ``evidence.mr_enclave`` or ``evidence.mr_signer``. A partial signer
+  triple is always refused.
+- Init-data is platform-neutral (``workload:``, see ``verifier.policy``), not part of these
+  sections.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ _TCB_KEYS = frozenset({"accepted_tcb_statuses", "allowed_advisories", "out_of_da
 _TDX_OPTIONAL = _TCB_KEYS | frozenset({
     "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "mrsignerseam", "mrowner", "mrownerconfig",
     "allowed_xfam", "allow_migratable", "allow_perfmon", "allow_profiling",
-    "require_sept_ve_disable", "require_init_data", "required_images", "allowed_images",
+    "require_sept_ve_disable", "required_images", "allowed_images",
 })
 _SGX_OPTIONAL = _TCB_KEYS | frozenset({"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"})
 _SIGNER_KEYS = ("mrsigner", "isv_prod_id", "min_isv_svn")
@@ -58,10 +63,11 @@ class DcapTcbPolicy:
 
 @dataclass(frozen=True)
 class TdxPolicy:
-    """Compiled ``[tdx]`` section (an empty frozenset = that register is not checked, except
-    ``mrtd``; ``None`` = that allow-list is not checked)."""
+    """Compiled ``tdx:`` section (an empty frozenset = that register is not checked, except
+    ``mrtd``; ``None`` = that allow-list is not checked; ``mrtd`` None = covered by a reference
+    binding instead)."""
 
-    mrtd: frozenset[bytes]
+    mrtd: frozenset[bytes] | None
     tcb: DcapTcbPolicy = DcapTcbPolicy()
     rtmrs: tuple[frozenset[bytes], ...] = (frozenset(),) * 4
     mrseam: frozenset[bytes] = frozenset()
@@ -73,7 +79,6 @@ class TdxPolicy:
     allow_perfmon: bool = False
     allow_profiling: bool = False
     require_sept_ve_disable: bool = True
-    require_init_data: bool = False
     required_images: tuple[str, ...] = ()
     allowed_images: frozenset[str] | None = None
 
@@ -89,7 +94,8 @@ class SgxSigner:
 
 @dataclass(frozen=True)
 class SgxPolicy:
-    """Compiled ``[sgx]`` section: MRENCLAVE allow-list and/or a signer rule."""
+    """Compiled ``sgx:`` section: MRENCLAVE allow-list and/or a signer rule (both None only
+    when a reference binding covers the enclave identity)."""
 
     mrenclave: frozenset[bytes] | None
     signer: SgxSigner | None
@@ -99,8 +105,9 @@ class SgxPolicy:
 def _compile_tcb(section: PolicyReader) -> DcapTcbPolicy:
     listed = section.table.get("accepted_tcb_statuses")
     if isinstance(listed, list) and TcbStatus.REVOKED.value in listed:
-        raise section.fail("accepted_tcb_statuses", "a revoked TCB can never be accepted",
-                           "statuses other than Revoked", "Revoked")
+        raise section.fail_at(("accepted_tcb_statuses", listed.index(TcbStatus.REVOKED.value)),
+                              "a revoked TCB can never be accepted",
+                              "statuses other than Revoked", "Revoked")
     statuses = section.strings("accepted_tcb_statuses", list(DEFAULT_STATUSES), _STATUS_RE,
                                "an Intel TCB status other than Revoked")
     advisories = section.strings("allowed_advisories", [], _ADVISORY_RE,
@@ -113,13 +120,17 @@ def _compile_tcb(section: PolicyReader) -> DcapTcbPolicy:
     )
 
 
-def compile_tdx(tdx: PolicyReader) -> TdxPolicy:
-    """Compile a ``[tdx]`` table."""
-    tdx.check_keys(frozenset({"mrtd"}), _TDX_OPTIONAL)
+def compile_tdx(tdx: PolicyReader, *, mrtd_referenced: bool = False) -> TdxPolicy:
+    """Compile a ``tdx:`` mapping; ``mrtd_referenced``: a reference binding covers
+    ``evidence.mr_td``, so ``mrtd`` may be absent."""
+    tdx.check_keys(frozenset(), _TDX_OPTIONAL | {"mrtd"})
+    if not tdx.has("mrtd") and not mrtd_referenced:
+        raise tdx.missing("mrtd", "field 'mrtd' (or a reference_values binding of "
+                                  "evidence.mr_td)")
     size = TD_MEASUREMENT_SIZE
     image_what = "sha256:<64 lowercase hex digits>"
     return TdxPolicy(
-        mrtd=tdx.hex_values("mrtd", size),
+        mrtd=tdx.hex_values("mrtd", size) if tdx.has("mrtd") else None,
         tcb=_compile_tcb(tdx),
         rtmrs=tuple(tdx.hex_values(f"rtmr{i}", size) for i in range(4)),
         mrseam=tdx.hex_values("mrseam", size),
@@ -131,24 +142,25 @@ def compile_tdx(tdx: PolicyReader) -> TdxPolicy:
         allow_perfmon=tdx.boolean("allow_perfmon", False),
         allow_profiling=tdx.boolean("allow_profiling", False),
         require_sept_ve_disable=tdx.boolean("require_sept_ve_disable", True),
-        require_init_data=tdx.boolean("require_init_data", False),
         required_images=tdx.strings("required_images", [], IMAGE_RE, image_what),
         allowed_images=(frozenset(tdx.strings("allowed_images", [], IMAGE_RE, image_what))
                         if tdx.has("allowed_images") else None),
     )
 
 
-def compile_sgx(sgx: PolicyReader) -> SgxPolicy:
-    """Compile an ``[sgx]`` table."""
+def compile_sgx(sgx: PolicyReader, *, identity_referenced: bool = False) -> SgxPolicy:
+    """Compile an ``sgx:`` mapping; ``identity_referenced``: a reference binding covers
+    ``evidence.mr_enclave`` or ``evidence.mr_signer``, so neither rule is required."""
     sgx.check_keys(frozenset(), _SGX_OPTIONAL)
     given = [k for k in _SIGNER_KEYS if sgx.has(k)]
     if given and len(given) != len(_SIGNER_KEYS):
         missing = next(k for k in _SIGNER_KEYS if k not in given)
-        raise sgx.fail(missing, "missing key", "mrsigner, isv_prod_id and min_isv_svn together",
-                       f"absent (given: {', '.join(given)})")
-    if not given and not sgx.has("mrenclave"):
-        raise sgx.fail("mrenclave", "missing key",
-                       "mrenclave, or mrsigner + isv_prod_id + min_isv_svn", "absent")
+        raise sgx.missing(missing, "mrsigner, isv_prod_id and min_isv_svn together",
+                          f"absent (given: {', '.join(given)})")
+    if not given and not sgx.has("mrenclave") and not identity_referenced:
+        raise sgx.missing("mrenclave", "mrenclave, or mrsigner + isv_prod_id + min_isv_svn, "
+                                       "or a reference_values binding of evidence.mr_enclave "
+                                       "or evidence.mr_signer")
     signer = None
     if given:
         signer = SgxSigner(

@@ -1,4 +1,4 @@
-"""SQLite access for the broker (sqlite-utils over stdlib sqlite3).
+"""SQLite access for the broker and the verifier state (sqlite-utils over stdlib sqlite3).
 
 Invariants:
 - Every database runs in WAL mode with a busy timeout; each thread has its own connection

@@ -1,0 +1,51 @@
+"""``keybroker admin ...``: policy, reference-value and TCB administration.
+
+Synopsis::
+
+    keybroker admin policy schema KIND
+    keybroker admin policy validate FILE...
+    keybroker admin policy diff OLD NEW | diff --config CFG NAME NEW   [--json]
+    keybroker admin policy apply FILE --config CFG --author A --comment C
+    keybroker admin policy history NAME --config CFG [--json]
+    keybroker admin policy rollback NAME --to N --config CFG --author A --comment C
+    keybroker admin policy test FILE --cases DIR [--refs REFFILE...]
+    keybroker admin policy dry-run FILE --config CFG [--since 7d] [--json]
+    keybroker admin refvalues import FILE --config CFG --author A --comment C
+    keybroker admin refvalues activate|retire NAME VERSION --config CFG --author A --comment C
+    keybroker admin refvalues deprecate NAME VERSION --retire-at T --config CFG --author A
+        --comment C
+    keybroker admin refvalues list [NAME] --config CFG [--json]
+    keybroker admin tcb report --config CFG [--since 7d] [--json]
+
+Invariants:
+- CFG is the service's own config file (verifier.toml or broker.toml); the commands read and
+  write exactly the stores the service uses, so there is no second source of truth. Running
+  services pick up changes by polling the stores (``policy_poll_seconds``).
+- Exit codes: 0 ok, 1 refused or failed (``error <CATEGORY>: <reason> (expected ..., actual
+  ...)`` on stderr, with ``file:line`` for document errors), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from keybroker import admin_appraisal, admin_policy, admin_refvalues
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``admin`` and its command groups to the ``keybroker`` parser."""
+    parser = sub.add_parser("admin", help="administer policies, reference values, TCB debt")
+    groups = parser.add_subparsers(dest="admin_group", required=True)
+
+    policy = groups.add_parser("policy", help="appraisal policies and release rules")
+    policy_cmds = policy.add_subparsers(dest="policy_command", required=True)
+    admin_policy.register(policy_cmds)
+    admin_appraisal.register_policy(policy_cmds)
+
+    refvalues = groups.add_parser("refvalues", help="reference-value sets")
+    refvalues_cmds = refvalues.add_subparsers(dest="refvalues_command", required=True)
+    admin_refvalues.register(refvalues_cmds)
+
+    tcb = groups.add_parser("tcb", help="TCB debt of attesting platforms")
+    tcb_cmds = tcb.add_subparsers(dest="tcb_command", required=True)
+    admin_appraisal.register_tcb(tcb_cmds)

@@ -1,0 +1,67 @@
+"""Administrator roles: who may change policies and reference values (config key ``admins``).
+
+Invariants:
+- ``admins`` is a TOML table identity -> list of role strings; the only roles are
+  ``policy-admin`` (apply / roll back appraisal policies and release rules) and
+  ``refvalue-admin`` (import reference values as an administrator and move sets through their
+  lifecycle). Anything else (unknown role, duplicate role, non-string, bad identity) is
+  ``Malformed`` naming the config file and key, so a typo never grants or silently drops a role.
+- An identity absent from the table holds no role: ``require_role`` refuses it with
+  PLATFORM_POLICY "not authorised" (expected the role, actual the identity's roles).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from keybroker.errors import Malformed, PlatformPolicyViolation
+
+POLICY_ADMIN = "policy-admin"
+REFVALUE_ADMIN = "refvalue-admin"
+ROLES = (POLICY_ADMIN, REFVALUE_ADMIN)
+_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+Admins = Mapping[str, frozenset[str]]
+NO_ADMINS: Admins = MappingProxyType({})
+
+
+def parse_admins(value: object, path: Path, key: str) -> Admins:
+    """Validate the ``admins`` table read from the config file ``path`` (``key`` for errors)."""
+
+    def fail(what: str, expected: str, actual: str) -> Malformed:
+        return Malformed(f"{path}: {what} at key '{key}'", rule="config.schema",
+                         expected=expected, actual=actual[:120])
+
+    if not isinstance(value, dict):
+        raise fail("wrong type", "table identity -> list of roles",
+                   f"{type(value).__name__} {value!r}")
+    out: dict[str, frozenset[str]] = {}
+    for identity, roles in value.items():
+        if not isinstance(identity, str) or not _IDENTITY_RE.fullmatch(identity):
+            raise fail("invalid identity", "1-128 of [A-Za-z0-9._@+-]", repr(identity))
+        if not isinstance(roles, list):
+            raise fail(f"wrong type for '{identity}'", "list of role strings",
+                       f"{type(roles).__name__} {roles!r}")
+        seen: set[str] = set()
+        for role in roles:
+            if not isinstance(role, str) or role not in ROLES:
+                raise fail(f"unknown role for '{identity}'", "one of: " + ", ".join(ROLES),
+                           repr(role))
+            if role in seen:
+                raise fail(f"duplicate role for '{identity}'", "each role once", role)
+            seen.add(role)
+        out[identity] = frozenset(seen)
+    return MappingProxyType(out)
+
+
+def require_role(admins: Admins, identity: str, role: str) -> None:
+    """Refuse (PLATFORM_POLICY) unless ``identity`` holds ``role``."""
+    held = admins.get(identity)
+    if held is None or role not in held:
+        raise PlatformPolicyViolation(
+            f"'{identity}' is not authorised", rule=f"admins.{role}",
+            expected=f"an identity with role {role}",
+            actual=", ".join(sorted(held)) if held else "no role")
