@@ -9,13 +9,24 @@ Invariants:
   unknown policy list is MALFORMED, never a vacuous pass.
 - Requests are size-bounded (transport limit and explicit field checks).
 - Evidence kinds snp, tdx and sgx are dispatched to ``SnpVerifier`` / ``DcapVerifier`` and
-  appraised by ``appraise_snp`` / ``appraise_tdx`` / ``appraise_sgx``; every requested policy
-  must be for the evidence's platform (else MALFORMED naming both, before any verification).
+  judged by the decision engine (``verifier.decision.appraise``: typed platform checks,
+  workload identity, reference values, CEL conditions, TCB early warning); every requested
+  policy must be for the evidence's platform (else MALFORMED naming both, before any
+  verification).
+- One request is judged against one state: the policies in force and the reference-value
+  snapshot are read once (an attribute read, no I/O) and every token names each policy as
+  name@version with its digest, so a policy applied mid-request cannot mix versions. Denials
+  name the policy version in their reason.
+- Every appraised request (claims, workload claims, init-data, each policy's decision) is
+  recorded for dry runs through a background writer that never blocks the RPC; nothing is
+  recorded when ``record_days`` is 0.
   TDX evidence with a CCEL or runtime log is only appraised after both replayed to the quoted
   RTMRs (``td_event_claims``; EVENT_LOG otherwise). DCAP quotes are verified with missing CRLs
   reported as claims; each policy's ``allow_missing_crl`` decides (COLLATERAL_STALE otherwise).
-- Trust stores, collateral, policies and the result key are loaded once at start-up; the
+- Trust stores, collateral and the result key are loaded once at start-up; the
   ``SnpVerifier`` and ``DcapVerifier`` (and their caches) live as long as the servicer.
+  Policies and reference values come from the state database (config files seed it) and are
+  reloaded whole when ``keybroker admin`` changes them (``keybroker.reload``).
 - Logs carry the request id and the SHA-256 of the evidence, never the evidence itself.
 - Started with the insecure switch, a loud warning is logged and every token says
   ``keybroker.insecure = true``.
@@ -47,7 +58,7 @@ from verifier.claims_view import PlatformClaims
 from verifier.collateral import CollateralStore
 from verifier.config import VerifierConfig, ensure_secure, load_intel_roots
 from verifier.dcap.verify import DcapVerifier
-from verifier.decision import appraise, evidence_workload
+from verifier.decision import appraise_claims, evidence_workload
 from verifier.eventlog.measured import CcelCache, td_event_claims
 from verifier.policy import PLATFORM_SGX, PLATFORM_SNP, PLATFORM_TDX, AppraisalPolicy
 from verifier.policy_state import PolicyState, load_state, read_policy_files, seed_policies
@@ -225,15 +236,20 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         decisions: dict[str, dict[str, str]] = {}
         denial: KeybrokerError | None = None
         workload: WorkloadClaims | None = None
+        unbound: KeybrokerError | None = None
         try:
+            # Policy-independent: bind and parse the init-data once for every policy.
             workload = evidence_workload(claims, request.init_data)
-        except KeybrokerError:
-            workload = None  # each policy reports the binding failure itself, below
+        except KeybrokerError as err:
+            unbound = err
         for policy in policies:
             try:
-                appraisal, workload = appraise(
-                    policy, claims, init_data=request.init_data, at=now,
-                    references=state.references, allow_insecure_root=self._insecure)
+                if unbound is not None:
+                    raise unbound
+                assert workload is not None
+                appraisal = appraise_claims(
+                    policy, claims, workload, at=now, references=state.references,
+                    allow_insecure_root=self._insecure)
             except KeybrokerError as err:
                 decisions[policy.name] = {
                     "policy_id": policy.policy_id, "status": "deny",
