@@ -32,6 +32,7 @@ from keybroker.admin_target import (
     KIND_RULES,
     Target,
     UsageError,
+    add_change_args,
     command,
     load_target,
     print_error,
@@ -226,12 +227,6 @@ def _rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _admin_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="verifier or broker TOML config")
-    parser.add_argument("--author", required=True, help="identity holding the admin role")
-    parser.add_argument("--comment", required=True, help="why (kept in the history)")
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``policy`` commands (schema, validate, diff, apply, history, rollback)."""
     p = sub.add_parser("schema", help="print a document kind's JSON Schema")
@@ -253,7 +248,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("apply", help="store a new version (after a full compile)")
     p.add_argument("file", metavar="FILE")
-    _admin_args(p)
+    add_change_args(p, config="verifier or broker TOML config", role="policy-admin")
     p.set_defaults(func=command(_apply))
 
     p = sub.add_parser("history", help="versions of a policy, oldest first")
@@ -265,5 +260,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("rollback", help="put an older version's document back in force")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", type=int, required=True, metavar="N", help="version to restore")
-    _admin_args(p)
+    add_change_args(p, config="verifier or broker TOML config", role="policy-admin")
     p.set_defaults(func=command(_rollback))

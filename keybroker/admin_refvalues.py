@@ -22,6 +22,7 @@ from keybroker.admin_roles import REFVALUE_ADMIN, require_role
 from keybroker.admin_target import (
     EXIT_OK,
     Target,
+    add_change_args,
     command,
     load_target,
     parse_instant,
@@ -128,18 +129,12 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _admin_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="verifier TOML config")
-    parser.add_argument("--author", required=True, help="identity (refvalue-admin)")
-    parser.add_argument("--comment", required=True, help="why (kept in the event log)")
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``refvalues`` commands."""
     p = sub.add_parser("import", help="import a ReferenceValues document or JWS manifest "
                                       "as a new staged version")
     p.add_argument("file", metavar="FILE", help="YAML/JSON document, or a .jws manifest")
-    _admin_args(p)
+    add_change_args(p, config="verifier TOML config", role="refvalue-admin")
     p.set_defaults(func=command(_import))
 
     for name, body, what in (("activate", _activate, "staged -> active"),
@@ -152,7 +147,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name == "deprecate":
             p.add_argument("--retire-at", required=True, metavar="T",
                            help="RFC 3339 instant after which the version no longer matches")
-        _admin_args(p)
+        add_change_args(p, config="verifier TOML config", role="refvalue-admin")
         p.set_defaults(func=command(body))
 
     p = sub.add_parser("list", help="set versions with state and provenance")

@@ -27,11 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from attester_agent.simulator.dcap import DcapTestCa
 from attester_agent.simulator.snp import SnpTestCa
 from keybroker.launcher import keybroker_command
+from keybroker.strict_yaml import dump_yaml
 
 Tee = Literal["snp", "tdx", "sgx"]
 TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx")
@@ -199,18 +198,6 @@ def _sgx_section(spec: PolicySpec) -> dict[str, object]:
     return {"mrenclave": [spec.measurement.hex()], **_tcb_fields(spec)}
 
 
-class _PolicyDumper(yaml.SafeDumper):
-    """Writes aware datetimes as RFC 3339 YAML timestamps (``2026-06-30T00:00:00Z``)."""
-
-
-def _timestamp(dumper: yaml.SafeDumper, value: datetime) -> yaml.ScalarNode:
-    text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return dumper.represent_scalar("tag:yaml.org,2002:timestamp", text)
-
-
-_PolicyDumper.add_representer(datetime, _timestamp)
-
-
 def policy_document(spec: PolicySpec) -> bytes:
     """The YAML appraisal policy document for ``spec``."""
     platform = {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}[spec.tee]
@@ -226,9 +213,7 @@ def policy_document(spec: PolicySpec) -> bytes:
                                    for claim, name in spec.references]
     if spec.conditions:
         doc["conditions"] = [dict(c) for c in spec.conditions]
-    text: str = yaml.dump(doc, Dumper=_PolicyDumper, sort_keys=False,
-                          default_flow_style=False, width=120)
-    return text.encode()
+    return dump_yaml(doc)
 
 
 def write_policy(layout: DemoLayout, spec: PolicySpec) -> None:

@@ -181,3 +181,21 @@ def parse_yaml(raw: bytes, source: str) -> tuple[object, dict[NodePath, int]]:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _timestamp(dumper: yaml.SafeDumper, value: datetime) -> yaml.ScalarNode:
+    text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return dumper.represent_scalar("tag:yaml.org,2002:timestamp", text)
+
+
+def dump_yaml(data: object) -> bytes:
+    """A block-style YAML document of plain ``data`` (keys in order, aware datetimes as RFC 3339
+    timestamps) that ``parse_yaml`` reads back to the same values."""
+
+    class Dumper(yaml.SafeDumper):
+        """Safe dumper with RFC 3339 timestamps (a fresh class: no global registration)."""
+
+    Dumper.add_representer(datetime, _timestamp)
+    text: str = yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False,
+                          allow_unicode=True, width=120)
+    return text.encode()

@@ -10,11 +10,9 @@ become lists, aware datetimes become YAML timestamps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
+from keybroker.strict_yaml import dump_yaml
 from verifier.policy import AppraisalPolicy, parse_policy
 
 DEFAULT_MEASUREMENT = bytes.fromhex("ab" * 48)
@@ -22,18 +20,6 @@ DEFAULT_MRTD = bytes.fromhex("11" * 48)
 DEFAULT_MRENCLAVE = bytes.fromhex("aa" * 32)
 ZERO_TCB = {"bootloader": 0, "tee": 0, "snp": 0, "microcode": 0}
 _PLATFORMS = {"sev-snp": "snp", "tdx": "tdx", "sgx": "sgx"}
-
-
-class _Dumper(yaml.SafeDumper):
-    """Safe dumper that writes aware datetimes as RFC 3339 timestamps."""
-
-
-def _timestamp(dumper: yaml.SafeDumper, value: datetime) -> yaml.ScalarNode:
-    text = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return dumper.represent_scalar("tag:yaml.org,2002:timestamp", text)
-
-
-_Dumper.add_representer(datetime, _timestamp)
 
 
 def plain(value: object) -> object:
@@ -51,9 +37,7 @@ def plain(value: object) -> object:
 
 def to_yaml(data: Mapping[str, object]) -> bytes:
     """A YAML document of ``data`` (see ``plain`` for the conversions)."""
-    text: str = yaml.dump(plain(data), Dumper=_Dumper, sort_keys=False,
-                          default_flow_style=False, allow_unicode=True, width=120)
-    return text.encode()
+    return dump_yaml(plain(data))
 
 
 def policy_yaml(platform: str, section: Mapping[str, object], *, name: str = "p",
