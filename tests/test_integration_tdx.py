@@ -8,6 +8,7 @@ broker, and the broker's audit log holds a denial record with that category for 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 
 from attester_agent.client import get_secrets
@@ -183,9 +185,25 @@ def test_release_through_agent_process_with_measured_image(env: Env) -> None:
 def test_release_in_process_leaves_intent_and_outcome(env: Env) -> None:
     """An in-process TDX release opens to the secret; the audit has intent then released."""
     attempt = build_attempt(env, tdx(env))
-    assert open_released(attempt, send(env, attempt.request)) == env.secret
+    response = send(env, attempt.request)
+    assert open_released(attempt, response) == env.secret
     kinds = [r.get("kind") for r in records_for(env, attempt.request.request_id)]
     assert kinds == ["intent", "released"]
+
+
+def test_workload_claims_from_init_data_and_rtmr3(env: Env) -> None:
+    """The token's workload claims carry the MRCONFIGID-bound init-data content and the images
+    replayed into RTMR3 from the runtime log (platform-neutral names)."""
+    attempt = build_attempt(env, tdx(env))
+    response = send(env, attempt.request)
+    claims = jwt.decode(response.result_token, options={"verify_signature": False})
+    (submod,) = claims["submods"].values()
+    workload = submod["keybroker.workload"]
+    assert workload["init_data_register"] == "MRCONFIGID"
+    assert workload["init_data_digest"] == hashlib.sha384(DEMO_INIT_DATA).hexdigest()
+    assert workload["name"] == "demo"
+    assert workload["measured_register"] == "RTMR3"
+    assert workload["measured_images"] == [DEMO_IMAGE]
 
 
 def test_image_not_measured_denied(env: Env) -> None:
