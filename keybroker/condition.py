@@ -9,6 +9,9 @@ Invariants:
 - ``Condition.evaluate`` returns a ``bool`` or raises ``ConditionError``: an evaluation error
   or a non-boolean result is never treated as true (callers deny).
 - Activations are plain JSON-able Python values; datetimes become RFC 3339 strings ("...Z").
+  Converting them to CEL values is the expensive part of an evaluation, so an ``Activation``
+  converts each variable at most once and only when a condition names it; the conditions of
+  one decision share one ``Activation``.
 - cel-python logs every evaluation failure at ERROR level on its own loggers; those records
   are dropped by a filter installed on first compile (the failure reaches the caller as a
   ``ConditionError`` instead). The RE2 engine behind ``matches()`` writes its own parse errors
@@ -18,7 +21,8 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
@@ -78,11 +82,33 @@ def _message(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
-def _activation(values: Mapping[str, object]) -> dict[str, object]:
-    try:
-        return {name: json_to_cel(cast(JSON, _plain(v))) for name, v in values.items()}
-    except (TypeError, ValueError) as exc:
-        raise ConditionError(f"activation is not JSON-like: {exc}"[:300]) from None
+class Activation:
+    """Plain variables, each converted to CEL values at most once, on first use."""
+
+    def __init__(self, values: Mapping[str, object]) -> None:
+        self._values = values
+        self._cel: dict[str, object] = {}
+
+    def cel(self, names: Iterable[str]) -> dict[str, object]:
+        """The CEL values of ``names`` that exist (converted now if not yet)."""
+        out: dict[str, object] = {}
+        for name in names:
+            if name not in self._values:
+                continue
+            if name not in self._cel:
+                try:
+                    self._cel[name] = json_to_cel(cast(JSON, _plain(self._values[name])))
+                except (TypeError, ValueError) as exc:
+                    raise ConditionError(f"activation is not JSON-like: {exc}"[:300]) from None
+            out[name] = self._cel[name]
+        return out
+
+
+def _roots(expression: str, variables: Iterable[str]) -> frozenset[str]:
+    """The variables whose identifier occurs in ``expression`` (an over-approximation: a name
+    inside a string literal also counts, which only costs a conversion)."""
+    return frozenset(v for v in variables
+                     if re.search(rf"(?<![\w.]){re.escape(v)}(?!\w)", expression))
 
 
 def _dotted(node: object) -> tuple[str, list[str]] | None:
@@ -163,13 +189,15 @@ class Condition:
 
     expression: str
     references: tuple[str, ...] = ()   # dotted paths it names, such as "evidence.policy.debug"
+    roots: frozenset[str] = frozenset()  # the variables it uses
     _program: object = field(default=None, repr=False, compare=False)
 
-    def evaluate(self, activation: Mapping[str, object]) -> bool:
+    def evaluate(self, activation: Mapping[str, object] | Activation) -> bool:
         """True or False; ``ConditionError`` on an evaluation error or a non-bool result."""
         if self._program is None:
             raise ConditionError("condition was not compiled")
-        cel = _activation(activation)
+        shared = activation if isinstance(activation, Activation) else Activation(activation)
+        cel = shared.cel(self.roots)
         try:
             result = self._program.evaluate(cel)  # type: ignore[attr-defined]
         except Exception as exc:  # any failure inside CEL denies
@@ -201,7 +229,7 @@ def compile_condition(expression: str, variables: Mapping[str, object]) -> Condi
         program = env.program(tree)
     except Exception as exc:  # the transpiler refuses some
         raise ConditionError(f"cannot compile: {_message(exc)}") from None
-    condition = Condition(expression, references, program)
+    condition = Condition(expression, references, _roots(expression, sample), program)
     try:
         condition.evaluate(sample)
     except ConditionError as exc:

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 
-from keybroker.condition import ConditionError
+from keybroker.condition import Activation, ConditionError
 from keybroker.errors import Malformed, MeasurementMismatch, error_for
 from verifier.appraisal import WARNING, Appraisal, appraise_snp
 from verifier.claims_view import PlatformClaims, claims_view, platform_of
@@ -160,8 +160,9 @@ def _decide(policy: AppraisalPolicy, claims: PlatformClaims, typed: Appraisal,
             matches.append(match)
             if match.state is RefState.STAGED:
                 would_match.append(f"{key}: {match.label}")
+    activation = Activation(view)  # converted to CEL once, shared by the conditions
     for rule in policy.conditions:
-        _check_condition(rule, view)
+        _check_condition(rule, view, activation)
     warnings = list(typed.warnings)
     deprecated = [m for m in matches if m.state is RefState.DEPRECATED]
     for match in dict.fromkeys(deprecated):
@@ -257,10 +258,11 @@ def _named_claims(paths: tuple[str, ...], view: Mapping[str, object]) -> str:
     return text if len(text) <= _MAX_ACTUAL else text[:_MAX_ACTUAL - 3] + "..."
 
 
-def _check_condition(rule: ConditionRule, view: Mapping[str, object]) -> None:
+def _check_condition(rule: ConditionRule, view: Mapping[str, object],
+                     activation: Activation) -> None:
     expression = rule.condition.expression
     try:
-        passed = rule.condition.evaluate(view)
+        passed = rule.condition.evaluate(activation)
     except ConditionError as exc:
         raise error_for(rule.category, f"condition could not be evaluated: {exc}",
                         rule=f"conditions.{rule.name}", expected=expression,
