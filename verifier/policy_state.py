@@ -9,7 +9,9 @@ Invariants:
   ``file:line``) or a duplicate policy name stops start-up and changes nothing in force.
 - ``load_state`` compiles every version in force (name@version as stored) and snapshots the
   reference values; a version that no longer compiles is ``Malformed`` (the caller keeps the
-  previous state in force).
+  previous state in force). With a ``compiled`` cache each stored version (name, version,
+  digest) is compiled once, CEL included, however often the state reloads (for instance when
+  only reference values changed).
 """
 
 from __future__ import annotations
@@ -80,10 +82,19 @@ def seed_policies(store: PolicyStore, paths: Sequence[Path], now: datetime) -> N
                 "with `keybroker admin policy apply`", policy.source, current.label)
 
 
-def load_state(policies: PolicyStore, references: ReferenceStore) -> PolicyState:
-    """Compile every policy version in force and snapshot the reference values."""
-    compiled: dict[str, AppraisalPolicy] = {}
+def load_state(policies: PolicyStore, references: ReferenceStore,
+               compiled: dict[tuple[str, int, str], AppraisalPolicy] | None = None
+               ) -> PolicyState:
+    """Compile every policy version in force (each once, given a cache) and snapshot the
+    reference values."""
+    cache = compiled if compiled is not None else {}
+    in_force: dict[str, AppraisalPolicy] = {}
     for name, version in policies.in_force(KIND).items():
-        compiled[name] = parse_policy(version.document, f"{version.label} (state db)",
+        key = (name, version.version, version.digest)
+        if key not in cache:
+            cache[key] = parse_policy(version.document, f"{version.label} (state db)",
                                       version=version.version)
-    return PolicyState(MappingProxyType(compiled), references.snapshot())
+        in_force[name] = cache[key]
+    for key in [k for k in cache if in_force.get(k[0]) is not cache[k]]:
+        del cache[key]  # superseded versions
+    return PolicyState(MappingProxyType(in_force), references.snapshot())

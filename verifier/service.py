@@ -347,9 +347,10 @@ def build_servicer(
     policy_store = PolicyStore(config.state_db)
     reference_store = ReferenceStore(config.state_db)
     seed_policies(policy_store, config.policies, clock())
+    compiled: dict[tuple[str, int, str], AppraisalPolicy] = {}
     watched = Watched("verifier policies and reference values",
                       lambda: (policy_store.generation(), reference_store.generation()),
-                      lambda: load_state(policy_store, reference_store))
+                      lambda: load_state(policy_store, reference_store, compiled))
     records = (RecordWriter(RecordStore(config.state_db,
                                         retention=timedelta(days=config.record_days)))
                if config.record_days > 0 else None)
