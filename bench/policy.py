@@ -38,7 +38,6 @@ import hashlib
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -47,6 +46,7 @@ from pathlib import Path
 from celpy.adapter import json_to_cel
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from timing import per_op
 
 from attester_agent.simulator.dcap import DcapTestCa, TdxSimulator
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
@@ -148,18 +148,6 @@ class Scenario:
     init_data: bytes
     references: ReferenceSnapshot
 
-
-def per_op(fn: Callable[[], object], seconds: float) -> float:
-    """Mean wall seconds of one call of ``fn`` over about ``seconds``."""
-    for _ in range(20):
-        fn()
-    count = 0
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        for _ in range(50):
-            fn()
-        count += 50
-    return elapsed / count
 
 
 def snapshot(set_name: str, current: bytes) -> ReferenceSnapshot:

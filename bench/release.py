@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from timing import per_op
 
 from keybroker.wrapping import AgentKeyPair, Suite, load_public_key, release_info, seal
 
@@ -37,18 +38,6 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
-
-def per_op(fn: object, seconds: float = 1.0) -> float:
-    """Mean wall seconds of one call of ``fn`` over about ``seconds``."""
-    assert callable(fn)
-    for _ in range(5):
-        fn()
-    count = 0
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        count += 1
-    return elapsed / count
 
 
 def crypto_floor(suite: Suite, tee: str) -> dict[str, float]:

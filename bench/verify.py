@@ -31,7 +31,6 @@ import os
 import pstats
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 import dcap_qvl
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from timing import per_op
 
 from verifier.collateral import CollateralStore
 from verifier.dcap.collateral import split_signed_body
@@ -48,18 +48,6 @@ V = Path(__file__).resolve().parent.parent / "tests" / "vectors"
 EMR_BUNDLE = V / "tdx/dcapqvl-emr-v5-tcb-unsupported/tdx_quote_outdated_collateral.json"
 SGX_BUNDLE = V / "sgx/dcapqvl-sgx-v3/sgx_quote_collateral.json"
 
-
-def per_op(fn: Callable[[], object], seconds: float) -> float:
-    """Mean wall seconds of one call of ``fn`` over about ``seconds``."""
-    for _ in range(20):
-        fn()
-    count = 0
-    start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        for _ in range(50):
-            fn()
-        count += 50
-    return elapsed / count
 
 
 def collateral(tee: str) -> tuple[bytes, dict[str, str], datetime]:
