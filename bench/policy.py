@@ -52,17 +52,17 @@ from attester_agent.simulator.dcap import DcapTestCa, TdxSimulator
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.condition import Activation
 from keybroker.evidence.runtime_log import encode_log, image_event
-from verifier.appraisal import appraise_snp
 from verifier.claims_view import PlatformClaims, claims_view, lookup
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.dcap.appraisal import appraise_tdx
 from verifier.dcap.claims import TdxClaims
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
 from verifier.decision import appraise, early_warning, evidence_workload
 from verifier.eventlog.measured import td_event_claims
-from verifier.policy import AppraisalPolicy, parse_policy
-from verifier.reference import ReferenceSnapshot, RefSetVersion, RefState, RefValue
+from verifier.policy.compile import AppraisalPolicy, parse_policy
+from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue
+from verifier.snp.appraisal import appraise_snp
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier

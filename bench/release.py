@@ -74,8 +74,8 @@ def agent_worker(args: tuple[str, str, float, str, str]) -> list[float]:
     import logging
 
     from attester_agent.client import get_secrets
-    from keybroker.demo import demo_collector, demo_init_data
-    from keybroker.demo_setup import DEMO_KEY_ID, DemoLayout
+    from keybroker_cli.demo import demo_collector, demo_init_data
+    from keybroker_cli.demo_setup import DEMO_KEY_ID, DemoLayout
 
     logging.disable(logging.WARNING)
     layout = DemoLayout(Path(root))
@@ -100,13 +100,13 @@ def main() -> int:
     args = parser.parse_args()
     suite = Suite.from_id(args.suite)
 
-    from keybroker.demo_setup import DemoLayout, prepare, write_broker_config
-    from keybroker.launcher import ServiceProcess, keybroker_command
+    from keybroker_cli.demo_setup import DemoLayout, prepare, write_broker_config
+    from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
     layout = DemoLayout(Path(tempfile.mkdtemp(prefix="keybroker-bench-")))
     prepare(layout, tee=args.tee)
     if args.tee == "tdx":
-        from keybroker.demo import measure_image
+        from keybroker_cli.demo import measure_image
 
         assert measure_image(layout), "attester-agent measure failed"
     verifier = ServiceProcess.start(

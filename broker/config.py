@@ -5,7 +5,7 @@ Invariants:
   MALFORMED (with the file, what was expected and what was found), so a typo never silently
   falls back to a default.
 - Relative paths are resolved against the directory of the configuration file.
-- ``admins`` maps identities to roles (``keybroker.admin_roles``; the broker honours
+- ``admins`` maps identities to roles (``keybroker.roles``; the broker honours
   ``policy-admin`` for release rules); ``policy_poll_seconds`` (0.1..60) is how often the
   service looks for newly applied release rules in ``database``.
 - ``accept_insecure_results`` is only read here; refusing to start with it (unless the operator
@@ -18,8 +18,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from keybroker.admin_roles import NO_ADMINS, Admins, parse_admins
 from keybroker.errors import Malformed
+from keybroker.roles import NO_ADMINS, Admins, parse_admins
 
 ALGORITHMS = ("ES256", "ES384")
 

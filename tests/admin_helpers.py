@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
@@ -29,7 +29,7 @@ def admin(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run ``keybroker admin ARGS`` in a fresh interpreter; never raises on a non-zero exit."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(
-        [sys.executable, "-m", "keybroker.cli", "admin", *map(str, args)],
+        [sys.executable, "-m", "keybroker_cli.main", "admin", *map(str, args)],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False)
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import strategies as st
 
 from keybroker.errors import Category, Malformed
-from verifier.policy import load_policy, parse_policy
+from verifier.policy.compile import load_policy, parse_policy
 
 
 def write_doc(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keybroker.strict_yaml import dump_yaml
-from verifier.policy import AppraisalPolicy, parse_policy
+from verifier.policy.compile import AppraisalPolicy, parse_policy
 
 DEFAULT_MEASUREMENT = bytes.fromhex("ab" * 48)
 DEFAULT_MRTD = bytes.fromhex("11" * 48)

@@ -13,9 +13,9 @@ from attester_agent.collectors import registry
 from attester_agent.collectors.simulator import InsecureSimulatorRefused, SimulatorCollector
 from attester_agent.simulator.snp import SnpTestCa
 from keybroker.errors import Category, KeybrokerError
+from keybroker.evidence.snp_certs import GUID_ASK, GUID_VCEK, parse_cert_table
 from keybroker.evidence.snp_report import SIGNING_KEY_VCEK, parse_report
 from keybroker.v1 import evidence_pb2
-from verifier.snp.certs import GUID_ASK, GUID_VCEK, parse_cert_table
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 

@@ -18,11 +18,11 @@ from policy_docs import compiled, snp_policy_yaml
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.snp_report import POLICY_DEBUG, POLICY_MIGRATE_MA, SnpReport
-from verifier.appraisal import Appraisal
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.decision import appraise
-from verifier.policy import AppraisalPolicy
-from verifier.reference import ReferenceSnapshot
+from verifier.policy.compile import AppraisalPolicy
+from verifier.reference.values import ReferenceSnapshot
+from verifier.snp.appraisal import Appraisal
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier

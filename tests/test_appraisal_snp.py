@@ -20,10 +20,10 @@ from keybroker.errors import (
     PlatformPolicyViolation,
     TcbPolicyViolation,
 )
-from verifier.appraisal import TRUST_VECTOR_AFFIRMING, appraise_snp
 from verifier.decision import appraise
-from verifier.policy import AppraisalPolicy, load_policy
-from verifier.reference import ReferenceSnapshot
+from verifier.policy.compile import AppraisalPolicy, load_policy
+from verifier.reference.values import ReferenceSnapshot
+from verifier.snp.appraisal import TRUST_VECTOR_AFFIRMING, appraise_snp
 from verifier.snp.claims import FirmwareVersion, GuestPolicy, PlatformInfo, SnpClaims
 from verifier.snp.tcb import TcbVersion
 

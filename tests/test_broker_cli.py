@@ -19,13 +19,13 @@ from broker_helpers import EarSigner, write_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.audit import AuditEntry, AuditLog
-from broker.cli import register
 from broker.config import load_config
 from keybroker.errors import Category, Malformed
+from keybroker_cli.broker_cmd import register
 
 DRIVER = (
     "import argparse, logging, sys\n"
-    "from broker.cli import register\n"
+    "from keybroker_cli.broker_cmd import register\n"
     "p = argparse.ArgumentParser(prog='keybroker')\n"
     "register(p.add_subparsers(dest='command', required=True))\n"
     "a = p.parse_args(sys.argv[1:])\n"

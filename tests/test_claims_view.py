@@ -25,7 +25,7 @@ from verifier.claims_view import (
     sample_claims,
     sample_snp_claims,
 )
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.dcap.claims import SgxClaims, TdxClaims
 from verifier.dcap.verify import DcapVerifier
 from verifier.eventlog.measured import td_event_claims

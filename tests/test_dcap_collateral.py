@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keybroker.errors import Category, KeybrokerError
-from verifier.dcap.collateral import (
+from verifier.dcap.documents import (
     CollateralVerifier,
     SignedMember,
     split_signed_body,

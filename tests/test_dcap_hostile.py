@@ -26,7 +26,7 @@ from attester_agent.simulator.dcap_ca import (
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.dcap_quote import HEADER_SIZE, DcapQuote
 from keybroker.evidence.dcap_signature import CertificationData
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
 

@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keybroker.errors import Category, KeybrokerError
-from verifier.dcap import der
+from keybroker.evidence import der
+from keybroker.evidence.sgx_extensions import decode_sgx_extensions, parse_sgx_extension
 from verifier.dcap.crl import verify_crl
-from verifier.dcap.extensions import decode_sgx_extensions, parse_sgx_extension
 from verifier.dcap.pck import CRL_PCK, CRL_ROOT, PckVerifier, parse_pem_chain
 from verifier.dcap.trust import IntelTrustStore
 from verifier.snp.trust import Certificate

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from policy_checks import ANY_VALUE, line_of, refused, refused_raw, write_doc
 
 from keybroker.errors import Category, Malformed
-from verifier.policy import (
+from verifier.policy.compile import (
     load_policy,
     parse_policy,
 )

@@ -45,6 +45,7 @@ from attester_agent.simulator.dcap_ca import (
     encode_sgx_extension,
 )
 from keybroker.errors import Category, KeybrokerError
+from keybroker.evidence.ccel import check_rtmrs, parse_ccel_log, parse_ccel_table
 from keybroker.evidence.dcap_quote import (
     INTEL_QE_VENDOR_ID,
     build_quote,
@@ -53,21 +54,20 @@ from keybroker.evidence.dcap_quote import (
     parse_tdx_quote,
 )
 from keybroker.evidence.runtime_log import image_event
-from verifier.collateral import CollateralStore
-from verifier.dcap.collateral import CollateralVerifier, split_signed_body
-from verifier.dcap.extensions import (
+from keybroker.evidence.sgx_extensions import (
     OID_SGX_EXTENSION,
     PlatformConfiguration,
     SgxExtensions,
     decode_sgx_extensions,
     parse_sgx_extension,
 )
+from keybroker.evidence.tcg_log import ALG_SHA384
+from verifier.collateral.cache import CollateralStore
+from verifier.dcap.documents import CollateralVerifier, split_signed_body
 from verifier.dcap.pck import PckVerifier, parse_pem_chain
 from verifier.dcap.schema import TcbStatus
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
-from verifier.eventlog.ccel import check_rtmrs, parse_ccel_log, parse_ccel_table
-from verifier.eventlog.tcg import ALG_SHA384
 
 VECTORS = Path(__file__).parent / "vectors"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -14,8 +14,8 @@ import construct as c
 import pytest
 
 from keybroker.errors import Category, KeybrokerError
-from verifier.dcap.collateral import CollateralVerifier, SignedMember
-from verifier.dcap.extensions import decode_sgx_extensions
+from keybroker.evidence.sgx_extensions import decode_sgx_extensions
+from verifier.dcap.documents import CollateralVerifier, SignedMember
 from verifier.dcap.pck import parse_pem_chain
 from verifier.dcap.schema import EnclaveIdentity, TcbInfo, TcbStatus
 from verifier.dcap.tcb import (

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.dcap_quote import build_quote, parse_quote
 from keybroker.evidence.dcap_signature import CertificationData
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.dcap.anchor import Anchor
 from verifier.dcap.pck import parse_pem_chain
 from verifier.dcap.trust import IntelTrustStore

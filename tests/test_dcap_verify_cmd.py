@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from policy_docs import policy_yaml
 
-from keybroker.cli import main
-from keybroker.verify_cmd import decode_quote, split_simulator_roots
-from verifier.eventlog.ccel import parse_ccel_log, rtmr_events
+from keybroker.evidence.ccel import parse_ccel_log, rtmr_events
+from keybroker_cli.main import main
+from keybroker_cli.verify import decode_quote, split_simulator_roots
 
 V = Path(__file__).parent / "vectors"
 README = (V / "README.md").read_text()
@@ -239,7 +239,7 @@ def test_subprocess_run_prints_status_and_exit_code() -> None:
     """The installed entry point verifies the SGX sample in a separate process (exit 0) and
     prints the TCB status with its advisories."""
     tee, quote, at, collateral, allow, _, _ = VERIFIED["dcapqvl-sgx"]
-    proc = subprocess.run([sys.executable, "-m", "keybroker.cli", "verify",
+    proc = subprocess.run([sys.executable, "-m", "keybroker_cli.main", "verify",
                            *argv_for(tee, quote, at, collateral, allow)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,6 @@ import pytest
 from policy_docs import compiled, sgx_policy_yaml, snp_policy_yaml, tdx_policy_yaml
 
 from keybroker.errors import Category, KeybrokerError, Malformed
-from verifier.appraisal import Appraisal
 from verifier.claims_view import (
     PlatformClaims,
     sample_sgx_claims,
@@ -22,8 +21,9 @@ from verifier.claims_view import (
 )
 from verifier.dcap.claims import SgxClaims, TdEventClaims, TdxClaims
 from verifier.decision import appraise, appraise_claims, early_warning, evidence_workload
-from verifier.policy import AppraisalPolicy
-from verifier.reference import ReferenceSnapshot, RefSetVersion, RefState, RefValue
+from verifier.policy.compile import AppraisalPolicy
+from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue
+from verifier.snp.appraisal import Appraisal
 from verifier.snp.claims import GuestPolicy, SnpClaims
 from verifier.snp.tcb import TcbVersion
 from verifier.workload import NO_WORKLOAD, WorkloadClaims

@@ -15,8 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keybroker.errors import Category, EventLogMismatch, KeybrokerError, Malformed
-from keybroker.evidence.dcap_quote import parse_tdx_quote
-from verifier.eventlog.ccel import (
+from keybroker.evidence.ccel import (
     CCEL_TABLE_SIZE,
     build_ccel_table,
     check_rtmrs,
@@ -25,7 +24,8 @@ from verifier.eventlog.ccel import (
     replay_rtmrs,
     rtmr_events,
 )
-from verifier.eventlog.tcg import (
+from keybroker.evidence.dcap_quote import parse_tdx_quote
+from keybroker.evidence.tcg_log import (
     ALG_SHA256,
     ALG_SHA384,
     EV_NO_ACTION,

@@ -16,7 +16,7 @@ from broker.config import load_config
 from broker.rules import load_rules
 from keybroker.errors import Category, KeybrokerError
 from verifier.config import load_config as load_verifier_config
-from verifier.policy import load_policy
+from verifier.policy.compile import load_policy
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 

@@ -23,7 +23,11 @@ import pytest
 
 from attester_agent.simulator.snp import DEFAULT_TCB, SnpSimulator, SnpTestCa
 from keybroker import binding
-from keybroker.demo_setup import (
+from keybroker.errors import Category, KeybrokerError
+from keybroker.rpc_errors import error_from_rpc
+from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
+from keybroker.wrapping import AgentKeyPair, Suite
+from keybroker_cli.demo_setup import (
     DEMO_INIT_DATA,
     DEMO_MEASUREMENT,
     DemoLayout,
@@ -32,11 +36,7 @@ from keybroker.demo_setup import (
     put_secret,
     write_broker_config,
 )
-from keybroker.errors import Category, KeybrokerError
-from keybroker.launcher import ServiceProcess, keybroker_command
-from keybroker.rpc_errors import error_from_rpc
-from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
-from keybroker.wrapping import AgentKeyPair, Suite
+from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,12 @@ from attester_agent.client import get_secrets
 from attester_agent.collectors.simulator import SimulatorCollector
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker import binding
-from keybroker.demo_setup import (
+from keybroker.errors import Category, KeybrokerError
+from keybroker.evidence.snp_report import POLICY_DEBUG, SnpReport
+from keybroker.rpc_errors import error_from_rpc
+from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
+from keybroker.wrapping import AgentKeyPair, Suite, release_info
+from keybroker_cli.demo_setup import (
     DEMO_INIT_DATA,
     DEMO_KEY_ID,
     DEMO_MEASUREMENT,
@@ -34,12 +39,7 @@ from keybroker.demo_setup import (
     put_secret,
     write_broker_config,
 )
-from keybroker.errors import Category, KeybrokerError
-from keybroker.evidence.snp_report import POLICY_DEBUG, SnpReport
-from keybroker.launcher import ServiceProcess, keybroker_command
-from keybroker.rpc_errors import error_from_rpc
-from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
-from keybroker.wrapping import AgentKeyPair, Suite, release_info
+from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,11 @@ from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
 from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
 from keybroker import binding
-from keybroker.demo_setup import (
+from keybroker.errors import Category, KeybrokerError
+from keybroker.rpc_errors import error_from_rpc
+from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
+from keybroker.wrapping import AgentKeyPair, Suite, release_info
+from keybroker_cli.demo_setup import (
     DEMO_IMAGE,
     DEMO_INIT_DATA,
     DEMO_KEY_ID,
@@ -38,11 +42,7 @@ from keybroker.demo_setup import (
     put_secret,
     write_broker_config,
 )
-from keybroker.errors import Category, KeybrokerError
-from keybroker.launcher import ServiceProcess, keybroker_command
-from keybroker.rpc_errors import error_from_rpc
-from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
-from keybroker.wrapping import AgentKeyPair, Suite, release_info
+from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
 pytestmark = pytest.mark.integration
 

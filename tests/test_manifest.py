@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keybroker.errors import Category, ChainUntrusted, Malformed, SignatureInvalid
-from verifier.manifest import (
+from verifier.reference.manifest import (
     Provider,
     jwk_thumbprint,
     load_provider,

@@ -11,9 +11,9 @@ from policy_docs import snp_policy_yaml
 from keybroker.errors import Category, KeybrokerError
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
-from verifier.policy import AppraisalPolicy
-from verifier.policy_state import KIND, PolicyState, load_state, seed_policies
-from verifier.reference_store import ReferenceStore
+from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.state import KIND, PolicyState, load_state, seed_policies
+from verifier.reference.store import ReferenceStore
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from keybroker.errors import Category, Malformed, MeasurementMismatch
-from verifier.reference import (
+from verifier.reference.values import (
     ReferenceSnapshot,
     RefMatch,
     RefSetVersion,

@@ -13,9 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keybroker.errors import Malformed, MeasurementMismatch, SignatureInvalid
-from verifier.manifest import Provider
-from verifier.reference import RefState
-from verifier.reference_store import ReferenceStore
+from verifier.reference.manifest import Provider
+from verifier.reference.store import ReferenceStore
+from verifier.reference.values import RefState
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 GOOD = "5d8e" + "00" * 46

@@ -15,8 +15,8 @@ from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_sgx
 from verifier.dcap.claims import DcapTcbClaims, SgxClaims
 from verifier.decision import appraise
-from verifier.policy import AppraisalPolicy
-from verifier.reference import ReferenceSnapshot
+from verifier.policy.compile import AppraisalPolicy
+from verifier.reference.values import ReferenceSnapshot
 
 MRENCLAVE = bytes.fromhex("5a" * 32)
 MRSIGNER = bytes.fromhex("c3" * 32)

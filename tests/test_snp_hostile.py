@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError
+from keybroker.evidence.snp_certs import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, build_cert_table
 from keybroker.evidence.snp_report import SIGNED_SIZE, SIGNING_KEY_NONE, SIGNING_KEY_VLEK
-from verifier.collateral import CollateralStore
-from verifier.snp.certs import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, build_cert_table
+from verifier.collateral.cache import CollateralStore
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore, Certificate, TrustAnchor
 from verifier.snp.verify import SnpVerifier

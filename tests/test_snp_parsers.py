@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keybroker.errors import Category, ChainUntrusted, KeybrokerError, Malformed
-from keybroker.evidence.snp_report import SnpReport, build_report, parse_report
-from verifier.snp.certs import (
+from keybroker.evidence.snp_certs import (
     GUID_ARK,
     GUID_ASK,
     GUID_VCEK,
@@ -28,6 +27,7 @@ from verifier.snp.certs import (
     der_octet_string,
     parse_cert_table,
 )
+from keybroker.evidence.snp_report import SnpReport, build_report, parse_report
 
 u8 = st.integers(0, 0xFF)
 u32 = st.integers(0, 0xFFFF_FFFF)

@@ -14,8 +14,8 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError, Malformed
+from keybroker.evidence.snp_certs import GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
 from keybroker.evidence.snp_report import REPORT_SIZE, build_report, parse_report
-from verifier.snp.certs import GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
 from verifier.snp.trust import PINNED_FINGERPRINTS, AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 

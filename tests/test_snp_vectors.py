@@ -12,15 +12,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from keybroker.cli import main
 from keybroker.errors import Category, KeybrokerError
-from verifier.collateral import CollateralStore
-from verifier.snp.certs import (
+from keybroker.evidence.snp_certs import (
     GUID_ASK,
     GUID_VCEK,
     build_cert_table,
     decode_amd_extensions,
 )
+from keybroker_cli.main import main
+from verifier.collateral.cache import CollateralStore
 from verifier.snp.chain import ChainValidator
 from verifier.snp.trust import AmdTrustStore, Certificate
 from verifier.snp.verify import SnpVerifier
@@ -163,7 +163,7 @@ def test_vector_vcek_from_cert_table(tmp_path: Path) -> None:
 def test_vector_subprocess_console_script() -> None:
     """The installed `keybroker` console script verifies a vector and exits 0 with JSON."""
     exe = REPO / ".venv" / "bin" / "keybroker"
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "keybroker.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "keybroker_cli.main"]
     proc = subprocess.run(
         [*command, "verify", str(VECTORS / "trustee-aws-milan-vlek-v3/test-vlek-report.bin"),
          "--tee", "snp", "--collateral", str(VECTORS / "trustee-aws-milan-vlek-v3/test-vlek.der"),

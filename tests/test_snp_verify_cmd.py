@@ -10,7 +10,7 @@ import pytest
 from policy_docs import snp_policy_yaml
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
-from keybroker.cli import main
+from keybroker_cli.main import main
 
 AT = "2026-03-01T00:00:00Z"
 MEASUREMENT = bytes.fromhex("5a" * 48)

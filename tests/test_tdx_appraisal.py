@@ -17,8 +17,8 @@ from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_tdx
 from verifier.dcap.claims import DcapTcbClaims, TdAttributes, TdEventClaims, TdxClaims
 from verifier.decision import appraise
-from verifier.policy import AppraisalPolicy
-from verifier.reference import ReferenceSnapshot
+from verifier.policy.compile import AppraisalPolicy
+from verifier.reference.values import ReferenceSnapshot
 
 MRTD = bytes.fromhex("dae67181d3d65e073ad8f95b7907d5e927bfe9761c9ff3e9b89734a45d8954db"
                      "a41394c7717cb2735396c1d04231f94a")

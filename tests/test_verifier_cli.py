@@ -18,14 +18,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from attester_agent.simulator.snp import SnpTestCa
-from verifier.cli import register
+from keybroker_cli.verifier_cmd import register
 from verifier.result import ResultSigner
 
 ROOT = Path(__file__).resolve().parent.parent
 # Runs only the verifier's command group, so the test does not depend on the other groups.
 RUNNER = (
     "import argparse, logging, sys\n"
-    "from verifier.cli import register\n"
+    "from keybroker_cli.verifier_cmd import register\n"
     "logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
     "p = argparse.ArgumentParser(prog='keybroker')\n"
     "register(p.add_subparsers(required=True))\n"

@@ -23,10 +23,10 @@ from policy_docs import (
     tdx_policy_yaml,
 )
 
-from keybroker.demo_setup import DEMO_IMAGE, Tee, default_policy, policy_document
 from keybroker.errors import Category, Malformed
+from keybroker_cli.demo_setup import DEMO_IMAGE, Tee, default_policy, policy_document
 from verifier.claims_view import sample_activation
-from verifier.policy import (
+from verifier.policy.compile import (
     AppraisalPolicy,
     ReferenceBinding,
     WorkloadPolicy,

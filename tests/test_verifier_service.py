@@ -22,10 +22,10 @@ from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError, Malformed
 from keybroker.rpc_errors import error_from_rpc
 from keybroker.v1 import evidence_pb2, verifier_pb2, verifier_pb2_grpc
-from verifier.cli import JWKS_FILE, KEY_FILE
-from verifier.collateral import CollateralStore
+from keybroker_cli.verifier_cmd import JWKS_FILE, KEY_FILE
+from verifier.collateral.cache import CollateralStore
 from verifier.config import load_config
-from verifier.policy import parse_policy
+from verifier.policy.compile import parse_policy
 from verifier.result import ResultSigner
 from verifier.service import (
     SERVICE_NAME,

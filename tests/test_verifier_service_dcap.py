@@ -28,17 +28,17 @@ from attester_agent.simulator.dcap import (
 )
 from attester_agent.simulator.dcap_ca import PCK_CRL_FILE, ROOT_CRL_FILE
 from keybroker.errors import Category, KeybrokerError, Malformed
+from keybroker.evidence.ccel import parse_ccel_log
 from keybroker.evidence.runtime_log import encode_log, image_event
+from keybroker.evidence.tcg_log import ALG_SHA384
 from keybroker.rpc_errors import error_from_rpc
 from keybroker.v1 import evidence_pb2, verifier_pb2, verifier_pb2_grpc
-from verifier.cli import JWKS_FILE, KEY_FILE
-from verifier.collateral import CollateralStore
+from keybroker_cli.verifier_cmd import JWKS_FILE, KEY_FILE
+from verifier.collateral.cache import CollateralStore
 from verifier.config import load_config
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
-from verifier.eventlog.ccel import parse_ccel_log
-from verifier.eventlog.tcg import ALG_SHA384
-from verifier.policy import parse_policy
+from verifier.policy.compile import parse_policy
 from verifier.result import ResultSigner
 from verifier.service import VerifierServer, VerifierServicer, build_servicer
 from verifier.snp.trust import AmdTrustStore

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keybroker.demo_setup import DEMO_IMAGE, DEMO_INIT_DATA
 from keybroker.errors import Category, KeybrokerError, Malformed, MeasurementMismatch
+from keybroker_cli.demo_setup import DEMO_IMAGE, DEMO_INIT_DATA
 from verifier.init_data import HOST_DATA, MRCONFIGID
-from verifier.policy import WorkloadPolicy
+from verifier.policy.compile import WorkloadPolicy
 from verifier.workload import (
     NO_WORKLOAD,
     WorkloadClaims,

@@ -10,7 +10,7 @@ Invariants:
 - ``state_db`` (policy versions, reference-value sets, recorded appraisals) defaults to
   ``verifier-state.db`` beside the config; ``record_days`` 0..90 (0: record nothing),
   ``policy_poll_seconds`` 0.1..60. ``admins`` maps identities to roles
-  (``keybroker.admin_roles``); each ``[[verifier.reference_providers]]`` names a provider, its
+  (``keybroker.roles``); each ``[[verifier.reference_providers]]`` names a provider, its
   PEM public key (path) and the fnmatch patterns of the reference-value sets it may publish.
 - ``load_intel_roots`` reads each ``simulator_intel_roots`` file (DER, or PEM with one or more
   certificates) into an ``IntelTrustStore``; an unreadable or non-certificate file, or one that
@@ -30,8 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from keybroker.admin_roles import NO_ADMINS, Admins, parse_admins
 from keybroker.errors import Malformed
+from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from verifier.dcap.trust import IntelTrustStore
 
 DEFAULT_LISTEN = "127.0.0.1:50061"

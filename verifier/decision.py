@@ -37,13 +37,13 @@ from types import MappingProxyType
 
 from keybroker.condition import Activation, ConditionError
 from keybroker.errors import Malformed, MeasurementMismatch, error_for
-from verifier.appraisal import WARNING, Appraisal, appraise_snp
 from verifier.claims_view import PlatformClaims, claims_view, platform_of
 from verifier.dcap.appraisal import UNSAFE, appraise_sgx, appraise_tdx
 from verifier.dcap.claims import SgxClaims, TdxClaims
 from verifier.init_data import HOST_DATA, MRCONFIGID, InitDataRegister
-from verifier.policy import AppraisalPolicy, ConditionRule, ReferenceBinding
-from verifier.reference import ReferenceSnapshot, RefMatch, RefState
+from verifier.policy.compile import AppraisalPolicy, ConditionRule, ReferenceBinding
+from verifier.reference.values import ReferenceSnapshot, RefMatch, RefState
+from verifier.snp.appraisal import WARNING, Appraisal, appraise_snp
 from verifier.workload import (
     NO_WORKLOAD,
     WorkloadClaims,

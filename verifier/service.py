@@ -53,18 +53,18 @@ from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
-from verifier.appraisal import Appraisal
 from verifier.claims_view import PlatformClaims
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.config import VerifierConfig, ensure_secure, load_intel_roots
 from verifier.dcap.verify import DcapVerifier
 from verifier.decision import appraise_claims, evidence_workload
 from verifier.eventlog.measured import CcelCache, td_event_claims
-from verifier.policy import PLATFORM_SGX, PLATFORM_SNP, PLATFORM_TDX, AppraisalPolicy
-from verifier.policy_state import PolicyState, load_state, read_policy_files, seed_policies
+from verifier.policy.compile import PLATFORM_SGX, PLATFORM_SNP, PLATFORM_TDX, AppraisalPolicy
+from verifier.policy.state import PolicyState, load_state, read_policy_files, seed_policies
 from verifier.records import AppraisalRecord, RecordStore, RecordWriter
-from verifier.reference_store import ReferenceStore
+from verifier.reference.store import ReferenceStore
 from verifier.result import ResultSigner
+from verifier.snp.appraisal import Appraisal
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 from verifier.workload import WorkloadClaims

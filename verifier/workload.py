@@ -38,7 +38,7 @@ from keybroker.errors import Malformed, MeasurementMismatch
 from verifier.init_data import InitDataRegister, check_init_data
 
 if TYPE_CHECKING:
-    from verifier.policy import WorkloadPolicy
+    from verifier.policy.compile import WorkloadPolicy
 
 MAX_INIT_DATA_BYTES: Final = 64 * 1024
 RULE_REQUIRE: Final = "workload.require_init_data"

@@ -3,7 +3,7 @@ direct kernel boot. INSECURE: simulated measurements, for tests and demos only.
 
 Invariants:
 - The log is a crypto-agile TCG log with one SHA-384 bank (Spec ID event with CC MR index 1,
-  uintnSize 2, as real CCELs have), built with ``verifier.eventlog.tcg.build_event_log`` and
+  uintnSize 2, as real CCELs have), built with ``keybroker.evidence.tcg_log.build_event_log`` and
   padded with 0xFF to ``LOG_AREA_SIZE`` (the table's LAML).
 - Events follow the OVMF sequence seen in real logs: CC MR 1 (RTMR0) TD HOB handoff table,
   EV_EFI_PLATFORM_FIRMWARE_BLOB2 (digest = SHA-384 of the firmware volume), Secure Boot variables
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import construct as c
 
-from verifier.eventlog.ccel import CC_TYPE_TDX, CcelTable, build_ccel_table
-from verifier.eventlog.tcg import (
+from keybroker.evidence.ccel import CC_TYPE_TDX, CcelTable, build_ccel_table
+from keybroker.evidence.tcg_log import (
     ALG_SHA384,
     DigestAlgorithm,
     EventLog,

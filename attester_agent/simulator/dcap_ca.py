@@ -10,7 +10,7 @@ Invariants:
   Intel issues it: SEQUENCE OF SEQUENCE {OID, value} with PPID, TCB (COMP01..16 SVN INTEGERs,
   PCESVN INTEGER, CPUSVN OCTET STRING), PCE-ID, FMSPC, SGX Type (ENUMERATED) and, for Platform
   CA leaves, PlatformInstanceID and Configuration (BOOLEANs). ``encode_sgx_extension`` is the
-  inverse of ``verifier.dcap.extensions.parse_sgx_extension``.
+  inverse of ``keybroker.evidence.sgx_extensions.parse_sgx_extension``.
 - CRLs are DER, issued in the name of their CA (root CA CRL by the root, PCK CRL by the PCK
   Platform CA) unless a different signing key is given (hostile tests).
 - ``save`` writes private keys with mode 0600 in a directory with mode 0700.
@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from attester_agent.simulator import dcap_collateral as coll
-from verifier.dcap.extensions import (
+from keybroker.evidence.sgx_extensions import (
     OID_SGX_EXTENSION,
     SGX_ARC,
     PlatformConfiguration,

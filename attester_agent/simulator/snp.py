@@ -28,16 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from keybroker.evidence.snp_report import (
-    REPORT_SIZE,
-    SIGNED_SIZE,
-    SIGNING_KEY_VCEK,
-    SIGNING_KEY_VLEK,
-    SnpReport,
-    build_report,
-    parse_report,
-)
-from verifier.snp.certs import (
+from keybroker.evidence.snp_certs import (
     GUID_ASK,
     GUID_VCEK,
     GUID_VLEK,
@@ -52,6 +43,15 @@ from verifier.snp.certs import (
     common_name,
     der_ia5,
     der_integer,
+)
+from keybroker.evidence.snp_report import (
+    REPORT_SIZE,
+    SIGNED_SIZE,
+    SIGNING_KEY_VCEK,
+    SIGNING_KEY_VLEK,
+    SnpReport,
+    build_report,
+    parse_report,
 )
 
 Product = Literal["Milan", "Genoa", "Turin"]

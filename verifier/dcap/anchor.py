@@ -30,13 +30,13 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from keybroker.errors import ChainUntrusted, CollateralStale, KeybrokerError
-from verifier.collateral import CollateralStore, IntelDocument
-from verifier.dcap.collateral import SIGNING_CN, CollateralVerifier
+from keybroker.evidence.snp_certs import common_name
+from verifier.collateral.cache import CollateralStore, IntelDocument
 from verifier.dcap.crl import VerifiedCrl, verify_crl_signature
+from verifier.dcap.documents import SIGNING_CN, CollateralVerifier
 from verifier.dcap.pck import PckVerifier, check_profile
 from verifier.dcap.schema import EnclaveIdentity, TcbInfo
 from verifier.dcap.trust import IntelTrustStore
-from verifier.snp.certs import common_name
 from verifier.snp.trust import Certificate
 
 _log = logging.getLogger(__name__)

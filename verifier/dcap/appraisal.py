@@ -45,11 +45,11 @@ from keybroker.errors import (
     PlatformPolicyViolation,
     TcbPolicyViolation,
 )
-from verifier.appraisal import AFFIRMING, WARNING, Appraisal
 from verifier.dcap.claims import TD_ATTRIBUTE_BITS, DcapTcbClaims, SgxClaims, TdxClaims, rfc3339
 from verifier.dcap.policy import GRACE_STATUSES, DcapTcbPolicy, SgxPolicy, TdxPolicy
 from verifier.dcap.schema import TcbStatus
-from verifier.policy import AppraisalPolicy
+from verifier.policy.compile import AppraisalPolicy
+from verifier.snp.appraisal import AFFIRMING, WARNING, Appraisal
 
 GENUINE = 2
 APPROVED = 2

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.errors import ChainUntrusted, CollateralStale, Malformed
+from keybroker.evidence.snp_certs import common_name
 from verifier.dcap.trust import verify_p256_signature
-from verifier.snp.certs import common_name
 from verifier.snp.trust import Certificate
 
 

@@ -35,10 +35,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keybroker.errors import ChainUntrusted, CollateralStale, Malformed
+from keybroker.evidence.sgx_extensions import SgxExtensions, decode_sgx_extensions
+from keybroker.evidence.snp_certs import common_name
 from verifier.dcap.crl import verify_crl
-from verifier.dcap.extensions import SgxExtensions, decode_sgx_extensions
 from verifier.dcap.trust import IntelTrustStore, verify_p256_signature
-from verifier.snp.certs import common_name
 from verifier.snp.trust import Certificate
 
 _log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """The ``tdx:`` and ``sgx:`` sections of an appraisal policy, compiled into frozen values.
 
 Invariants:
-- Compiling is as strict as for ``snp:`` (see ``verifier.policy``): unknown keys, wrong types,
-  bad hex and out-of-range values are ``Malformed`` naming the file, the line and the key.
+- Compiling is as strict as for ``snp:`` (see ``verifier.snp.policy``): unknown keys, wrong
+  types, bad hex and out-of-range values are ``Malformed`` naming the file, the line and the key.
   Switches default to the strict setting (no migration, no perfmon, no profiling,
   SEPT_VE_DISABLE required, missing CRLs refused).
 - Accepted TCB statuses are Intel's strings (``TcbStatus`` values); "Revoked" is refused at load,
@@ -18,7 +18,7 @@ Invariants:
   triple (or both); anything else is refused at load, except that neither is required when a
   reference binding covers ``evidence.mr_enclave`` or ``evidence.mr_signer``. A partial signer
   triple is always refused.
-- Init-data is platform-neutral (``workload:``, see ``verifier.policy``), not part of these
+- Init-data is platform-neutral (``workload:``, see ``verifier.policy.compile``), not part of these
   sections.
 """
 
@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from keybroker.document_reader import PolicyReader
 from verifier.dcap.schema import TcbStatus
-from verifier.policy_reader import PolicyReader
 
 TD_MEASUREMENT_SIZE = 48
 SGX_MEASUREMENT_SIZE = 32

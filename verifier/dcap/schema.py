@@ -7,7 +7,7 @@ Invariants:
   ("...Z"), ``tcbStatus`` is one of the seven known values, TCB Info has version 3 and id
   SGX|TDX, a TDX TCB Info carries ``tdxModule`` and 16 ``tdxtcbcomponents`` per level (an SGX
   one carries neither), Enclave Identity has version 2. Anything else is ``Malformed``.
-- These functions only interpret bytes; they never decide trust. ``verifier.dcap.collateral``
+- These functions only interpret bytes; they never decide trust. ``verifier.dcap.documents``
   calls them only after the signature over the exact bytes has verified.
 - All results are frozen dataclasses; byte fields are ``bytes``, never hex strings.
 """

@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Literal
 
 from keybroker.errors import ChainUntrusted, CollateralStale, Malformed, TcbPolicyViolation
-from verifier.dcap.extensions import SgxExtensions
+from keybroker.evidence.sgx_extensions import SgxExtensions
 from verifier.dcap.schema import (
     EnclaveIdentity,
     IsvTcbLevel,

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from keybroker.errors import ChainUntrusted
-from verifier.snp.certs import common_name
+from keybroker.evidence.snp_certs import common_name
 from verifier.snp.trust import Certificate
 
 _log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from keybroker.evidence.dcap_quote import (
     parse_tdx_quote,
 )
 from keybroker.evidence.dcap_signature import EcdsaSignatureData
-from verifier.collateral import CollateralStore
+from verifier.collateral.cache import CollateralStore
 from verifier.dcap.anchor import Anchor
 from verifier.dcap.claims import DcapTcbClaims, SgxClaims, TdAttributes, TdxClaims
 from verifier.dcap.crl import VerifiedCrl

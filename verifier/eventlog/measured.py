@@ -2,7 +2,7 @@
 then turn the replayed events into ``TdEventClaims``.
 
 Invariants:
-- Replay first, interpret after. The CCEL (``verifier.eventlog.ccel``) is replayed from zero
+- Replay first, interpret after. The CCEL (``keybroker.evidence.ccel``) is replayed from zero
   into RTMR0..3, then every runtime-log event (``keybroker.evidence.runtime_log``) extends its
   register (RTMR3) after the CCEL's RTMR3 events. The result must equal the quoted RTMRs:
   all four when a CCEL is given, RTMR3 alone when only a runtime log is given (RTMR0..2 are
@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 import construct as c
 
 from keybroker.errors import EventLogMismatch, Malformed
-from keybroker.evidence.runtime_log import KIND_IMAGE, RuntimeEvent, extend, parse_runtime_log
-from verifier.dcap.claims import TdEventClaims
-from verifier.eventlog.ccel import (
+from keybroker.evidence.ccel import (
     CC_TYPE_TDX,
     RTMR_COUNT,
     RTMR_SIZE,
@@ -43,6 +41,8 @@ from verifier.eventlog.ccel import (
     parse_ccel_table,
     rtmr_events,
 )
+from keybroker.evidence.runtime_log import KIND_IMAGE, RuntimeEvent, extend, parse_runtime_log
+from verifier.dcap.claims import TdEventClaims
 
 EV_IPL = 0x0D
 EV_EVENT_TAG = 0x06

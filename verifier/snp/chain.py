@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from keybroker.errors import ChainUntrusted, CollateralStale, KeybrokerError
-from verifier.collateral import CollateralCrl, CollateralStore
-from verifier.snp.certs import AmdExtensions, common_name, decode_amd_extensions
+from keybroker.evidence.snp_certs import AmdExtensions, common_name, decode_amd_extensions
+from verifier.collateral.cache import CollateralCrl, CollateralStore
 from verifier.snp.trust import PRODUCTS, AmdTrustStore, Certificate, KeyKind, TrustAnchor
 from verifier.snp.trust import intermediate_cn as _intermediate_cn
 

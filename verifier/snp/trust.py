@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from keybroker.errors import ChainUntrusted, Malformed
-from verifier.snp.certs import common_name, fingerprint, load_certificate
+from keybroker.evidence.snp_certs import common_name, fingerprint, load_certificate
 
 _log = logging.getLogger(__name__)
 

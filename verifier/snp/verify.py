@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from keybroker.errors import ChainUntrusted, CollateralStale, KeybrokerError, SignatureInvalid
+from keybroker.evidence.snp_certs import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
 from keybroker.evidence.snp_report import (
     SIGNING_KEY_NONE,
     SIGNING_KEY_VCEK,
@@ -32,8 +33,7 @@ from keybroker.evidence.snp_report import (
     SnpReport,
     parse_report,
 )
-from verifier.collateral import CollateralStore
-from verifier.snp.certs import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
+from verifier.collateral.cache import CollateralStore
 from verifier.snp.chain import CacheStats, ChainValidator, EndorsementKey
 from verifier.snp.claims import FirmwareVersion, GuestPolicy, PlatformInfo, SnpClaims
 from verifier.snp.tcb import TcbVersion, product_from_cpuid

@@ -36,9 +36,9 @@ from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.errors import KeybrokerError
-from verifier.dcap.collateral import SignedMember, split_signed_body
+from keybroker.evidence.snp_certs import AmdExtensions, common_name, decode_amd_extensions
+from verifier.dcap.documents import SignedMember, split_signed_body
 from verifier.dcap.schema import parse_date
-from verifier.snp.certs import AmdExtensions, common_name, decode_amd_extensions
 from verifier.snp.trust import Certificate
 
 _log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from keybroker.errors import (
     PlatformPolicyViolation,
     TcbPolicyViolation,
 )
-from verifier.policy import AppraisalPolicy, SnpPolicy
+from verifier.policy.compile import AppraisalPolicy, SnpPolicy
 from verifier.snp.claims import FirmwareVersion, SnpClaims
 from verifier.snp.tcb import TcbVersion
 

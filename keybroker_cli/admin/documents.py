@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from keybroker.admin_target import KIND_CASE, KIND_POLICY, KIND_REFS, KIND_RULES
 from keybroker.document import Document, document_kind, load_document, schema_for_kind
 from keybroker.errors import Malformed
+from keybroker_cli.admin.target import KIND_CASE, KIND_POLICY, KIND_REFS, KIND_RULES
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Checked:
 
 
 def _policy(doc: Document) -> tuple[str, str]:
-    from verifier.policy import compile_policy  # noqa: PLC0415 - CEL only when needed
+    from verifier.policy.compile import compile_policy  # noqa: PLC0415 - CEL only when needed
 
     policy = compile_policy(doc)
     parts = [policy.platform]
@@ -55,7 +55,7 @@ def _rules(doc: Document) -> tuple[str, str]:
 
 
 def _references(doc: Document, now: datetime) -> tuple[str, str]:
-    from verifier.policy_cases import active_references  # noqa: PLC0415
+    from verifier.policy.cases import active_references  # noqa: PLC0415
 
     snapshot = active_references([(doc.raw, doc.source)], now=now)
     (version,) = snapshot.versions
@@ -63,7 +63,7 @@ def _references(doc: Document, now: datetime) -> tuple[str, str]:
 
 
 def _case(doc: Document) -> tuple[str, str]:
-    from verifier.policy_cases import case_from_document  # noqa: PLC0415
+    from verifier.policy.cases import case_from_document  # noqa: PLC0415
 
     case = case_from_document(doc, Path(doc.source).resolve().parent)
     return case.name, f"expects {case.expect.render()}"

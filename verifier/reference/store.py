@@ -36,8 +36,8 @@ import sqlite_utils
 from keybroker.database import Database, immediate
 from keybroker.document import Document, load_document
 from keybroker.errors import Malformed
-from verifier.manifest import Provider, manifest_provenance, verify_manifest
-from verifier.reference import ReferenceSnapshot, RefSetVersion, RefState, RefValue, rfc3339
+from verifier.reference.manifest import Provider, manifest_provenance, verify_manifest
+from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue, rfc3339
 
 SCHEMA_NAME = "reference-values"
 _TRANSITIONS: dict[RefState, frozenset[RefState]] = {

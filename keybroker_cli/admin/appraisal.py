@@ -5,7 +5,7 @@ Invariants:
   ``dry-run`` and ``tcb report`` read the verifier's ``state_db`` (recorded appraisals,
   reference values, policies in force) and print.
 - Every decision comes from the real engine (``verifier.decision``) through
-  ``verifier.policy_cases`` / ``verifier.dry_run`` / ``verifier.tcb_report``.
+  ``verifier.policy.cases`` / ``verifier.policy.dry_run`` / ``verifier.policy.tcb_report``.
 - Exit codes: ``test`` 1 when any case fails or cannot be loaded (or there is none); dry-run
   and the report 0 once computed (they inform, they do not judge); 2 for usage errors such as
   a broker config or a release-rules document.
@@ -18,7 +18,10 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from keybroker.admin_target import (
+from keybroker.document import document_kind
+from keybroker.errors import KeybrokerError
+from keybroker.policy_store import PolicyStore
+from keybroker_cli.admin.target import (
     EXIT_FAILED,
     EXIT_OK,
     KIND_POLICY,
@@ -31,13 +34,10 @@ from keybroker.admin_target import (
     read_file,
     utc_now,
 )
-from keybroker.document import document_kind
-from keybroker.errors import KeybrokerError
-from keybroker.policy_store import PolicyStore
-from verifier.policy import AppraisalPolicy, load_policy, parse_policy
+from verifier.policy.compile import AppraisalPolicy, load_policy, parse_policy
 from verifier.records import AppraisalRecord, RecordStore
-from verifier.reference import ReferenceSnapshot
-from verifier.reference_store import ReferenceStore
+from verifier.reference.store import ReferenceStore
+from verifier.reference.values import ReferenceSnapshot
 
 
 def _candidate(path: Path) -> AppraisalPolicy:
@@ -88,7 +88,7 @@ def in_force_policies(target: Target) -> dict[str, AppraisalPolicy]:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from verifier.policy_cases import (  # noqa: PLC0415 - engine only when running cases
+    from verifier.policy.cases import (  # noqa: PLC0415 - engine only when running cases
         active_references,
         case_files,
         load_case,
@@ -120,7 +120,7 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace) -> int:
-    from verifier.dry_run import dry_run  # noqa: PLC0415
+    from verifier.policy.dry_run import dry_run  # noqa: PLC0415
 
     target = load_target(Path(args.config))
     target.verifier_config("dry-run")
@@ -142,7 +142,7 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def _tcb_report(args: argparse.Namespace) -> int:
-    from verifier.tcb_report import tcb_report  # noqa: PLC0415
+    from verifier.policy.tcb_report import tcb_report  # noqa: PLC0415
 
     target = load_target(Path(args.config))
     target.verifier_config("tcb report")

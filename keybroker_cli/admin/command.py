@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 
-from keybroker import admin_appraisal, admin_policy, admin_refvalues
+from keybroker_cli.admin import appraisal as admin_appraisal
+from keybroker_cli.admin import policy as admin_policy
+from keybroker_cli.admin import refvalues as admin_refvalues
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -42,9 +42,9 @@ from typing import TypeVar
 
 from keybroker.condition import Condition, ConditionError, compile_condition
 from keybroker.document import Document, load_document, read_document
+from keybroker.document_reader import PolicyReader
 from keybroker.errors import Category, Malformed
 from verifier.dcap.policy import IMAGE_RE, SgxPolicy, TdxPolicy, compile_sgx, compile_tdx
-from verifier.policy_reader import PolicyReader
 from verifier.snp.tcb import COMPONENTS
 from verifier.workload import NAME_RE
 

@@ -29,7 +29,8 @@ from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
 from attester_agent.collectors.simulator import SimulatorCollector
 from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
-from keybroker.demo_setup import (
+from keybroker.errors import KeybrokerError
+from keybroker_cli.demo_setup import (
     DEMO_IMAGE,
     DEMO_KEY_ID,
     LAUNCH_MEASUREMENT,
@@ -41,8 +42,7 @@ from keybroker.demo_setup import (
     run_cli,
     write_broker_config,
 )
-from keybroker.errors import KeybrokerError
-from keybroker.launcher import ServiceProcess, keybroker_command
+from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
 PLATFORM_NAMES = {"snp": "SEV-SNP", "tdx": "TDX", "sgx": "SGX"}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from keybroker.errors import KeybrokerError
 from verifier.config import load_config
-from verifier.policy import load_policy
+from verifier.policy.compile import load_policy
 from verifier.result import ResultSigner
 
 KEY_FILE = "result-key.pem"

@@ -25,9 +25,9 @@ from types import MappingProxyType
 
 from keybroker.errors import Malformed
 from keybroker.policy_store import PolicyStore
-from verifier.policy import AppraisalPolicy, load_policy, parse_policy
-from verifier.reference import ReferenceSnapshot
-from verifier.reference_store import ReferenceStore
+from verifier.policy.compile import AppraisalPolicy, load_policy, parse_policy
+from verifier.reference.store import ReferenceStore
+from verifier.reference.values import ReferenceSnapshot
 
 logger = logging.getLogger(__name__)
 

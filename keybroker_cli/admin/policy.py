@@ -22,10 +22,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from keybroker.admin_diff import semantic_diff, unified_diff
-from keybroker.admin_documents import check_document
-from keybroker.admin_roles import POLICY_ADMIN, require_role
-from keybroker.admin_target import (
+from keybroker.document import KINDS, document_kind, schema
+from keybroker.errors import KeybrokerError, Malformed
+from keybroker.policy_store import PolicyStore, PolicyVersion
+from keybroker.roles import POLICY_ADMIN, require_role
+from keybroker_cli.admin.diff import semantic_diff, unified_diff
+from keybroker_cli.admin.documents import check_document
+from keybroker_cli.admin.target import (
     EXIT_FAILED,
     EXIT_OK,
     KIND_POLICY,
@@ -40,9 +43,6 @@ from keybroker.admin_target import (
     rfc3339,
     utc_now,
 )
-from keybroker.document import KINDS, document_kind, schema
-from keybroker.errors import KeybrokerError, Malformed
-from keybroker.policy_store import PolicyStore, PolicyVersion
 
 
 @dataclass(frozen=True)
@@ -164,9 +164,9 @@ def _apply(args: argparse.Namespace) -> int:
 def _warn_unusable_references(target: Target, raw: bytes, source: str) -> None:
     """Warn (never refuse: sets are staged during roll-outs) when a bound set has no active or
     deprecated version, since every appraisal under the policy would then be denied."""
-    from verifier.policy import parse_policy  # noqa: PLC0415
-    from verifier.reference import RefState  # noqa: PLC0415
-    from verifier.reference_store import ReferenceStore  # noqa: PLC0415
+    from verifier.policy.compile import parse_policy  # noqa: PLC0415
+    from verifier.reference.store import ReferenceStore  # noqa: PLC0415
+    from verifier.reference.values import RefState  # noqa: PLC0415
 
     policy = parse_policy(raw, source)
     if not policy.references:

@@ -29,8 +29,8 @@ from typing import Literal
 
 from attester_agent.simulator.dcap import DcapTestCa
 from attester_agent.simulator.snp import SnpTestCa
-from keybroker.launcher import keybroker_command
 from keybroker.strict_yaml import dump_yaml
+from keybroker_cli.launcher import keybroker_command
 
 Tee = Literal["snp", "tdx", "sgx"]
 TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx")

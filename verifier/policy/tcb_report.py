@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 
 from keybroker.errors import KeybrokerError
 from verifier.claims_view import platform_claims_from_dict
-from verifier.dry_run import platform_identity, reappraise
-from verifier.policy import AppraisalPolicy
+from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.dry_run import platform_identity, reappraise
 from verifier.records import AppraisalRecord
-from verifier.reference import ReferenceSnapshot
+from verifier.reference.values import ReferenceSnapshot
 
 PASSING = ("affirming", "warning")
 

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from keybroker.errors import KeybrokerError
 from verifier.claims_view import PlatformClaims, platform_claims_from_dict
 from verifier.decision import appraise
-from verifier.policy import AppraisalPolicy
-from verifier.policy_cases import Outcome, evaluate
+from verifier.policy.cases import Outcome, evaluate
+from verifier.policy.compile import AppraisalPolicy
 from verifier.records import AppraisalRecord
-from verifier.reference import ReferenceSnapshot
+from verifier.reference.values import ReferenceSnapshot
 from verifier.workload import WorkloadClaims
 
 

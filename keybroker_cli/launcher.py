@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def keybroker_command(*args: str) -> list[str]:
     """argv running the keybroker CLI with this interpreter."""
-    return [sys.executable, "-m", "keybroker.cli", *args]
+    return [sys.executable, "-m", "keybroker_cli.main", *args]
 
 
 @dataclass

@@ -31,9 +31,9 @@ from keybroker.document import Document, read_document
 from keybroker.errors import KeybrokerError, Malformed
 from verifier.claims_view import PlatformClaims, platform_claims_from_dict
 from verifier.decision import appraise_claims
-from verifier.policy import AppraisalPolicy
-from verifier.reference import ReferenceSnapshot, RefState
-from verifier.reference_store import ReferenceStore
+from verifier.policy.compile import AppraisalPolicy
+from verifier.reference.store import ReferenceStore
+from verifier.reference.values import ReferenceSnapshot, RefState
 from verifier.workload import NO_WORKLOAD, WorkloadClaims
 
 SCHEMA_NAME = "policy-test-case"

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from broker.config import BrokerConfig
 from broker.config import load_config as load_broker_config
-from keybroker.admin_roles import Admins
 from keybroker.errors import KeybrokerError, Malformed
+from keybroker.roles import Admins
 from verifier.config import VerifierConfig
 from verifier.config import load_config as load_verifier_config
 

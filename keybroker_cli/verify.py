@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING
 from keybroker.errors import KeybrokerError, Malformed
 
 if TYPE_CHECKING:
-    from verifier.appraisal import Appraisal
     from verifier.claims_view import PlatformClaims
-    from verifier.collateral import CollateralStore
+    from verifier.collateral.cache import CollateralStore
     from verifier.dcap.claims import SgxClaims, TdxClaims
     from verifier.dcap.trust import IntelTrustStore
-    from verifier.policy import AppraisalPolicy
-    from verifier.reference import ReferenceSnapshot
+    from verifier.policy.compile import AppraisalPolicy
+    from verifier.reference.values import ReferenceSnapshot
+    from verifier.snp.appraisal import Appraisal
     from verifier.snp.claims import SnpClaims
 
 TEES = ("snp", "tdx", "sgx", "nitro", "tpm")
@@ -145,8 +145,8 @@ def split_simulator_roots(paths: Sequence[Path]) -> tuple[list[Path], list[Intel
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
     from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
 
+    from keybroker.evidence.snp_certs import common_name  # noqa: PLC0415
     from verifier.dcap.trust import ROOT_CN, IntelTrustStore  # noqa: PLC0415
-    from verifier.snp.certs import common_name  # noqa: PLC0415
 
     amd: list[Path] = []
     intel: list[IntelTrustStore] = []
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
 def _load_policy(args: argparse.Namespace) -> AppraisalPolicy | None:
     if args.policy is None:
         return None
-    from verifier.policy import load_policy  # noqa: PLC0415 - optional feature
+    from verifier.policy.compile import load_policy  # noqa: PLC0415 - optional feature
 
     try:
         policy = load_policy(Path(args.policy))
@@ -198,7 +198,7 @@ def _load_policy(args: argparse.Namespace) -> AppraisalPolicy | None:
 
 
 def _load_collateral(paths: Sequence[Path]) -> CollateralStore:
-    from verifier.collateral import CollateralStore  # noqa: PLC0415 - keep CLI start-up light
+    from verifier.collateral.cache import CollateralStore  # noqa: PLC0415 - keep CLI start-up light
 
     try:
         return CollateralStore.load(list(paths))
@@ -305,14 +305,14 @@ def _run_dcap(args: argparse.Namespace) -> int:
 
 def _load_references(args: argparse.Namespace, at: datetime) -> ReferenceSnapshot:
     """``--refs`` documents as ACTIVE set versions (an empty snapshot without them)."""
-    from verifier.reference import ReferenceSnapshot  # noqa: PLC0415 - optional feature
+    from verifier.reference.values import ReferenceSnapshot  # noqa: PLC0415 - optional feature
 
     paths = list(args.refs)
     if not paths:
         return ReferenceSnapshot(())
     if args.policy is None:
         raise UsageError("--refs needs --policy")
-    from verifier.policy_cases import active_references  # noqa: PLC0415
+    from verifier.policy.cases import active_references  # noqa: PLC0415
 
     documents = [(_read(Path(path)) or b"", str(path)) for path in paths]
     try:

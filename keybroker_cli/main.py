@@ -1,24 +1,27 @@
 """The ``keybroker`` command: verifier/broker services, operator verification, the demo.
 
-Each subcommand group registers itself from its own module; this module only dispatches.
+Each subcommand group registers itself from its own module (plain imports, listed in
+``_GROUPS``); this module only dispatches.
 Exit codes: 0 success/verified, 1 rejected or failed, 2 usage error.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-# (module, registration function): each adds its subparsers and sets ``func`` on them.
-_GROUPS = (
-    ("verifier.cli", "register"),
-    ("broker.cli", "register"),
-    ("keybroker.verify_cmd", "register"),
-    ("keybroker.demo", "register"),
-    ("keybroker.admin_cli", "register"),
+from keybroker_cli import broker_cmd, demo, verifier_cmd, verify
+from keybroker_cli.admin import command as admin_command
+
+# Each registration function adds its subparsers and sets ``func`` on them.
+_GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    verifier_cmd.register,
+    broker_cmd.register,
+    verify.register,
+    demo.register,
+    admin_command.register,
 )
 
 
@@ -27,10 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keybroker", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module_name, attr in _GROUPS:
-        register: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] = getattr(
-            importlib.import_module(module_name), attr
-        )
+    for register in _GROUPS:
         register(sub)
     return parser
 

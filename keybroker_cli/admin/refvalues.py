@@ -18,8 +18,8 @@ import json
 import re
 from pathlib import Path
 
-from keybroker.admin_roles import REFVALUE_ADMIN, require_role
-from keybroker.admin_target import (
+from keybroker.roles import REFVALUE_ADMIN, require_role
+from keybroker_cli.admin.target import (
     EXIT_OK,
     Target,
     add_change_args,
@@ -30,9 +30,9 @@ from keybroker.admin_target import (
     rfc3339,
     utc_now,
 )
-from verifier.manifest import load_provider
-from verifier.reference import RefSetVersion, RefState
-from verifier.reference_store import ReferenceStore
+from verifier.reference.manifest import load_provider
+from verifier.reference.store import ReferenceStore
+from verifier.reference.values import RefSetVersion, RefState
 
 _COMPACT_JWS = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import construct as c
 
 from keybroker.errors import EventLogMismatch, Malformed
-from verifier.eventlog.tcg import ALG_SHA384, EV_NO_ACTION, EventLog, TcgEvent, parse_event_log
+from keybroker.evidence.tcg_log import ALG_SHA384, EV_NO_ACTION, EventLog, TcgEvent, parse_event_log
 
 CCEL_SIGNATURE = b"CCEL"
 CCEL_TABLE_SIZE = 56

@@ -1,7 +1,7 @@
 """The Intel SGX extension of PCK certificates (OID 1.2.840.113741.1.13.1, section 2.7).
 
 Invariants:
-- The extension is decoded with the strict DER reader in ``verifier.dcap.der``: a SEQUENCE of
+- The extension is decoded with the strict DER reader in ``keybroker.evidence.der``: a SEQUENCE of
   SEQUENCE {OID, value}; every OID appears at most once; PPID, TCB, PCE-ID, FMSPC and SGX Type
   are required, with exact sizes (PPID 16, CPUSVN 16, PCE-ID 2, FMSPC 6 bytes).
 - The TCB member holds exactly the 16 COMPnn SVNs (0..255), PCESVN (0..65535) and CPUSVN, each
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from keybroker.errors import ChainUntrusted, Malformed
-from verifier.dcap import der
+from keybroker.evidence import der
 
 SGX_ARC = "1.2.840.113741.1.13.1"
 OID_SGX_EXTENSION = x509.ObjectIdentifier(SGX_ARC)

@@ -1,0 +1,1 @@
+"""``keybroker admin``: policies, release rules, reference values and TCB reports."""
