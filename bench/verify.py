@@ -40,8 +40,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from timing import per_op
 
+from keybroker.evidence.pcs_document import split_signed_body
 from verifier.collateral.cache import CollateralStore
-from verifier.dcap.documents import split_signed_body
 from verifier.dcap.verify import DcapVerifier
 
 V = Path(__file__).resolve().parent.parent / "tests" / "vectors"

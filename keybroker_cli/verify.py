@@ -145,8 +145,8 @@ def split_simulator_roots(paths: Sequence[Path]) -> tuple[list[Path], list[Intel
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
     from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
 
-    from keybroker.evidence.snp_certs import common_name  # noqa: PLC0415
     from verifier.dcap.trust import ROOT_CN, IntelTrustStore  # noqa: PLC0415
+    from verifier.pki import common_name  # noqa: PLC0415
 
     amd: list[Path] = []
     intel: list[IntelTrustStore] = []

@@ -305,7 +305,8 @@ def test_tdx_quote_with_ccel_and_runtime_log(tmp_path: Path) -> None:
 
 def test_tdx_ccel_replays_to_the_quoted_rtmrs(tmp_path: Path) -> None:
     """The CCEL sent with the (real GCE) quote replays to its RTMRs on the verifier side."""
-    from keybroker.evidence.ccel import check_rtmrs, parse_ccel_log, parse_ccel_table  # noqa: PLC0415
+    from keybroker.evidence.ccel import parse_ccel_log, parse_ccel_table  # noqa: PLC0415
+    from verifier.eventlog.rtmr import check_rtmrs  # noqa: PLC0415
 
     evidence = tdx_collector(tmp_path).collect(REPORT_DATA)
     table = parse_ccel_table(evidence.tdx.ccel_table)

@@ -21,6 +21,7 @@ from attester_agent.collectors.ccel import CcelReader
 from attester_agent.collectors.tdx_evidence import TdxSources
 from attester_agent.simulator.dcap import DcapTestCa, TdxSimulator
 from keybroker.errors import Category, KeybrokerError
+from keybroker.evidence import tdreport
 from keybroker.evidence.dcap_quote import TdReportBody, parse_tdx_quote
 
 REPORT_DATA = hashlib.sha512(b"tdx-guest").digest()
@@ -61,7 +62,7 @@ class DriverModel(tg.TdxGuestCollector):
         self.requests.append(request)
         if request == tg.TDX_CMD_GET_REPORT0:
             req = tg.TDX_REPORT_REQ.parse(bytes(arg))
-            report = self.fixed_tdreport or tg.build_tdreport(td_body(self.simulator,
+            report = self.fixed_tdreport or tdreport.build_tdreport(td_body(self.simulator,
                                                                       req.reportdata))
             arg[64:] = report
             return
@@ -69,9 +70,9 @@ class DriverModel(tg.TdxGuestCollector):
             req = tg.TDX_QUOTE_REQ.parse(bytes(arg))
             buf = ctypes.string_at(req.buf, req.len)
             hdr = tg.TDX_QUOTE_HDR.parse(buf)
-            assert (hdr.version, hdr.status, hdr.in_len) == (1, 0, tg.TDREPORT_SIZE)
+            assert (hdr.version, hdr.status, hdr.in_len) == (1, 0, tdreport.TDREPORT_SIZE)
             self.submitted = buf[24:24 + hdr.in_len]
-            submitted = tg.parse_tdreport(self.submitted)
+            submitted = tdreport.parse_tdreport(self.submitted)
             quote = self.fixed_quote or self.simulator.quote(submitted.report_data)
             out = tg.TDX_QUOTE_HDR.build({
                 "version": 1, "status": self.status, "in_len": hdr.in_len,
@@ -96,9 +97,9 @@ def test_ioctl_numbers_match_the_kernel_abi() -> None:
 def test_tdreport_round_trip_from_a_simulated_td(simulator: TdxSimulator) -> None:
     """A TDREPORT built from a simulator TD body parses back to the same TD, hashes intact."""
     body = td_body(simulator)
-    raw = tg.build_tdreport(body, cpu_svn=bytes(range(16)), mac=b"\x5a" * 32)
-    assert len(raw) == tg.TDREPORT_SIZE
-    report = tg.parse_tdreport(raw)
+    raw = tdreport.build_tdreport(body, cpu_svn=bytes(range(16)), mac=b"\x5a" * 32)
+    assert len(raw) == tdreport.TDREPORT_SIZE
+    report = tdreport.parse_tdreport(raw)
     assert raw[0x80:0xC0] == REPORT_DATA  # REPORTDATA at 0x80 (section 2.11)
     assert raw[0x210:0x240] == body.mr_td  # MRTD at 0x210
     assert raw[0x360:0x390] == body.rtmrs[3]  # RTMR3 at 0x360
@@ -114,16 +115,16 @@ def test_tdreport_round_trip_from_a_simulated_td(simulator: TdxSimulator) -> Non
 
 def test_tdreport_mismatches_name_the_differing_fields(simulator: TdxSimulator) -> None:
     """Comparing a TDREPORT with another TD's body names every differing field."""
-    report = tg.parse_tdreport(tg.build_tdreport(td_body(simulator)))
+    report = tdreport.parse_tdreport(tdreport.build_tdreport(td_body(simulator)))
     other = dataclasses.replace(td_body(simulator), mr_td=bytes(48), td_attributes=1)
     assert report.mismatches(other) == ["mr_td", "td_attributes"]
 
 
 def test_tampered_tdreport_hashes_are_inconsistent(simulator: TdxSimulator) -> None:
     """Changing TDINFO after the fact breaks TEE_INFO_HASH."""
-    raw = bytearray(tg.build_tdreport(td_body(simulator)))
+    raw = bytearray(tdreport.build_tdreport(td_body(simulator)))
     raw[0x210] ^= 1
-    assert not tg.parse_tdreport(bytes(raw)).hashes_consistent
+    assert not tdreport.parse_tdreport(bytes(raw)).hashes_consistent
 
 
 @pytest.mark.parametrize("raw", [b"", bytes(1023), bytes(1025), bytes(1024)],
@@ -131,7 +132,7 @@ def test_tampered_tdreport_hashes_are_inconsistent(simulator: TdxSimulator) -> N
 def test_bad_tdreport_is_malformed(raw: bytes) -> None:
     """A TDREPORT of the wrong size or REPORTTYPE is MALFORMED."""
     with pytest.raises(KeybrokerError) as exc:
-        tg.parse_tdreport(raw)
+        tdreport.parse_tdreport(raw)
     assert exc.value.category is Category.MALFORMED
 
 
@@ -235,7 +236,7 @@ def test_quote_through_get_report0_and_get_quote(device: Path, simulator: TdxSim
     quote = parse_tdx_quote(evidence.tdx.quote)
     assert quote.td_report.report_data == REPORT_DATA
     assert collector.requests == [tg.TDX_CMD_GET_REPORT0, tg.TDX_CMD_GET_QUOTE]
-    assert tg.parse_tdreport(collector.submitted).report_data == REPORT_DATA
+    assert tdreport.parse_tdreport(collector.submitted).report_data == REPORT_DATA
 
 
 def test_get_quote_ior_number_is_tried_second(device: Path, simulator: TdxSimulator) -> None:
@@ -270,7 +271,7 @@ def test_tdreport_with_foreign_reportdata_is_binding(
 ) -> None:
     """A TDREPORT that does not carry our REPORTDATA is refused before quoting (BINDING)."""
     collector = DriverModel(device, simulator,
-                            tdreport=tg.build_tdreport(td_body(simulator, bytes(64))))
+                            tdreport=tdreport.build_tdreport(td_body(simulator, bytes(64))))
     with pytest.raises(KeybrokerError) as exc:
         collector.collect(REPORT_DATA)
     assert exc.value.category is Category.BINDING

@@ -15,10 +15,11 @@ from attester_agent.collectors.simulator_dcap import SimulatorLayout, TdxSimulat
 from attester_agent.simulator import dcap_collateral
 from attester_agent.simulator.dcap import DcapTestCa
 from keybroker.errors import Category, KeybrokerError
-from keybroker.evidence.ccel import check_rtmrs, parse_ccel_log, parse_ccel_table
+from keybroker.evidence.ccel import parse_ccel_log, parse_ccel_table
 from keybroker.evidence.dcap_quote import parse_tdx_quote
 from keybroker.evidence.runtime_log import extend, image_event, parse_runtime_log
 from keybroker.v1 import evidence_pb2
+from verifier.eventlog.rtmr import check_rtmrs
 
 REPORT_DATA = hashlib.sha512(b"simulated tdx").digest()
 IMAGE_A = "sha256:" + "a1" * 32

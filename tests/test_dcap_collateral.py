@@ -13,12 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from keybroker.errors import Category, KeybrokerError
-from verifier.dcap.documents import (
-    CollateralVerifier,
-    SignedMember,
-    split_signed_body,
-    top_level_members,
-)
+from keybroker.evidence.pcs_document import SignedMember, split_signed_body, top_level_members
+from verifier.dcap.documents import CollateralVerifier
 from verifier.dcap.trust import PINNED_ROOT_FINGERPRINT, IntelTrustStore
 
 V = Path(__file__).parent / "vectors"

@@ -17,8 +17,8 @@ import pytest
 
 from attester_agent.simulator.dcap import DcapTestCa, SgxSimulator, TdxSimulator
 from keybroker.errors import Category, KeybrokerError
+from keybroker.evidence.pcs_document import split_signed_body
 from verifier.collateral.cache import CollateralStore
-from verifier.dcap.documents import split_signed_body
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
 

@@ -18,9 +18,9 @@ from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence import der
 from keybroker.evidence.sgx_extensions import decode_sgx_extensions, parse_sgx_extension
 from verifier.dcap.crl import verify_crl
-from verifier.dcap.pck import CRL_PCK, CRL_ROOT, PckVerifier, parse_pem_chain
+from verifier.dcap.pck import CRL_PCK, CRL_ROOT, PckVerifier
 from verifier.dcap.trust import IntelTrustStore
-from verifier.snp.trust import Certificate
+from verifier.pki import Certificate, parse_pem_chain
 
 V = Path(__file__).parent / "vectors"
 GOTDX = V / "tdx/gotdx-spr-e4-v4"

@@ -40,12 +40,9 @@ from attester_agent.simulator.dcap_ca import (
     TCB_SIGNING_CHAIN_FILE,
     TD_QE_IDENTITY_FILE,
     TDX_TCB_INFO_FILE,
-    der_oid,
-    der_uint,
-    encode_sgx_extension,
 )
 from keybroker.errors import Category, KeybrokerError
-from keybroker.evidence.ccel import check_rtmrs, parse_ccel_log, parse_ccel_table
+from keybroker.evidence.ccel import parse_ccel_log, parse_ccel_table
 from keybroker.evidence.dcap_quote import (
     INTEL_QE_VENDOR_ID,
     build_quote,
@@ -53,21 +50,26 @@ from keybroker.evidence.dcap_quote import (
     parse_sgx_quote,
     parse_tdx_quote,
 )
+from keybroker.evidence.der import der_oid, der_uint
+from keybroker.evidence.pcs_document import split_signed_body
 from keybroker.evidence.runtime_log import image_event
 from keybroker.evidence.sgx_extensions import (
     OID_SGX_EXTENSION,
     PlatformConfiguration,
     SgxExtensions,
     decode_sgx_extensions,
+    encode_sgx_extension,
     parse_sgx_extension,
 )
 from keybroker.evidence.tcg_log import ALG_SHA384
 from verifier.collateral.cache import CollateralStore
-from verifier.dcap.documents import CollateralVerifier, split_signed_body
-from verifier.dcap.pck import PckVerifier, parse_pem_chain
+from verifier.dcap.documents import CollateralVerifier
+from verifier.dcap.pck import PckVerifier
 from verifier.dcap.schema import TcbStatus
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
+from verifier.eventlog.rtmr import check_rtmrs
+from verifier.pki import parse_pem_chain
 
 VECTORS = Path(__file__).parent / "vectors"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

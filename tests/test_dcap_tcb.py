@@ -14,9 +14,9 @@ import construct as c
 import pytest
 
 from keybroker.errors import Category, KeybrokerError
+from keybroker.evidence.pcs_document import SignedMember
 from keybroker.evidence.sgx_extensions import decode_sgx_extensions
-from verifier.dcap.documents import CollateralVerifier, SignedMember
-from verifier.dcap.pck import parse_pem_chain
+from verifier.dcap.documents import CollateralVerifier
 from verifier.dcap.schema import EnclaveIdentity, TcbInfo, TcbStatus
 from verifier.dcap.tcb import (
     PlatformTcb,
@@ -29,6 +29,7 @@ from verifier.dcap.tcb import (
     evaluate_tdx,
 )
 from verifier.dcap.trust import IntelTrustStore
+from verifier.pki import parse_pem_chain
 
 V = Path(__file__).parent / "vectors"
 CHAIN_2018 = (V / "tdx/intel-roots/tcb-signing-chain-2018-2025.pem").read_bytes()

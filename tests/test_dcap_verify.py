@@ -24,9 +24,9 @@ from keybroker.evidence.dcap_quote import build_quote, parse_quote
 from keybroker.evidence.dcap_signature import CertificationData
 from verifier.collateral.cache import CollateralStore
 from verifier.dcap.anchor import Anchor
-from verifier.dcap.pck import parse_pem_chain
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
+from verifier.pki import parse_pem_chain
 
 V = Path(__file__).parent / "vectors"
 ROOTS = V / "tdx/intel-roots"

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from policy_docs import policy_yaml
 
-from keybroker.evidence.ccel import parse_ccel_log, rtmr_events
+from keybroker.evidence.ccel import parse_ccel_log
 from keybroker_cli.main import main
 from keybroker_cli.verify import decode_quote, split_simulator_roots
+from verifier.eventlog.rtmr import rtmr_events
 
 V = Path(__file__).parent / "vectors"
 README = (V / "README.md").read_text()

@@ -19,8 +19,9 @@ from verifier.claims_view import (
     sample_snp_claims,
     sample_tdx_claims,
 )
-from verifier.dcap.claims import SgxClaims, TdEventClaims, TdxClaims
+from verifier.dcap.claims import SgxClaims, TdxClaims
 from verifier.decision import appraise, appraise_claims, early_warning, evidence_workload
+from verifier.eventlog.measured import TdEventClaims
 from verifier.policy.compile import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue
 from verifier.snp.appraisal import Appraisal

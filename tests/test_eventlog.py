@@ -18,11 +18,8 @@ from keybroker.errors import Category, EventLogMismatch, KeybrokerError, Malform
 from keybroker.evidence.ccel import (
     CCEL_TABLE_SIZE,
     build_ccel_table,
-    check_rtmrs,
     parse_ccel_log,
     parse_ccel_table,
-    replay_rtmrs,
-    rtmr_events,
 )
 from keybroker.evidence.dcap_quote import parse_tdx_quote
 from keybroker.evidence.tcg_log import (
@@ -37,6 +34,7 @@ from keybroker.evidence.tcg_log import (
     build_event_log,
     parse_event_log,
 )
+from verifier.eventlog.rtmr import check_rtmrs, replay_rtmrs, rtmr_events
 
 VECTORS = Path(__file__).parent / "vectors"
 README = (VECTORS / "README.md").read_text()

@@ -20,8 +20,7 @@ from keybroker.evidence.ccel import parse_ccel_log
 from keybroker.evidence.dcap_quote import parse_tdx_quote
 from keybroker.evidence.runtime_log import encode_log, extend, image_event
 from keybroker.evidence.tcg_log import ALG_SHA384, EV_NO_ACTION, TcgEvent, build_event_log
-from verifier.dcap.claims import TdEventClaims
-from verifier.eventlog.measured import CcelCache, td_event_claims
+from verifier.eventlog.measured import CcelCache, TdEventClaims, td_event_claims
 
 VECTORS = Path(__file__).parent / "vectors"
 README = (VECTORS / "README.md").read_text()

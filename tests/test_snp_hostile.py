@@ -19,8 +19,9 @@ from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.snp_certs import GUID_ARK, GUID_ASK, GUID_VCEK, GUID_VLEK, build_cert_table
 from keybroker.evidence.snp_report import SIGNED_SIZE, SIGNING_KEY_NONE, SIGNING_KEY_VLEK
 from verifier.collateral.cache import CollateralStore
+from verifier.pki import Certificate
 from verifier.snp.claims import SnpClaims
-from verifier.snp.trust import AmdTrustStore, Certificate, TrustAnchor
+from verifier.snp.trust import AmdTrustStore, TrustAnchor
 from verifier.snp.verify import SnpVerifier
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

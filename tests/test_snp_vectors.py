@@ -21,8 +21,9 @@ from keybroker.evidence.snp_certs import (
 )
 from keybroker_cli.main import main
 from verifier.collateral.cache import CollateralStore
+from verifier.pki import Certificate
 from verifier.snp.chain import ChainValidator
-from verifier.snp.trust import AmdTrustStore, Certificate
+from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 
 # AMD VCEKs have serial number 0; cryptography warns when tests parse them directly.

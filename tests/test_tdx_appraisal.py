@@ -15,8 +15,9 @@ from policy_docs import compiled, sgx_policy_yaml, snp_policy_yaml, tdx_policy_y
 
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_tdx
-from verifier.dcap.claims import DcapTcbClaims, TdAttributes, TdEventClaims, TdxClaims
+from verifier.dcap.claims import DcapTcbClaims, TdAttributes, TdxClaims
 from verifier.decision import appraise
+from verifier.eventlog.measured import TdEventClaims
 from verifier.policy.compile import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
 

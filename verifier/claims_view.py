@@ -36,10 +36,10 @@ from verifier.dcap.claims import (
     DcapTcbClaims,
     SgxClaims,
     TdAttributes,
-    TdEventClaims,
     TdxClaims,
 )
 from verifier.dcap.schema import TcbStatus
+from verifier.eventlog.measured import TdEventClaims
 from verifier.snp.claims import FirmwareVersion, GuestPolicy, PlatformInfo, SnpClaims
 from verifier.snp.tcb import PRODUCTS, TcbVersion
 from verifier.workload import WorkloadClaims

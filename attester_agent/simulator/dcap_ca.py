@@ -9,8 +9,8 @@ Invariants:
 - PCK leaves carry the SGX extension (OID 1.2.840.113741.1.13.1) encoded in DER here, exactly as
   Intel issues it: SEQUENCE OF SEQUENCE {OID, value} with PPID, TCB (COMP01..16 SVN INTEGERs,
   PCESVN INTEGER, CPUSVN OCTET STRING), PCE-ID, FMSPC, SGX Type (ENUMERATED) and, for Platform
-  CA leaves, PlatformInstanceID and Configuration (BOOLEANs). ``encode_sgx_extension`` is the
-  inverse of ``keybroker.evidence.sgx_extensions.parse_sgx_extension``.
+  CA leaves, PlatformInstanceID and Configuration (BOOLEANs), written by
+  ``keybroker.evidence.sgx_extensions.encode_sgx_extension``.
 - CRLs are DER, issued in the name of their CA (root CA CRL by the root, PCK CRL by the PCK
   Platform CA) unless a different signing key is given (hostile tests).
 - ``save`` writes private keys with mode 0600 in a directory with mode 0700.
@@ -33,9 +33,9 @@ from cryptography.x509.oid import NameOID
 from attester_agent.simulator import dcap_collateral as coll
 from keybroker.evidence.sgx_extensions import (
     OID_SGX_EXTENSION,
-    SGX_ARC,
     PlatformConfiguration,
     SgxExtensions,
+    encode_sgx_extension,
 )
 
 ROOT_CN = "Intel SGX Root CA"
@@ -54,64 +54,6 @@ TCB_SIGNING_CHAIN_FILE = "tcb-info-issuer-chain.pem"
 PCK_CRL_CHAIN_FILE = "pck-crl-issuer-chain.pem"
 ROOT_CRL_FILE = "root-ca-crl.der"
 PCK_CRL_FILE = "pck-crl.der"
-
-
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def der_tlv(tag: int, value: bytes) -> bytes:
-    """One DER element."""
-    return bytes([tag]) + _der_length(len(value)) + value
-
-
-def der_oid(dotted: str) -> bytes:
-    """A DER OBJECT IDENTIFIER."""
-    arcs = [int(a) for a in dotted.split(".")]
-    body = bytearray()
-    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        rest = arc >> 7
-        while rest:
-            chunk.append(0x80 | (rest & 0x7F))
-            rest >>= 7
-        body.extend(reversed(chunk))
-    return der_tlv(0x06, bytes(body))
-
-
-def der_uint(value: int, tag: int = 0x02) -> bytes:
-    """A minimal non-negative DER INTEGER (or ENUMERATED with ``tag`` 0x0A)."""
-    return der_tlv(tag, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _member(arc: str, value: bytes) -> bytes:
-    return der_tlv(0x30, der_oid(arc) + value)
-
-
-def encode_sgx_extension(ext: SgxExtensions) -> bytes:
-    """The extnValue DER of the SGX extension (see the module invariants)."""
-    tcb = b"".join(_member(f"{SGX_ARC}.2.{i}", der_uint(svn))
-                   for i, svn in enumerate(ext.sgx_tcb_svns, start=1))
-    tcb += _member(f"{SGX_ARC}.2.17", der_uint(ext.pcesvn))
-    tcb += _member(f"{SGX_ARC}.2.18", der_tlv(0x04, ext.cpusvn))
-    members = [_member(f"{SGX_ARC}.1", der_tlv(0x04, ext.ppid)),
-               _member(f"{SGX_ARC}.2", der_tlv(0x30, tcb)),
-               _member(f"{SGX_ARC}.3", der_tlv(0x04, ext.pce_id)),
-               _member(f"{SGX_ARC}.4", der_tlv(0x04, ext.fmspc)),
-               _member(f"{SGX_ARC}.5", der_uint(ext.sgx_type, 0x0A))]
-    if ext.platform_instance_id is not None:
-        members.append(_member(f"{SGX_ARC}.6", der_tlv(0x04, ext.platform_instance_id)))
-    if ext.configuration is not None:
-        cfg = ext.configuration
-        flags = b"".join(
-            _member(f"{SGX_ARC}.7.{i}", der_tlv(0x01, b"\xff" if flag else b"\x00"))
-            for i, flag in ((1, cfg.dynamic_platform), (2, cfg.cached_keys),
-                            (3, cfg.smt_enabled)) if flag is not None)
-        members.append(_member(f"{SGX_ARC}.7", der_tlv(0x30, flags)))
-    return der_tlv(0x30, b"".join(members))
 
 
 def _name(cn: str, org: str) -> x509.Name:

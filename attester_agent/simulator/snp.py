@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from keybroker.evidence.der import der_ia5, der_uint
 from keybroker.evidence.snp_certs import (
     GUID_ASK,
     GUID_VCEK,
@@ -40,9 +41,6 @@ from keybroker.evidence.snp_certs import (
     SPL_BYTES_LEGACY,
     SPL_BYTES_TURIN,
     build_cert_table,
-    common_name,
-    der_ia5,
-    der_integer,
 )
 from keybroker.evidence.snp_report import (
     REPORT_SIZE,
@@ -139,8 +137,8 @@ class SnpTestCa:
             raise ValueError("reported TCB must be 8 bytes")
         turin = self.product == "Turin"
         layout = SPL_BYTES_TURIN if turin else SPL_BYTES_LEGACY
-        ext = [(OID_STRUCT_VERSION, der_integer(1 if turin else 0))] + [
-            (x509.ObjectIdentifier(f"{SPL_ARC}{arc}"), der_integer(reported_tcb_raw[index]))
+        ext = [(OID_STRUCT_VERSION, der_uint(1 if turin else 0))] + [
+            (x509.ObjectIdentifier(f"{SPL_ARC}{arc}"), der_uint(reported_tcb_raw[index]))
             for arc, index in sorted(layout.items())] + extensions
         signer_cert, signer_key = ((self.ask, self.ask_key) if issuer == "ask"
                                    else (self.asvk, self.asvk_key))
@@ -214,7 +212,8 @@ class SnpTestCa:
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise TypeError(f"{stem}-key.pem is not an EC private key")
             keys.append(key)
-        product = common_name(certs[0].subject).removeprefix("ARK-")
+        (name,) = certs[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        product = str(name.value).removeprefix("ARK-")
         return cls(product=product, ark_key=keys[0], ask_key=keys[1], asvk_key=keys[2],
                    ark=certs[0], ask=certs[1], asvk=certs[2])
 

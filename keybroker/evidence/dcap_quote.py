@@ -65,11 +65,15 @@ _HEADER = c.Struct(
 )
 assert _HEADER.sizeof() == HEADER_SIZE
 
-_TD10_FIELDS = (
+# The field groups a TD report body shares with the TDREPORT (``keybroker.evidence.tdreport``):
+# TEE_TCB_INFO after its VALID mask, and TD_INFO up to SERVTD_HASH.
+TEE_TCB_FIELDS = (
     "tee_tcb_svn" / c.Bytes(16),
     "mr_seam" / c.Bytes(48),
     "mr_signer_seam" / c.Bytes(48),
     "seam_attributes" / c.Bytes(8),
+)
+TD_INFO_FIELDS = (
     "td_attributes" / c.Int64ul,
     "xfam" / c.Int64ul,
     "mr_td" / c.Bytes(48),
@@ -77,8 +81,8 @@ _TD10_FIELDS = (
     "mr_owner" / c.Bytes(48),
     "mr_owner_config" / c.Bytes(48),
     "rtmrs" / c.Array(4, c.Bytes(48)),
-    "report_data" / c.Bytes(64),
 )
+_TD10_FIELDS = (*TEE_TCB_FIELDS, *TD_INFO_FIELDS, "report_data" / c.Bytes(64))
 _TD10 = c.Struct(*_TD10_FIELDS)
 _TD15 = c.Struct(*_TD10_FIELDS, "tee_tcb_svn2" / c.Bytes(16), "mr_service_td" / c.Bytes(48))
 assert _TD10.sizeof() == TD10_BODY_SIZE

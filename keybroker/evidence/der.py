@@ -1,4 +1,5 @@
-"""A minimal, strict, bounded DER reader (for the SGX extension of PCK certificates).
+"""A minimal, strict, bounded DER reader and the matching writer, for the vendor X.509
+extensions (the SGX extension of PCK certificates, AMD's VCEK/VLEK extensions).
 
 Invariants:
 - Only DER is accepted: single-byte tags (no high tag numbers), definite lengths in minimal form
@@ -9,6 +10,8 @@ Invariants:
   ``MAX_UINT``. BOOLEANs are exactly 0x00 or 0xFF. OIDs are canonical (no 0x80 padding octets,
   last octet terminates).
 - Every failure raises ``Malformed`` with what was expected and found; nothing else escapes.
+- The writers (``der_tlv`` and the typed ``der_*`` helpers) emit exactly what the reader
+  accepts: minimal lengths, minimal non-negative INTEGERs, canonical OIDs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ TAG_BOOLEAN = 0x01
 TAG_INTEGER = 0x02
 TAG_OCTET_STRING = 0x04
 TAG_OID = 0x06
+TAG_IA5STRING = 0x16
 TAG_ENUMERATED = 0x0A
 TAG_SEQUENCE = 0x30
 MAX_UINT = 2**64 - 1
@@ -148,3 +152,46 @@ def oid(tlv: Tlv, what: str) -> str:
     first = arcs[0]
     head = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
     return ".".join(str(a) for a in head + arcs[1:])
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+def _length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def der_tlv(tag: int, value: bytes) -> bytes:
+    """One DER element."""
+    return bytes([tag]) + _length(len(value)) + value
+
+
+def der_oid(dotted: str) -> bytes:
+    """A DER OBJECT IDENTIFIER."""
+    arcs = [int(a) for a in dotted.split(".")]
+    body = bytearray()
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        rest = arc >> 7
+        while rest:
+            chunk.append(0x80 | (rest & 0x7F))
+            rest >>= 7
+        body.extend(reversed(chunk))
+    return der_tlv(TAG_OID, bytes(body))
+
+
+def der_uint(value: int, tag: int = TAG_INTEGER) -> bytes:
+    """A minimal non-negative DER INTEGER (or ENUMERATED with ``tag`` 0x0A)."""
+    return der_tlv(tag, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def der_ia5(text: str) -> bytes:
+    """A DER IA5String."""
+    return der_tlv(TAG_IA5STRING, text.encode("ascii"))
+
+
+def der_octet_string(data: bytes) -> bytes:
+    """A DER OCTET STRING."""
+    return der_tlv(TAG_OCTET_STRING, data)

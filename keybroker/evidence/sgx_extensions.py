@@ -8,6 +8,8 @@ Invariants:
   exactly once. Unknown members are rejected (an unexpected layout cannot be matched).
 - Any decoding failure raises ``ChainUntrusted`` (the certificate cannot be matched against TCB
   collateral); the original ``Malformed`` detail is kept as the cause.
+- ``encode_sgx_extension`` is the exact inverse of ``parse_sgx_extension`` (Intel's encoding:
+  SEQUENCE OF SEQUENCE {OID, value}, members in OID order), for simulators and tests.
 """
 
 from __future__ import annotations
@@ -151,3 +153,30 @@ def decode_sgx_extensions(cert: x509.Certificate) -> SgxExtensions:
         raise ChainUntrusted("SGX extension has an unexpected type",
                              actual=type(value).__name__)
     return parse_sgx_extension(value.value)
+
+
+def _member(arc: str, value: bytes) -> bytes:
+    return der.der_tlv(0x30, der.der_oid(arc) + value)
+
+
+def encode_sgx_extension(ext: SgxExtensions) -> bytes:
+    """The extnValue DER of the SGX extension (see the module invariants)."""
+    tcb = b"".join(_member(f"{SGX_ARC}.2.{i}", der.der_uint(svn))
+                   for i, svn in enumerate(ext.sgx_tcb_svns, start=1))
+    tcb += _member(f"{SGX_ARC}.2.17", der.der_uint(ext.pcesvn))
+    tcb += _member(f"{SGX_ARC}.2.18", der.der_tlv(0x04, ext.cpusvn))
+    members = [_member(f"{SGX_ARC}.1", der.der_tlv(0x04, ext.ppid)),
+               _member(f"{SGX_ARC}.2", der.der_tlv(0x30, tcb)),
+               _member(f"{SGX_ARC}.3", der.der_tlv(0x04, ext.pce_id)),
+               _member(f"{SGX_ARC}.4", der.der_tlv(0x04, ext.fmspc)),
+               _member(f"{SGX_ARC}.5", der.der_uint(ext.sgx_type, 0x0A))]
+    if ext.platform_instance_id is not None:
+        members.append(_member(f"{SGX_ARC}.6", der.der_tlv(0x04, ext.platform_instance_id)))
+    if ext.configuration is not None:
+        cfg = ext.configuration
+        flags = b"".join(
+            _member(f"{SGX_ARC}.7.{i}", der.der_tlv(0x01, b"\xff" if flag else b"\x00"))
+            for i, flag in ((1, cfg.dynamic_platform), (2, cfg.cached_keys),
+                            (3, cfg.smt_enabled)) if flag is not None)
+        members.append(_member(f"{SGX_ARC}.7", der.der_tlv(0x30, flags)))
+    return der.der_tlv(0x30, b"".join(members))

@@ -16,19 +16,16 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import construct as c
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.errors import ChainUntrusted, Malformed
+from keybroker.evidence import der
 
 # --- GHCB certificate table -------------------------------------------------------------------
 
@@ -114,43 +111,6 @@ def build_cert_table(entries: Sequence[tuple[uuid.UUID, bytes]]) -> bytes:
     return built + b"".join(data for _, data in entries)
 
 
-# --- certificates ----------------------------------------------------------------------------
-
-
-def load_certificate(der: bytes) -> x509.Certificate:
-    """Parse one DER certificate. AMD VCEKs have serial number 0, which cryptography accepts
-    with a deprecation warning; that warning is expected here and suppressed."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
-            # cryptography decodes these lazily; decode them now so that a malformed field is
-            # a Malformed here and never an untyped exception deep inside chain validation.
-            _ = (cert.version, cert.subject, cert.issuer, cert.public_key(), cert.extensions,
-                 cert.signature_algorithm_oid, cert.not_valid_before_utc,
-                 cert.not_valid_after_utc)
-    except (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
-            x509.DuplicateExtension) as exc:
-        raise Malformed("certificate is not well-formed DER X.509",
-                        expected="a decodable X.509 v3 certificate",
-                        actual=f"{len(der)} bytes: {type(exc).__name__}") from exc
-    return cert
-
-
-def fingerprint(der: bytes) -> str:
-    """SHA-256 hex of DER bytes (how certificates are named in logs, caches and claims)."""
-    return hashlib.sha256(der).hexdigest()
-
-
-def common_name(name: x509.Name) -> str:
-    """The single CN of a name, or "" if there is none or more than one."""
-    values = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    if len(values) != 1:
-        return ""
-    value = values[0].value
-    return value if isinstance(value, str) else ""
-
-
 # --- AMD VCEK/VLEK extensions ------------------------------------------------------------------
 
 AMD_ARC = "1.3.6.1.4.1.3704.1"
@@ -168,35 +128,6 @@ SPL_BYTES_LEGACY = {1: 0, 2: 1, 4: 2, 5: 3, 6: 4, 7: 5, 3: 6, 8: 7}
 SPL_BYTES_TURIN = {9: 0, 1: 1, 2: 2, 3: 3, 5: 4, 6: 5, 7: 6, 8: 7}
 _REQUIRED_LEGACY = frozenset({1, 2, 3, 8})
 _REQUIRED_TURIN = frozenset({1, 2, 3, 8, 9})
-
-_TAG_INTEGER = 0x02
-_TAG_OCTET_STRING = 0x04
-_TAG_IA5STRING = 0x16
-
-
-def der_integer(value: int) -> bytes:
-    """DER INTEGER of a non-negative value < 2**1000 (how AMD encodes SPLs)."""
-    body = value.to_bytes(value.bit_length() // 8 + 1, "big")
-    return _der_tlv(_TAG_INTEGER, body)
-
-
-def der_ia5(text: str) -> bytes:
-    """DER IA5String."""
-    return _der_tlv(_TAG_IA5STRING, text.encode("ascii"))
-
-
-def der_octet_string(data: bytes) -> bytes:
-    """DER OCTET STRING."""
-    return _der_tlv(_TAG_OCTET_STRING, data)
-
-
-def _der_tlv(tag: int, body: bytes) -> bytes:
-    n = len(body)
-    if n < 0x80:
-        return bytes([tag, n]) + body
-    length = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(length)]) + length + body
-
 
 def _der_body(raw: bytes, tag: int, what: str) -> bytes:
     """The body of exactly one definite-length, minimally encoded TLV with ``tag``."""
@@ -222,7 +153,7 @@ def _der_body(raw: bytes, tag: int, what: str) -> bytes:
 
 def decode_der_small_integer(raw: bytes, what: str) -> int:
     """A canonical DER INTEGER in 0..255 (SPLs, structVersion)."""
-    body = _der_body(raw, _TAG_INTEGER, what)
+    body = _der_body(raw, der.TAG_INTEGER, what)
     if not body:
         raise ChainUntrusted(f"{what}: empty INTEGER")
     redundant_zero = body[0] == 0 and len(body) > 1 and body[1] < 0x80
@@ -237,7 +168,7 @@ def decode_der_small_integer(raw: bytes, what: str) -> int:
 
 
 def _decode_ia5(raw: bytes, what: str) -> str:
-    body = _der_body(raw, _TAG_IA5STRING, what)
+    body = _der_body(raw, der.TAG_IA5STRING, what)
     if any(b > 0x7F for b in body):
         raise ChainUntrusted(f"{what}: not an IA5String", actual=body.hex())
     return body.decode("ascii")
@@ -247,7 +178,7 @@ def _decode_hw_id(raw: bytes) -> bytes:
     if len(raw) in (8, 64):
         return raw  # as AMD issues it: raw bytes, no OCTET STRING tag
     if len(raw) in (10, 66):
-        body = _der_body(raw, _TAG_OCTET_STRING, "hwID")
+        body = _der_body(raw, der.TAG_OCTET_STRING, "hwID")
         if len(body) in (8, 64):
             return body
     raise ChainUntrusted("hwID extension has an unexpected size",

@@ -36,10 +36,9 @@ from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.errors import KeybrokerError
-from keybroker.evidence.snp_certs import AmdExtensions, common_name, decode_amd_extensions
-from verifier.dcap.documents import SignedMember, split_signed_body
-from verifier.dcap.schema import parse_date
-from verifier.snp.trust import Certificate
+from keybroker.evidence.pcs_document import SignedMember, parse_date, split_signed_body
+from keybroker.evidence.snp_certs import AmdExtensions, decode_amd_extensions
+from verifier.pki import Certificate, common_name
 
 _log = logging.getLogger(__name__)
 

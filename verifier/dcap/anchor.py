@@ -30,14 +30,13 @@ from datetime import datetime
 from typing import Generic, TypeVar
 
 from keybroker.errors import ChainUntrusted, CollateralStale, KeybrokerError
-from keybroker.evidence.snp_certs import common_name
 from verifier.collateral.cache import CollateralStore, IntelDocument
-from verifier.dcap.crl import VerifiedCrl, verify_crl_signature
+from verifier.dcap.crl import verify_crl_signature
 from verifier.dcap.documents import SIGNING_CN, CollateralVerifier
 from verifier.dcap.pck import PckVerifier, check_profile
 from verifier.dcap.schema import EnclaveIdentity, TcbInfo
 from verifier.dcap.trust import IntelTrustStore
-from verifier.snp.trust import Certificate
+from verifier.pki import Certificate, VerifiedCrl, common_name
 
 _log = logging.getLogger(__name__)
 

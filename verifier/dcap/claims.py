@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from verifier.eventlog.measured import TdEventClaims
+
 TD_ATTRIBUTE_BITS = {
     0: "debug",
     4: "hgs_plus_prof",
@@ -102,31 +104,6 @@ class DcapTcbClaims:
             "module_status": self.module_status,
             "qe_status": self.qe_status,
             "collateral_warnings": list(self.collateral_warnings),
-        }
-
-
-@dataclass(frozen=True)
-class TdEventClaims:
-    """What the replayed CCEL and runtime log say (digests as lowercase hex strings)."""
-
-    firmware: tuple[str, ...]  # EV_EFI_PLATFORM_FIRMWARE_BLOB(2) digests, in log order
-    boot_applications: tuple[str, ...]  # EV_EFI_BOOT_SERVICES_APPLICATION digests (shim, grub,
-    # kernel), in log order
-    kernel: str | None  # SHA-384 digest of the kernel image, when the log identifies it
-    initrd: str | None  # SHA-384 digest of the initrd, when the log identifies it
-    kernel_cmdline: str | None  # command line text, when the log carries it
-    images: tuple[str, ...]  # "sha256:<64 hex>" image digests measured into RTMR3, in order
-    event_count: int  # replayed (extending) events across the CCEL and the runtime log
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "firmware": list(self.firmware),
-            "boot_applications": list(self.boot_applications),
-            "kernel": self.kernel,
-            "initrd": self.initrd,
-            "kernel_cmdline": self.kernel_cmdline,
-            "images": list(self.images),
-            "event_count": self.event_count,
         }
 
 

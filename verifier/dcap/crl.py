@@ -11,79 +11,14 @@ Invariants:
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import warnings
-from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.utils import CryptographyDeprecationWarning
 
-from keybroker.errors import ChainUntrusted, CollateralStale, Malformed
-from keybroker.evidence.snp_certs import common_name
+from keybroker.errors import ChainUntrusted, CollateralStale
 from verifier.dcap.trust import verify_p256_signature
-from verifier.snp.trust import Certificate
-
-
-@dataclass(frozen=True)
-class VerifiedCrl:
-    """A CRL whose issuer name and signature were checked (its window is checked per use)."""
-
-    crl: x509.CertificateRevocationList
-    der: bytes
-    issuer: Certificate
-    this_update: datetime
-    next_update: datetime | None
-
-    @property
-    def digest(self) -> str:
-        """SHA-256 hex of the CRL's DER."""
-        return hashlib.sha256(self.der).hexdigest()
-
-    @functools.cached_property
-    def revoked_serials(self) -> frozenset[int]:
-        """Serial numbers listed by the CRL (computed once)."""
-        return frozenset(entry.serial_number for entry in self.crl)
-
-    def covers(self, at: datetime) -> bool:
-        """thisUpdate <= at < nextUpdate (never for a CRL without nextUpdate)."""
-        return self.next_update is not None and self.this_update <= at < self.next_update
-
-    @property
-    def window(self) -> str:
-        """``thisUpdate .. nextUpdate`` for messages."""
-        end = self.next_update.isoformat() if self.next_update else "(no nextUpdate)"
-        return f"{self.this_update.isoformat()} .. {end}"
-
-    def check_current(self, at: datetime, what: str) -> None:
-        """``CollateralStale`` unless the CRL covers ``at``."""
-        if not self.covers(at):
-            raise CollateralStale(f"{what} does not cover the verification time",
-                                  rule="crl-window", expected=self.window, actual=at.isoformat())
-
-    def check_not_revoked(self, cert: Certificate, what: str) -> None:
-        """``ChainUntrusted`` if ``cert``'s serial is listed."""
-        serial = cert.cert.serial_number
-        if serial in self.revoked_serials:
-            raise ChainUntrusted(f"{what} is revoked", rule="crl", expected="not listed",
-                                 actual=f"serial {serial:#x} listed by "
-                                        f"{common_name(self.issuer.cert.subject)}")
-
-
-def load_crl(data: bytes) -> tuple[x509.CertificateRevocationList, bytes]:
-    """Parse a DER or PEM CRL; returns it with its DER bytes. Raises ``Malformed``."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            if data.lstrip().startswith(b"-----BEGIN X509 CRL-----"):
-                crl = x509.load_pem_x509_crl(data.strip())
-            else:
-                crl = x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise Malformed("CRL is not DER or PEM X.509 CRL", actual=f"{len(data)} bytes") from exc
-    return crl, crl.public_bytes(Encoding.DER)
+from verifier.pki import Certificate, VerifiedCrl, common_name, load_crl
 
 
 def verify_crl_signature(crl: x509.CertificateRevocationList, der: bytes,

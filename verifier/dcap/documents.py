@@ -2,9 +2,8 @@
 
 Invariants:
 - The signature (hex r||s, ECDSA-P256-SHA256) is checked over the RAW bytes of the top-level
-  ``tcbInfo`` / ``enclaveIdentity`` member exactly as served (never re-serialized). The body is
-  walked member by member at the top level only, so a nested or string occurrence of the name
-  can never be taken; the body must be exactly {<member>, "signature"} with unique names.
+  ``tcbInfo`` / ``enclaveIdentity`` member exactly as served (never re-serialized), as split by
+  ``keybroker.evidence.pcs_document``.
 - The signing certificate ("Intel SGX TCB Signing", from the PEM issuer chain) must chain to the
   pinned Intel SGX Root CA, be valid at ``at`` and, with a Root CA CRL, not be revoked. Any other
   root in the issuer chain must be byte-identical to the pinned one. Signature or chain failures
@@ -19,125 +18,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from keybroker.errors import ChainUntrusted, CollateralStale, KeybrokerError, Malformed
+from keybroker.errors import ChainUntrusted, CollateralStale, KeybrokerError
+from keybroker.evidence.pcs_document import SignedMember, split_signed_body
 from verifier.dcap.crl import verify_crl
-from verifier.dcap.pck import (
-    CacheStats,
-    PckVerifier,
-    check_profile,
-    check_validity,
-    parse_pem_chain,
-)
+from verifier.dcap.pck import PckVerifier, check_profile
 from verifier.dcap.schema import EnclaveIdentity, TcbInfo, parse_enclave_identity, parse_tcb_info
 from verifier.dcap.trust import IntelTrustStore, verify_p256_signature
-from verifier.snp.trust import Certificate
+from verifier.pki import CacheStats, Certificate, check_validity, parse_pem_chain
 
 _log = logging.getLogger(__name__)
 
 SIGNING_CN = "Intel SGX TCB Signing"
-MAX_BODY = 1024 * 1024
-_WS = " \t\r\n"
 _T = TypeVar("_T", TcbInfo, EnclaveIdentity)
-
-
-@dataclass(frozen=True)
-class SignedMember:
-    """The exact bytes of a signed JSON member and its 64-byte r||s signature."""
-
-    raw: bytes
-    signature: bytes
-
-    @classmethod
-    def from_hex(cls, raw: bytes, signature_hex: str) -> SignedMember:
-        """From member bytes and the hex signature (how some collateral bundles store them)."""
-        try:
-            sig = bytes.fromhex(signature_hex)
-        except ValueError as exc:
-            raise Malformed("collateral signature is not hex", actual=signature_hex[:40]) from exc
-        if len(sig) != 64:
-            raise Malformed("collateral signature is not 64 bytes (r||s)", expected="64",
-                            actual=str(len(sig)))
-        return cls(raw=bytes(raw), signature=sig)
-
-
-def _skip(text: str, i: int) -> int:
-    while i < len(text) and text[i] in _WS:
-        i += 1
-    return i
-
-
-def _scan_members(text: str) -> dict[str, tuple[int, int]]:
-    """Walk one JSON object's top level; raises ``ValueError`` on anything else."""
-    decoder = json.JSONDecoder()
-    spans: dict[str, tuple[int, int]] = {}
-    i = _skip(text, 0)
-    if text[i:i + 1] != "{":
-        raise ValueError("not an object")
-    i = _skip(text, i + 1)
-    if text[i:i + 1] == "}":
-        i += 1
-    else:
-        while True:
-            if text[i:i + 1] != '"':
-                raise ValueError("member name expected")
-            key, i = decoder.raw_decode(text, i)
-            i = _skip(text, i)
-            if text[i:i + 1] != ":":
-                raise ValueError("':' expected")
-            start = _skip(text, i + 1)
-            _, end = decoder.raw_decode(text, start)
-            if key in spans:
-                raise ValueError(f"duplicate member {key!r}")
-            spans[key] = (start, end)
-            i = _skip(text, end)
-            if text[i:i + 1] == ",":
-                i = _skip(text, i + 1)
-                continue
-            if text[i:i + 1] != "}":
-                raise ValueError("',' or '}' expected")
-            i += 1
-            break
-    if _skip(text, i) != len(text):
-        raise ValueError("trailing data")
-    return spans
-
-
-def top_level_members(text: str) -> dict[str, tuple[int, int]]:
-    """(start, end) character spans of every top-level member value of a JSON object text;
-    ``Malformed`` on anything that is not one object with unique member names."""
-    try:
-        return _scan_members(text)
-    except (ValueError, RecursionError) as exc:
-        raise Malformed("collateral body is not one JSON object", actual=str(exc)[:80]) from exc
-
-
-def split_signed_body(body: bytes, member: str) -> SignedMember:
-    """The raw ``member`` bytes and signature of a PCS response body {member, "signature"}."""
-    if len(body) > MAX_BODY:
-        raise Malformed("collateral body too large", expected=f"<= {MAX_BODY}",
-                        actual=str(len(body)))
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Malformed("collateral body is not UTF-8") from exc
-    spans = top_level_members(text)
-    if set(spans) != {member, "signature"}:
-        raise Malformed("collateral body has the wrong members",
-                        expected=f"{member}, signature", actual=", ".join(sorted(spans)))
-    sig_start, sig_end = spans["signature"]
-    signature = json.loads(text[sig_start:sig_end])
-    if not isinstance(signature, str):
-        raise Malformed("collateral signature is not a string")
-    start, end = spans[member]
-    return SignedMember.from_hex(text[start:end].encode("utf-8"), signature)
 
 
 def check_window(issue: datetime, next_update: datetime, at: datetime, what: str) -> None:
@@ -178,7 +76,7 @@ class CollateralVerifier:
                                  expected=SIGNING_CN, actual=f"{len(signers)} non-root certs")
         signer = signers[0]
         check_profile(signer, cn=SIGNING_CN, ca=False)
-        check_validity(signer, at, SIGNING_CN)
+        check_validity(signer.cert, at, SIGNING_CN, rule="validity")
         self._chains.check_signed(signer, root, SIGNING_CN)
         if root_crl is None:
             if not allow_missing_crl:

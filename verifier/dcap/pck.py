@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import logging
@@ -34,12 +33,11 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from keybroker.errors import ChainUntrusted, CollateralStale, Malformed
+from keybroker.errors import ChainUntrusted, CollateralStale
 from keybroker.evidence.sgx_extensions import SgxExtensions, decode_sgx_extensions
-from keybroker.evidence.snp_certs import common_name
 from verifier.dcap.crl import verify_crl
 from verifier.dcap.trust import IntelTrustStore, verify_p256_signature
-from verifier.snp.trust import Certificate
+from verifier.pki import CacheStats, Certificate, check_validity, common_name, parse_pem_chain
 
 _log = logging.getLogger(__name__)
 
@@ -51,31 +49,6 @@ CRL_ROOT = "root-ca-crl"
 CRL_PCK = "pck-crl"
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n([A-Za-z0-9+/=\r\n]+?)"
                   rb"-----END CERTIFICATE-----")
-
-
-def parse_pem_chain(data: bytes) -> tuple[Certificate, ...]:
-    """Certificates of a PEM chain in order. Trailing NUL bytes (section 2.16) and whitespace
-    between blocks are tolerated; anything else outside the blocks is ``Malformed``."""
-    if len(data) > MAX_CHAIN_PEM:
-        raise Malformed("PEM chain too large", expected=f"<= {MAX_CHAIN_PEM} bytes",
-                        actual=str(len(data)))
-    text = data.rstrip(b"\x00")
-    out: list[Certificate] = []
-    pos = 0
-    for match in _PEM.finditer(text):
-        if text[pos:match.start()].strip():
-            raise Malformed("unexpected bytes between PEM certificates",
-                            actual=f"offset {pos}")
-        try:
-            der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
-        except ValueError as exc:
-            raise Malformed("PEM certificate is not base64") from exc
-        out.append(Certificate.from_der(der))
-        pos = match.end()
-    if text[pos:].strip() or not out:
-        raise Malformed("PEM chain holds no certificate or has trailing bytes",
-                        actual=f"{len(out)} certificates, {len(text) - pos} trailing bytes")
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -117,23 +90,6 @@ class StaticChain:
                                      rule="validity",
                                      expected=f"{start.isoformat()} .. {end.isoformat()}",
                                      actual=at.isoformat())
-
-
-@dataclass
-class CacheStats:
-    """Certificate signatures served from the cache (hits) or verified (misses)."""
-
-    hits: int = 0
-    misses: int = 0
-
-
-def check_validity(cert: Certificate, at: datetime, what: str) -> None:
-    """``ChainUntrusted`` unless notBefore <= at <= notAfter."""
-    start, end = cert.cert.not_valid_before_utc, cert.cert.not_valid_after_utc
-    if not start <= at <= end:
-        raise ChainUntrusted(f"{what} is not valid at the verification time", rule="validity",
-                             expected=f"{start.isoformat()} .. {end.isoformat()}",
-                             actual=at.isoformat())
 
 
 def check_profile(cert: Certificate, *, cn: str, ca: bool) -> None:
@@ -197,7 +153,7 @@ class PckVerifier:
     def check_root(self, certs: Sequence[Certificate], at: datetime) -> Certificate:
         """The pinned root, valid at ``at``; an evidence root must be byte-identical."""
         root = self._pinned_root_of(certs)
-        check_validity(root, at, "Intel SGX Root CA")
+        check_validity(root.cert, at, "Intel SGX Root CA", rule="validity")
         return root
 
     def _pinned_root_of(self, certs: Sequence[Certificate]) -> Certificate:

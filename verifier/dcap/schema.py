@@ -17,10 +17,11 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal, cast
 
 from keybroker.errors import Malformed
+from keybroker.evidence.pcs_document import parse_date
 
 _JsonObj = dict[str, object]
 
@@ -178,20 +179,6 @@ def _hex(obj: _JsonObj, key: str, what: str, size: int) -> bytes:
     if len(text) != 2 * size or len(value) != size:
         raise Malformed(f"{what}.{key} is not {size} bytes of hex", actual=text[:40])
     return value
-
-
-def parse_date(text: str, what: str) -> datetime:
-    """RFC 3339 UTC with a "Z" suffix, as PCS writes it."""
-    expected = "YYYY-MM-DDTHH:MM:SSZ"
-    if not text.endswith("Z") or "T" not in text:
-        raise Malformed(f"{what} is not an RFC 3339 UTC date", expected=expected,
-                        actual=text[:40])
-    try:
-        value = datetime.fromisoformat(text[:-1] + "+00:00")
-    except ValueError as exc:
-        raise Malformed(f"{what} is not an RFC 3339 UTC date", expected=expected,
-                        actual=text[:40]) from exc
-    return value.astimezone(UTC)
 
 
 def _status(obj: _JsonObj, what: str) -> TcbStatus:

@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from keybroker.errors import ChainUntrusted
-from keybroker.evidence.snp_certs import common_name
-from verifier.snp.trust import Certificate
+from verifier.pki import Certificate, common_name
 
 _log = logging.getLogger(__name__)
 

@@ -46,8 +46,7 @@ from keybroker.evidence.dcap_signature import EcdsaSignatureData
 from verifier.collateral.cache import CollateralStore
 from verifier.dcap.anchor import Anchor
 from verifier.dcap.claims import DcapTcbClaims, SgxClaims, TdAttributes, TdxClaims
-from verifier.dcap.crl import VerifiedCrl
-from verifier.dcap.pck import CRL_PCK, CRL_ROOT, StaticChain, parse_pem_chain
+from verifier.dcap.pck import CRL_PCK, CRL_ROOT, StaticChain
 from verifier.dcap.tcb import (
     PlatformTcb,
     QeReport,
@@ -59,6 +58,7 @@ from verifier.dcap.tcb import (
     evaluate_tdx,
 )
 from verifier.dcap.trust import IntelTrustStore
+from verifier.pki import VerifiedCrl, parse_pem_chain
 
 _log = logging.getLogger(__name__)
 

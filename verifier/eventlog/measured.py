@@ -32,17 +32,9 @@ from dataclasses import dataclass, field
 import construct as c
 
 from keybroker.errors import EventLogMismatch, Malformed
-from keybroker.evidence.ccel import (
-    CC_TYPE_TDX,
-    RTMR_COUNT,
-    RTMR_SIZE,
-    RtmrEvent,
-    parse_ccel_log,
-    parse_ccel_table,
-    rtmr_events,
-)
+from keybroker.evidence.ccel import CC_TYPE_TDX, parse_ccel_log, parse_ccel_table
 from keybroker.evidence.runtime_log import KIND_IMAGE, RuntimeEvent, extend, parse_runtime_log
-from verifier.dcap.claims import TdEventClaims
+from verifier.eventlog.rtmr import RTMR_COUNT, RTMR_SIZE, RtmrEvent, rtmr_events
 
 EV_IPL = 0x0D
 EV_EVENT_TAG = 0x06
@@ -63,6 +55,31 @@ _LOADER_INITRD = b"grub_linuxefi Initrd"
 _UKI_KERNEL, _UKI_INITRD = ".linux", ".initrd"
 _TAGGED_EVENT = c.Struct("id" / c.Int32ul, "data" / c.Prefixed(c.Int32ul, c.GreedyBytes),
                          c.Terminated)
+
+
+@dataclass(frozen=True)
+class TdEventClaims:
+    """What the replayed CCEL and runtime log say (digests as lowercase hex strings)."""
+
+    firmware: tuple[str, ...]  # EV_EFI_PLATFORM_FIRMWARE_BLOB(2) digests, in log order
+    boot_applications: tuple[str, ...]  # EV_EFI_BOOT_SERVICES_APPLICATION digests (shim, grub,
+    # kernel), in log order
+    kernel: str | None  # SHA-384 digest of the kernel image, when the log identifies it
+    initrd: str | None  # SHA-384 digest of the initrd, when the log identifies it
+    kernel_cmdline: str | None  # command line text, when the log carries it
+    images: tuple[str, ...]  # "sha256:<64 hex>" image digests measured into RTMR3, in order
+    event_count: int  # replayed (extending) events across the CCEL and the runtime log
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "firmware": list(self.firmware),
+            "boot_applications": list(self.boot_applications),
+            "kernel": self.kernel,
+            "initrd": self.initrd,
+            "kernel_cmdline": self.kernel_cmdline,
+            "images": list(self.images),
+            "event_count": self.event_count,
+        }
 
 
 def _sha384(data: bytes) -> bytes:

@@ -32,9 +32,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from keybroker.errors import ChainUntrusted, CollateralStale, KeybrokerError
-from keybroker.evidence.snp_certs import AmdExtensions, common_name, decode_amd_extensions
+from keybroker.evidence.snp_certs import AmdExtensions, decode_amd_extensions
 from verifier.collateral.cache import CollateralCrl, CollateralStore
-from verifier.snp.trust import PRODUCTS, AmdTrustStore, Certificate, KeyKind, TrustAnchor
+from verifier.pki import CacheStats, Certificate, check_validity, common_name
+from verifier.snp.trust import PRODUCTS, AmdTrustStore, KeyKind, TrustAnchor
 from verifier.snp.trust import intermediate_cn as _intermediate_cn
 
 _log = logging.getLogger(__name__)
@@ -48,14 +49,6 @@ def _remember(cache: dict[str, _V], key: str, value: _V, limit: int) -> None:
     if len(cache) >= limit:
         cache.clear()
     cache[key] = value
-
-
-@dataclass
-class CacheStats:
-    """Certificate signatures served from the cache (hits) or verified (misses)."""
-
-    hits: int = 0
-    misses: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,15 +98,6 @@ def _hash_of(obj: x509.Certificate | x509.CertificateRevocationList) -> hashes.H
         return obj.signature_hash_algorithm
     except UnsupportedAlgorithm:
         return None
-
-
-def check_validity(cert: x509.Certificate, at: datetime, what: str) -> None:
-    """``ChainUntrusted`` unless notBefore <= at <= notAfter."""
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    if not start <= at <= end:
-        raise ChainUntrusted(f"{what} is not valid at the verification time",
-                             expected=f"{start.isoformat()} .. {end.isoformat()}",
-                             actual=at.isoformat())
 
 
 def _check_name(cert: x509.Certificate, name: str) -> None:

@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from keybroker.errors import ChainUntrusted, Malformed
-from keybroker.evidence.snp_certs import common_name, fingerprint, load_certificate
+from verifier.pki import Certificate, common_name
 
 _log = logging.getLogger(__name__)
 
@@ -54,25 +53,6 @@ _ROOT_FILES = {
 def intermediate_cn(kind: KeyKind, product: str) -> str:
     """Subject CN of the intermediate that signs a VCEK (ASK) or a VLEK (ASVK)."""
     return f"SEV-{product}" if kind == "vcek" else f"SEV-VLEK-{product}"
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """A parsed certificate with its exact DER bytes and SHA-256 fingerprint."""
-
-    cert: x509.Certificate
-    der: bytes
-    fingerprint: str
-
-    @classmethod
-    def from_der(cls, der: bytes) -> Certificate:
-        """Parse DER (raises ``Malformed``)."""
-        return cls(cert=load_certificate(der), der=bytes(der), fingerprint=fingerprint(der))
-
-    @classmethod
-    def from_cert(cls, cert: x509.Certificate) -> Certificate:
-        """Wrap an already parsed certificate."""
-        return cls.from_der(cert.public_bytes(Encoding.DER))
 
 
 @dataclass(frozen=True)

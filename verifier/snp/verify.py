@@ -34,10 +34,11 @@ from keybroker.evidence.snp_report import (
     parse_report,
 )
 from verifier.collateral.cache import CollateralStore
-from verifier.snp.chain import CacheStats, ChainValidator, EndorsementKey
+from verifier.pki import CacheStats, Certificate
+from verifier.snp.chain import ChainValidator, EndorsementKey
 from verifier.snp.claims import FirmwareVersion, GuestPolicy, PlatformInfo, SnpClaims
 from verifier.snp.tcb import TcbVersion, product_from_cpuid
-from verifier.snp.trust import AmdTrustStore, Certificate, KeyKind
+from verifier.snp.trust import AmdTrustStore, KeyKind
 
 _log = logging.getLogger(__name__)
 
