@@ -35,6 +35,12 @@ from attester_agent.secret_output import (
     write_secret_file,
     write_secret_stream,
 )
+from attester_agent.simulator_options import (
+    add_simulator_options,
+    check_simulator_options,
+    simulated_collector,
+    simulator_options_given,
+)
 from keybroker.errors import KeybrokerError, Malformed
 from keybroker.rpc_errors import denial_from_rpc
 from keybroker.wrapping import Suite
@@ -42,7 +48,6 @@ from keybroker.wrapping import Suite
 logger = logging.getLogger(__name__)
 
 SIMULATOR = "simulator"
-SIM_TEES = ("snp", "tdx", "sgx")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -87,12 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--insecure-simulator", action="store_true",
                      help="use the SEV-SNP simulator under a TEST CA (never in production)")
     sim.add_argument("--simulator-dir", type=Path, help="directory of the simulator test CA")
-    sim.add_argument("--sim-measurement", help="launch MEASUREMENT (96 hex digits)")
-    sim.add_argument("--sim-policy", help="guest POLICY (hex)")
-    sim.add_argument("--sim-vmpl", type=int, choices=range(4), help="VMPL (0..3)")
-    sim.add_argument("--sim-version", type=int,
-                     help="report/quote version (snp: 3 or 5, tdx: 4 or 5)")
-    _add_dcap_simulator_options(sim)
+    add_simulator_options(sim)
     _add_interface_paths(get)
     get.add_argument("--acpi-tables-root", type=Path, default=DEFAULT_ACPI_TABLES,
                      help="ACPI tables directory holding CCEL and data/CCEL "
@@ -117,23 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     msim.add_argument("--simulator-dir", type=Path, help="simulator directory")
     meas.set_defaults(func=cmd_measure)
     return parser
-
-
-def _add_dcap_simulator_options(sim: argparse._ArgumentGroup) -> None:
-    sim.add_argument("--sim-tee", choices=SIM_TEES,
-                     help="simulated TEE: snp (default), tdx or sgx")
-    sim.add_argument("--sim-tcb", help="TDX/SGX platform TCB status: UpToDate (default), "
-                                       "SWHardeningNeeded, OutOfDate, Revoked, unsupported")
-    sim.add_argument("--sim-debug", action="store_true",
-                     help="TDX/SGX: a debug TD / debug enclave")
-    sim.add_argument("--sim-mrtd", help="TDX MRTD (96 hex digits)")
-    sim.add_argument("--sim-td-attributes", help="TDX TD attributes (hex u64)")
-    sim.add_argument("--sim-mr-config-id", help="TDX MRCONFIGID (96 hex digits; default "
-                                                "SHA-384 of --init-data, else zero)")
-    sim.add_argument("--sim-mrenclave", help="SGX MRENCLAVE (64 hex digits)")
-    sim.add_argument("--sim-mrsigner", help="SGX MRSIGNER (64 hex digits)")
-    sim.add_argument("--sim-isv-prod-id", type=int, help="SGX ISVPRODID")
-    sim.add_argument("--sim-isv-svn", type=int, help="SGX ISVSVN")
 
 
 def _add_interface_paths(parser: argparse.ArgumentParser) -> None:
@@ -211,24 +194,6 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
     )
 
 
-_SIM_ONLY_FOR = {
-    "sim_measurement": ("snp",), "sim_policy": ("snp",), "sim_vmpl": ("snp",),
-    "sim_version": ("snp", "tdx"), "sim_tcb": ("tdx", "sgx"), "sim_debug": ("tdx", "sgx"),
-    "sim_mrtd": ("tdx",), "sim_td_attributes": ("tdx",), "sim_mr_config_id": ("tdx",),
-    "sim_mrenclave": ("sgx",), "sim_mrsigner": ("sgx",), "sim_isv_prod_id": ("sgx",),
-    "sim_isv_svn": ("sgx",),
-}
-
-
-def _given(args: argparse.Namespace, dest: str) -> bool:
-    value = getattr(args, dest)
-    return value is not None and value is not False
-
-
-def _flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
 def _collector(args: argparse.Namespace, init_data: bytes) -> Collector:
     name: str | None = args.collector
     if name == SIMULATOR and not args.insecure_simulator:
@@ -236,7 +201,7 @@ def _collector(args: argparse.Namespace, init_data: bytes) -> Collector:
     if args.insecure_simulator and name not in (None, SIMULATOR):
         raise UsageError(f"--insecure-simulator conflicts with --collector {name}")
     if not args.insecure_simulator:
-        if any(_given(args, dest) for dest in (*_SIM_ONLY_FOR, "sim_tee", "simulator_dir")):
+        if simulator_options_given(args) or args.simulator_dir is not None:
             raise UsageError("--simulator-dir and --sim-* need --insecure-simulator")
         sources = TdxSources(
             ccel=CcelReader(args.acpi_tables_root),
@@ -253,72 +218,12 @@ def _collector(args: argparse.Namespace, init_data: bytes) -> Collector:
             tdx_sources=sources)
     if args.simulator_dir is None:
         raise UsageError("--insecure-simulator needs --simulator-dir")
-    tee = args.sim_tee or "snp"
-    for dest, tees in _SIM_ONLY_FOR.items():
-        if _given(args, dest) and tee not in tees:
-            raise UsageError(f"{_flag(dest)} does not apply to --sim-tee {tee}")
-    logger.warning("INSECURE: --insecure-simulator given; evidence will be SIMULATED")
     try:
-        if tee == "tdx":
-            return _tdx_simulator(args, init_data)
-        if tee == "sgx":
-            return _sgx_simulator(args)
-        return _snp_simulator(args, init_data)
+        check_simulator_options(args)
+        logger.warning("INSECURE: --insecure-simulator given; evidence will be SIMULATED")
+        return simulated_collector(args, init_data)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-
-
-def _snp_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
-    measurement = _hex(args.sim_measurement, "--sim-measurement", 48)
-    policy = _hex_int(args.sim_policy, "--sim-policy")
-    if args.sim_version not in (None, 3, 5):
-        raise UsageError("--sim-version for snp must be 3 or 5")
-    # Imported here so that hardware-only use never loads the simulator.
-    from attester_agent.collectors.simulator import SimulatorCollector  # noqa: PLC0415
-
-    return SimulatorCollector(
-        args.simulator_dir,
-        insecure=True,
-        measurement=measurement,
-        policy=policy if policy is not None else 0x30000,
-        vmpl=args.sim_vmpl if args.sim_vmpl is not None else 0,
-        version=args.sim_version if args.sim_version is not None else 3,
-        init_data=init_data,
-    )
-
-
-def _tdx_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
-    if args.sim_version not in (None, 4, 5):
-        raise UsageError("--sim-version for tdx must be 4 or 5")
-    from attester_agent.collectors.simulator_dcap import TdxSimulatorCollector  # noqa: PLC0415
-
-    return TdxSimulatorCollector(
-        args.simulator_dir,
-        insecure=True,
-        version=args.sim_version if args.sim_version is not None else 4,
-        mr_td=_hex(args.sim_mrtd, "--sim-mrtd", 48),
-        td_attributes=_hex_int(args.sim_td_attributes, "--sim-td-attributes"),
-        debug=args.sim_debug,
-        mr_config_id=_hex(args.sim_mr_config_id, "--sim-mr-config-id", 48),
-        init_data=init_data,
-        tcb=args.sim_tcb or "UpToDate",
-        runtime_log=args.runtime_log,
-    )
-
-
-def _sgx_simulator(args: argparse.Namespace) -> Collector:
-    from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector  # noqa: PLC0415
-
-    return SgxSimulatorCollector(
-        args.simulator_dir,
-        insecure=True,
-        mr_enclave=_hex(args.sim_mrenclave, "--sim-mrenclave", 32),
-        mr_signer=_hex(args.sim_mrsigner, "--sim-mrsigner", 32),
-        isv_prod_id=args.sim_isv_prod_id if args.sim_isv_prod_id is not None else 1,
-        isv_svn=args.sim_isv_svn if args.sim_isv_svn is not None else 1,
-        debug=args.sim_debug,
-        tcb=args.sim_tcb or "UpToDate",
-    )
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
@@ -344,32 +249,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
     event = measure.measure_image(args.image, log_path=log_path, register=register)
     print(f"measured {event.value} into RTMR{event.mr}: extended {event.digest.hex()}")
     return EXIT_OK
-
-
-def _hex(value: str | None, flag: str, size: int) -> bytes | None:
-    """``value`` as exactly ``size`` bytes of hex (None stays None)."""
-    if value is None:
-        return None
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError as exc:
-        raise UsageError(f"{flag} must be hexadecimal") from exc
-    if len(raw) != size:
-        raise UsageError(f"{flag} must be {size} bytes ({2 * size} hex digits)")
-    return raw
-
-
-def _hex_int(value: str | None, flag: str) -> int | None:
-    """``value`` as a non-negative 64-bit hexadecimal integer (``0x`` optional)."""
-    if value is None:
-        return None
-    try:
-        number = int(value.removeprefix("0x"), 16)
-    except ValueError as exc:
-        raise UsageError(f"{flag} must be hexadecimal") from exc
-    if not 0 <= number < 1 << 64:
-        raise UsageError(f"{flag} must fit in 64 bits")
-    return number
 
 
 def _read_file(path: Path, flag: str) -> bytes:

@@ -52,7 +52,7 @@ from attester_agent.simulator.dcap import DcapTestCa, TdxSimulator
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.condition import Activation
 from keybroker.evidence.runtime_log import encode_log, image_event
-from verifier.claims_view import PlatformClaims, claims_view, lookup
+from verifier.claims_view import claims_view, lookup
 from verifier.collateral.cache import CollateralStore
 from verifier.dcap.appraisal import appraise_tdx
 from verifier.dcap.claims import TdxClaims
@@ -60,12 +60,14 @@ from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
 from verifier.decision import appraise, early_warning, evidence_workload
 from verifier.eventlog.measured import td_event_claims
-from verifier.policy.compile import AppraisalPolicy, parse_policy
+from verifier.policy.compile import parse_policy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue
 from verifier.snp.appraisal import appraise_snp
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
+from verifier.tee import Claims
 from verifier.workload import check_workload
 
 SNP_REPORT_SIGNED_BYTES = 0x2A0
@@ -144,7 +146,7 @@ class Scenario:
     """A compiled policy, verified claims, the init-data presented and a reference snapshot."""
 
     policy: AppraisalPolicy
-    claims: PlatformClaims
+    claims: Claims
     init_data: bytes
     references: ReferenceSnapshot
 

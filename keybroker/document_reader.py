@@ -1,8 +1,10 @@
-"""Typed, strict access to one mapping of a schema-validated appraisal policy document.
+"""Typed, strict access to one mapping of a schema-validated document (an appraisal policy and
+each TEE's section of it).
 
 The document was already validated against the published JSON Schema
 (``keybroker.document``); this reader is the compile step's second line of defence and the place
-where the semantic checks that a schema cannot express report their errors.
+where the semantic checks that a schema cannot express report their errors. It is document
+machinery, so it sits in the ground floor: every TEE's policy section compiles with it.
 
 Invariants:
 - Every failure is ``Malformed`` with rule ``policy.schema`` and a reason
@@ -30,7 +32,7 @@ _HEX_INT_RE = re.compile(r"^(0x)?[0-9a-fA-F]{1,16}$")
 Path_ = tuple[str | int, ...]
 
 
-class PolicyReader:
+class DocumentReader:
     """Typed access to the mapping at ``path`` of ``doc``; every failure names the line."""
 
     def __init__(self, doc: Document, path: Sequence[str | int],
@@ -83,20 +85,20 @@ class PolicyReader:
         """Whether ``key`` is present."""
         return key in self.table
 
-    def table_at(self, key: str) -> PolicyReader:
+    def table_at(self, key: str) -> DocumentReader:
         """The mapping at ``key`` (which must be a mapping)."""
         value = self.table.get(key)
         if not isinstance(value, dict):
             raise self.fail(key, "wrong type", "mapping", value)
-        return PolicyReader(self.doc, self.at(key), value)
+        return DocumentReader(self.doc, self.at(key), value)
 
-    def tables(self, key: str) -> list[PolicyReader]:
+    def tables(self, key: str) -> list[DocumentReader]:
         """The list of mappings at ``key``; absent is the empty list."""
-        out: list[PolicyReader] = []
+        out: list[DocumentReader] = []
         for index, item in enumerate(self.array(key, [])):
             if not isinstance(item, dict):
                 raise self.doc.fail(self.at(key, index), "wrong element type", "mapping", item)
-            out.append(PolicyReader(self.doc, self.at(key, index), item))
+            out.append(DocumentReader(self.doc, self.at(key, index), item))
         return out
 
     def string(self, key: str, default: str | None = None) -> str:

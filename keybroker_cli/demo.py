@@ -27,15 +27,12 @@ from pathlib import Path
 
 from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
-from attester_agent.collectors.simulator import SimulatorCollector
-from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
 from keybroker.errors import KeybrokerError
 from keybroker_cli.demo_setup import (
     DEMO_IMAGE,
     DEMO_KEY_ID,
-    LAUNCH_MEASUREMENT,
+    DEMO_TEES,
     TEES,
-    WRONG_LAUNCH_MEASUREMENT,
     DemoLayout,
     Tee,
     prepare,
@@ -43,8 +40,6 @@ from keybroker_cli.demo_setup import (
     write_broker_config,
 )
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
-
-PLATFORM_NAMES = {"snp": "SEV-SNP", "tdx": "TDX", "sgx": "SGX"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     layout = DemoLayout(workdir.resolve())
     say(f"keybroker demo (working directory {layout.root})")
     tee: Tee = args.tee
-    say(f"WARNING: this demo uses the {PLATFORM_NAMES[tee]} SIMULATOR under a generated "
+    say(f"WARNING: this demo uses the {DEMO_TEES[tee].display_name} SIMULATOR under a generated "
         "INSECURE test root")
     t0 = time.perf_counter()
     secret = prepare(layout, tee=tee)
@@ -124,14 +119,12 @@ def agent_command(*args: str) -> list[str]:
 
 def agent_sim_args(layout: DemoLayout, tee: Tee) -> list[str]:
     """The agent's simulator flags for ``tee`` (the launch measurement the policy accepts)."""
-    common = ["--insecure-simulator", "--simulator-dir", str(layout.sim)]
-    if tee == "tdx":
-        return [*common, "--sim-tee", "tdx", "--sim-mrtd", LAUNCH_MEASUREMENT[tee].hex(),
-                "--init-data", str(layout.init_data)]
-    if tee == "sgx":
-        return [*common, "--sim-tee", "sgx", "--sim-mrenclave", LAUNCH_MEASUREMENT[tee].hex()]
-    return [*common, "--sim-measurement", LAUNCH_MEASUREMENT[tee].hex(),
-            "--init-data", str(layout.init_data)]
+    demo = DEMO_TEES[tee]
+    args = ["--insecure-simulator", "--simulator-dir", str(layout.sim),
+            *demo.measurement_flags, demo.measurement.hex()]
+    if demo.binds_init_data:
+        args += ["--init-data", str(layout.init_data)]
+    return args
 
 
 def measure_image(layout: DemoLayout) -> bool:
@@ -151,7 +144,7 @@ def release_with_agent(layout: DemoLayout, broker: str, secret: bytes, tee: Tee 
     """Release the demo secret through a real `attester-agent get-secret` process."""
     out = layout.root / "released-secret"
     out.unlink(missing_ok=True)
-    if tee == "tdx" and not measure_image(layout):
+    if DEMO_TEES[tee].images and not measure_image(layout):
         return False
     start = time.perf_counter()
     done = subprocess.run(
@@ -174,19 +167,14 @@ def release_with_agent(layout: DemoLayout, broker: str, secret: bytes, tee: Tee 
 def demo_collector(layout: DemoLayout, tee: Tee, *, wrong: bool = False) -> Collector:
     """An in-process simulator collector for ``tee`` (``wrong``: a tampered launch
     measurement the policy does not accept)."""
-    measurement = (WRONG_LAUNCH_MEASUREMENT if wrong else LAUNCH_MEASUREMENT)[tee]
-    if tee == "tdx":
-        return TdxSimulatorCollector(layout.sim, insecure=True, mr_td=measurement,
-                                     init_data=layout.init_data.read_bytes())
-    if tee == "sgx":
-        return SgxSimulatorCollector(layout.sim, insecure=True, mr_enclave=measurement)
-    return SimulatorCollector(layout.sim, insecure=True, measurement=measurement,
-                              init_data=layout.init_data.read_bytes())
+    demo = DEMO_TEES[tee]
+    measurement = demo.wrong_measurement if wrong else demo.measurement
+    return demo.collector(layout.sim, measurement, demo_init_data(layout, tee))
 
 
 def demo_init_data(layout: DemoLayout, tee: Tee) -> bytes:
-    """The init-data the demo agent presents (none inside an SGX enclave)."""
-    return b"" if tee == "sgx" else layout.init_data.read_bytes()
+    """The init-data the demo agent presents (none where the TEE cannot bind it)."""
+    return layout.init_data.read_bytes() if DEMO_TEES[tee].binds_init_data else b""
 
 
 def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int,
@@ -207,7 +195,7 @@ def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int,
 
 def denied_request(layout: DemoLayout, broker: str, tee: Tee = "snp") -> bool:
     """A guest with a different launch measurement asks for the same key and is refused."""
-    wrong = WRONG_LAUNCH_MEASUREMENT[tee]
+    wrong = DEMO_TEES[tee].wrong_measurement
     collector = demo_collector(layout, tee, wrong=True)
     start = time.perf_counter()
     try:

@@ -21,12 +21,15 @@ import hashlib
 import os
 import secrets
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from attester_agent.collectors.base import Collector
+from attester_agent.collectors.simulator import SimulatorCollector
+from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
 from attester_agent.simulator.dcap import DcapTestCa
 from attester_agent.simulator.snp import SnpTestCa
 from keybroker.strict_yaml import dump_yaml
@@ -44,10 +47,6 @@ WRONG_MRENCLAVE = hashlib.sha256(b"keybroker demo enclave v1 (tampered)").digest
 DEMO_IMAGE = "sha256:" + hashlib.sha256(b"keybroker demo container image v1").hexdigest()
 DEMO_INIT_DATA = (b'[workload]\nname = "demo"\nimages = ["' + DEMO_IMAGE.encode() + b'"]\n'
                   b'\n[agent]\npolicy = "default"\n')
-DEFAULT_POLICY = {"snp": "snp-demo", "tdx": "tdx-demo", "sgx": "sgx-demo"}
-LAUNCH_MEASUREMENT = {"snp": DEMO_MEASUREMENT, "tdx": DEMO_MRTD, "sgx": DEMO_MRENCLAVE}
-WRONG_LAUNCH_MEASUREMENT = {"snp": WRONG_MEASUREMENT, "tdx": WRONG_MRTD,
-                            "sgx": WRONG_MRENCLAVE}
 
 
 @dataclass(frozen=True)
@@ -125,8 +124,8 @@ def run_cli(*args: str) -> str:
 
 def default_policy(tee: Tee) -> PolicySpec:
     """The demo policy of ``tee`` (TDX: the demo image must have been measured)."""
-    return PolicySpec(DEFAULT_POLICY[tee], "demo/*", LAUNCH_MEASUREMENT[tee], tee=tee,
-                      images=(DEMO_IMAGE,) if tee == "tdx" else ())
+    demo = DEMO_TEES[tee]
+    return PolicySpec(demo.policy_name, "demo/*", demo.measurement, tee=tee, images=demo.images)
 
 
 def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
@@ -198,13 +197,53 @@ def _sgx_section(spec: PolicySpec) -> dict[str, object]:
     return {"mrenclave": [spec.measurement.hex()], **_tcb_fields(spec)}
 
 
+def _snp_collector(sim: Path, measurement: bytes, init_data: bytes) -> Collector:
+    return SimulatorCollector(sim, insecure=True, measurement=measurement, init_data=init_data)
+
+
+def _tdx_collector(sim: Path, measurement: bytes, init_data: bytes) -> Collector:
+    return TdxSimulatorCollector(sim, insecure=True, mr_td=measurement, init_data=init_data)
+
+
+def _sgx_collector(sim: Path, measurement: bytes, init_data: bytes) -> Collector:
+    del init_data  # an enclave has no init-data register
+    return SgxSimulatorCollector(sim, insecure=True, mr_enclave=measurement)
+
+
+@dataclass(frozen=True)
+class DemoTee:
+    """How the demo runs one simulated TEE: its policy, the launch measurement that policy
+    accepts (and a tampered one it refuses), and the agent's simulator."""
+
+    platform: str  # the policy's ``platform``
+    display_name: str
+    policy_name: str
+    measurement: bytes
+    wrong_measurement: bytes
+    binds_init_data: bool
+    images: tuple[str, ...]  # images the policy requires measured into the runtime register
+    section: Callable[[PolicySpec], dict[str, object]]
+    measurement_flags: tuple[str, ...]  # agent flags followed by the measurement's hex
+    collector: Callable[[Path, bytes, bytes], Collector]  # (simulator dir, measurement, init)
+
+
+# The demo's table of TEEs (``keybroker demo --tee``).
+DEMO_TEES: Mapping[Tee, DemoTee] = {
+    "snp": DemoTee("sev-snp", "SEV-SNP", "snp-demo", DEMO_MEASUREMENT, WRONG_MEASUREMENT,
+                   True, (), _snp_section, ("--sim-measurement",), _snp_collector),
+    "tdx": DemoTee("tdx", "TDX", "tdx-demo", DEMO_MRTD, WRONG_MRTD, True, (DEMO_IMAGE,),
+                   _tdx_section, ("--sim-tee", "tdx", "--sim-mrtd"), _tdx_collector),
+    "sgx": DemoTee("sgx", "SGX", "sgx-demo", DEMO_MRENCLAVE, WRONG_MRENCLAVE, False, (),
+                   _sgx_section, ("--sim-tee", "sgx", "--sim-mrenclave"), _sgx_collector),
+}
+
+
 def policy_document(spec: PolicySpec) -> bytes:
     """The YAML appraisal policy document for ``spec``."""
-    platform = {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}[spec.tee]
-    section = {"snp": _snp_section, "tdx": _tdx_section, "sgx": _sgx_section}[spec.tee](spec)
+    demo = DEMO_TEES[spec.tee]
     doc: dict[str, object] = {"kind": "AppraisalPolicy", "name": spec.name,
-                              "platform": platform, spec.tee: section}
-    workload: dict[str, object] = {} if spec.tee == "sgx" else {"require_init_data": True}
+                              "platform": demo.platform, spec.tee: demo.section(spec)}
+    workload: dict[str, object] = {"require_init_data": True} if demo.binds_init_data else {}
     workload.update(spec.workload or {})
     if workload:
         doc["workload"] = workload

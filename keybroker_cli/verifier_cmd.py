@@ -50,7 +50,7 @@ def _print_ready(address: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from verifier.service import serve  # noqa: PLC0415 - grpc only when serving
+    from verifier.server import serve  # noqa: PLC0415 - grpc only when serving
 
     try:
         config = load_config(Path(args.config))

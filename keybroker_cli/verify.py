@@ -31,7 +31,7 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,17 +39,17 @@ from typing import TYPE_CHECKING
 from keybroker.errors import KeybrokerError, Malformed
 
 if TYPE_CHECKING:
-    from verifier.claims_view import PlatformClaims
     from verifier.collateral.cache import CollateralStore
     from verifier.dcap.claims import SgxClaims, TdxClaims
     from verifier.dcap.trust import IntelTrustStore
-    from verifier.policy.compile import AppraisalPolicy
+    from verifier.policy.model import AppraisalPolicy
     from verifier.reference.values import ReferenceSnapshot
-    from verifier.snp.appraisal import Appraisal
     from verifier.snp.claims import SnpClaims
+    from verifier.tee import Claims
+    from verifier.verdict import Appraisal
 
-TEES = ("snp", "tdx", "sgx", "nitro", "tpm")
-_POLICY_PLATFORM = {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}
+# Evidence kinds that are announced but not verifiable yet (usage error, exit 2).
+PLANNED_TEES = ("nitro", "tpm")
 _HEX_TEXT = re.compile(rb"[0-9a-fA-F\s]+")
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=_\-\s]+")
 _DCAP_ONLY = ("allow_missing_crl", "ccel_table", "ccel_data", "runtime_log")
@@ -77,7 +77,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("file", type=Path,
                         help="evidence file (SNP: the raw 1184-byte report; TDX/SGX: the quote, "
                              "binary, base64 or hex)")
-    parser.add_argument("--tee", required=True, choices=TEES, help="evidence type")
+    parser.add_argument("--tee", required=True, choices=(*_RUNNERS, *PLANNED_TEES),
+                        help="evidence type")
     parser.add_argument("--collateral", type=Path, action="append", default=[],
                         metavar="PATH", help="collateral file or directory (repeatable)")
     parser.add_argument("--cert-table", type=Path, metavar="FILE",
@@ -172,12 +173,11 @@ def split_simulator_roots(paths: Sequence[Path]) -> tuple[list[Path], list[Intel
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``keybroker verify``; returns the exit code."""
-    try:
-        if args.tee == "snp":
-            return _run_snp(args)
-        if args.tee in ("tdx", "sgx"):
-            return _run_dcap(args)
+    runner = _RUNNERS.get(args.tee)
+    if runner is None:
         return _usage(f"--tee {args.tee} is not supported yet")
+    try:
+        return runner(args)
     except UsageError as exc:
         return _usage(str(exc))
 
@@ -185,15 +185,18 @@ def run(args: argparse.Namespace) -> int:
 def _load_policy(args: argparse.Namespace) -> AppraisalPolicy | None:
     if args.policy is None:
         return None
+    from verifier import registry  # noqa: PLC0415 - keep CLI start-up light
     from verifier.policy.compile import load_policy  # noqa: PLC0415 - optional feature
 
     try:
         policy = load_policy(Path(args.policy))
     except KeybrokerError as exc:
         raise UsageError(f"unusable policy: {exc.detail}") from None
-    if policy.platform != _POLICY_PLATFORM[args.tee]:
+    tee = registry.by_kind(args.tee)
+    platform = tee.platform if tee is not None else args.tee
+    if policy.platform != platform:
         raise UsageError(f"policy {args.policy} is for platform {policy.platform}, not "
-                         f"{_POLICY_PLATFORM[args.tee]}")
+                         f"{platform}")
     return policy
 
 
@@ -321,7 +324,7 @@ def _load_references(args: argparse.Namespace, at: datetime) -> ReferenceSnapsho
         raise UsageError(f"unusable reference values: {exc.detail}") from None
 
 
-def _appraise(claims: PlatformClaims, policy: AppraisalPolicy, *, at: datetime,
+def _appraise(claims: Claims, policy: AppraisalPolicy, *, at: datetime,
               init_data: bytes, references: ReferenceSnapshot,
               insecure: bool) -> tuple[dict[str, object], dict[str, object]]:
     """The decision engine's appraisal document and workload claims."""
@@ -385,3 +388,11 @@ def _flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:
             out.extend(_flatten(item, f"{prefix}{key}."))
         return out
     return [(prefix.rstrip("."), value)]
+
+
+# The command's table of TEEs: evidence kind -> how ``keybroker verify`` reads and verifies it.
+_RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "snp": _run_snp,
+    "tdx": _run_dcap,
+    "sgx": _run_dcap,
+}

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from keybroker.strict_yaml import dump_yaml
-from verifier.policy.compile import AppraisalPolicy, parse_policy
+from verifier.policy.compile import parse_policy
+from verifier.policy.model import AppraisalPolicy
 
 DEFAULT_MEASUREMENT = bytes.fromhex("ab" * 48)
 DEFAULT_MRTD = bytes.fromhex("11" * 48)

@@ -20,12 +20,12 @@ from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.snp_report import POLICY_DEBUG, POLICY_MIGRATE_MA, SnpReport
 from verifier.collateral.cache import CollateralStore
 from verifier.decision import appraise
-from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
-from verifier.snp.appraisal import Appraisal
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
+from verifier.verdict import Appraisal
 
 MEASUREMENT = hashlib.sha384(b"simulated guest firmware").digest()
 INIT_DATA = b'[workload]\nname = "demo"\nimages = ["sha256:' + b"a" * 64 + b'"]\n'

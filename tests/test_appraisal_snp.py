@@ -21,11 +21,13 @@ from keybroker.errors import (
     TcbPolicyViolation,
 )
 from verifier.decision import appraise
-from verifier.policy.compile import AppraisalPolicy, load_policy
+from verifier.policy.compile import load_policy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
-from verifier.snp.appraisal import TRUST_VECTOR_AFFIRMING, appraise_snp
+from verifier.snp.appraisal import appraise_snp
 from verifier.snp.claims import FirmwareVersion, GuestPolicy, PlatformInfo, SnpClaims
 from verifier.snp.tcb import TcbVersion
+from verifier.verdict import TRUST_VECTOR_AFFIRMING
 
 MEASUREMENT = bytes.fromhex("5a" * 48)
 INIT_DATA = b'[workload]\nname = "demo"\nimages = ["sha256:' + b"0" * 64 + b'"]\n'

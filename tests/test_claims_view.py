@@ -17,13 +17,11 @@ from hypothesis import strategies as st
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.claims_view import (
-    PlatformClaims,
     claims_view,
     lookup,
     platform_claims_from_dict,
     sample_activation,
     sample_claims,
-    sample_snp_claims,
 )
 from verifier.collateral.cache import CollateralStore
 from verifier.dcap.claims import SgxClaims, TdxClaims
@@ -32,6 +30,8 @@ from verifier.eventlog.measured import td_event_claims
 from verifier.snp.claims import GuestPolicy, SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
+from verifier.snp.view import sample_snp_claims
+from verifier.tee import Claims
 from verifier.workload import NO_WORKLOAD, WorkloadClaims
 
 pytestmark = pytest.mark.filterwarnings(
@@ -106,13 +106,13 @@ def _dcap_vector_claims() -> list[TdxClaims | SgxClaims]:
 
 
 @pytest.fixture(scope="module")
-def real_claims(tmp_path_factory: pytest.TempPathFactory) -> list[PlatformClaims]:
+def real_claims(tmp_path_factory: pytest.TempPathFactory) -> list[Claims]:
     tmp = tmp_path_factory.mktemp("sim")
     return [*_snp_vector_claims(), *_simulated_snp_claims(tmp), *_dcap_vector_claims(),
             *(sample_claims(p)[0] for p in ("sev-snp", "tdx", "sgx"))]
 
 
-def test_round_trip_of_real_and_simulated_claims(real_claims: list[PlatformClaims]) -> None:
+def test_round_trip_of_real_and_simulated_claims(real_claims: list[Claims]) -> None:
     """from_dict(as_dict()) reproduces every real vector, simulator and sample claims value."""
     platforms = set()
     for claims in real_claims:
@@ -126,7 +126,7 @@ def test_round_trip_of_real_and_simulated_claims(real_claims: list[PlatformClaim
     assert turin and turin[0].reported_tcb.fmc is not None
 
 
-def test_round_trip_survives_json(real_claims: list[PlatformClaims]) -> None:
+def test_round_trip_survives_json(real_claims: list[Claims]) -> None:
     """The view survives a JSON round trip (what records and `keybroker verify --json` store)."""
     import json  # noqa: PLC0415
 

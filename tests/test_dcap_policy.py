@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from policy_checks import ANY_VALUE, line_of, refused, refused_raw, write_doc
 
 from keybroker.errors import Category, Malformed
+from verifier.dcap.policy import sgx_section, tdx_section
 from verifier.policy.compile import (
     load_policy,
     parse_policy,
@@ -67,7 +68,7 @@ sgx:
 def test_tdx_policy_compiles_every_key(tmp_path: Path) -> None:
     """Every tdx key compiles into its typed value; require_init_data lives in workload."""
     policy = load_policy(write_doc(tmp_path, TDX_VALID), version=4)
-    tdx = policy.tdx
+    tdx = tdx_section(policy)
     assert policy.policy_id == "td@4" and policy.platform == "tdx"
     assert tdx.mrtd == frozenset({bytes.fromhex(TD)})
     assert tdx.tcb.accepted_statuses == frozenset({"UpToDate", "SWHardeningNeeded"})
@@ -90,7 +91,7 @@ def test_tdx_switches_default_to_strict(tmp_path: Path) -> None:
     """With only mrtd given, every tdx switch takes its strict value."""
     text = f'kind: AppraisalPolicy\nname: t\nplatform: tdx\ntdx:\n  mrtd: ["{TD}"]\n'
     policy = load_policy(write_doc(tmp_path, text))
-    tdx = policy.tdx
+    tdx = tdx_section(policy)
     assert tdx.tcb.accepted_statuses == frozenset({"UpToDate"})
     assert tdx.tcb.allowed_advisories == frozenset()
     assert tdx.tcb.out_of_date_grace_until is None and not tdx.tcb.allow_missing_crl
@@ -102,7 +103,7 @@ def test_tdx_switches_default_to_strict(tmp_path: Path) -> None:
 
 def test_sgx_policy_compiles_every_key(tmp_path: Path) -> None:
     """Every sgx key compiles; the quoted grace instant is converted to UTC."""
-    sgx = load_policy(write_doc(tmp_path, SGX_VALID)).sgx
+    sgx = sgx_section(load_policy(write_doc(tmp_path, SGX_VALID)))
     assert sgx.mrenclave == frozenset({b"\xaa" * 32})
     assert sgx.signer is not None
     assert sgx.signer.mrsigner == frozenset({b"\xbb" * 32})
@@ -240,10 +241,10 @@ def test_sgx_policy_with_only_one_rule(tmp_path: Path) -> None:
     """MRENCLAVE alone, or the signer triple alone, is a complete SGX policy."""
     only_enclave = SGX_VALID.replace(f'  mrsigner: ["{"bb" * 32}"]\n', "").replace(
         "  isv_prod_id: 7\n", "").replace("  min_isv_svn: 3\n", "")
-    sgx = load_policy(write_doc(tmp_path, only_enclave, "a.yaml")).sgx
+    sgx = sgx_section(load_policy(write_doc(tmp_path, only_enclave, "a.yaml")))
     assert sgx.signer is None and sgx.mrenclave == frozenset({b"\xaa" * 32})
     only_signer = SGX_VALID.replace(f'  mrenclave: ["{"aa" * 32}"]\n', "")
-    sgx = load_policy(write_doc(tmp_path, only_signer, "b.yaml")).sgx
+    sgx = sgx_section(load_policy(write_doc(tmp_path, only_signer, "b.yaml")))
     assert sgx.mrenclave is None and sgx.signer is not None
 
 
@@ -251,7 +252,7 @@ def test_empty_allow_lists_stay_fail_closed(tmp_path: Path) -> None:
     """mrtd: [] and allowed_images: [] load as empty sets (nothing accepted), not None."""
     text = ("kind: AppraisalPolicy\nname: t\nplatform: tdx\ntdx:\n  mrtd: []\n"
             "  allowed_images: []\n  allowed_xfam: []\n  rtmr3: []\n")
-    tdx = load_policy(write_doc(tmp_path, text)).tdx
+    tdx = tdx_section(load_policy(write_doc(tmp_path, text)))
     assert tdx.mrtd == frozenset() and tdx.allowed_images == frozenset()
     assert tdx.allowed_xfam == frozenset() and tdx.rtmrs[3] == frozenset()
 

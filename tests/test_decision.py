@@ -13,20 +13,19 @@ import pytest
 from policy_docs import compiled, sgx_policy_yaml, snp_policy_yaml, tdx_policy_yaml
 
 from keybroker.errors import Category, KeybrokerError, Malformed
-from verifier.claims_view import (
-    PlatformClaims,
-    sample_sgx_claims,
-    sample_snp_claims,
-    sample_tdx_claims,
-)
 from verifier.dcap.claims import SgxClaims, TdxClaims
+from verifier.dcap.policy import tdx_section
+from verifier.dcap.view import sample_sgx_claims, sample_tdx_claims
 from verifier.decision import appraise, appraise_claims, early_warning, evidence_workload
 from verifier.eventlog.measured import TdEventClaims
-from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue
-from verifier.snp.appraisal import Appraisal
 from verifier.snp.claims import GuestPolicy, SnpClaims
+from verifier.snp.policy import snp_section
 from verifier.snp.tcb import TcbVersion
+from verifier.snp.view import sample_snp_claims
+from verifier.tee import Claims
+from verifier.verdict import Appraisal
 from verifier.workload import NO_WORKLOAD, WorkloadClaims
 
 AT = datetime(2026, 3, 1, tzinfo=UTC)
@@ -92,14 +91,14 @@ def version(name: str, number: int, state: RefState, *values: RefValue,
                          values=values)
 
 
-def run(policy: AppraisalPolicy, claims: PlatformClaims, *, init_data: bytes = b"",
+def run(policy: AppraisalPolicy, claims: Claims, *, init_data: bytes = b"",
         references: ReferenceSnapshot = EMPTY, at: datetime = AT, insecure: bool = False,
         include_staged: bool = False) -> tuple[Appraisal, WorkloadClaims]:
     return appraise(policy, claims, init_data=init_data, at=at, references=references,
                     allow_insecure_root=insecure, include_staged=include_staged)
 
 
-def deny(policy: AppraisalPolicy, claims: PlatformClaims, **kw: Any) -> KeybrokerError:
+def deny(policy: AppraisalPolicy, claims: Claims, **kw: Any) -> KeybrokerError:
     with pytest.raises(KeybrokerError) as exc:
         run(policy, claims, **kw)
     return exc.value
@@ -143,7 +142,7 @@ def test_evidence_workload_is_policy_independent() -> None:
 def test_platform_mismatch_is_malformed_first(policy: str, claims: str) -> None:
     """A policy of another platform is MALFORMED naming both, before anything else."""
     policies = {"snp": snp_policy, "tdx": tdx_policy, "sgx": sgx_policy}
-    evidence: dict[str, PlatformClaims] = {
+    evidence: dict[str, Claims] = {
         "snp": snp(insecure_root=True), "tdx": tdx(insecure_root=True),
         "sgx": sgx(insecure_root=True)}
     pol = policies[policy]()
@@ -187,7 +186,7 @@ def test_measurements_none_is_left_to_the_binding() -> None:
     """A policy whose measurement is covered by a binding does not check it in the typed step;
     the binding does."""
     pol = snp_policy(measurements=None, reference_values=[("evidence.measurement", "launch")])
-    assert pol.snp.measurements is None
+    assert snp_section(pol).measurements is None
     err = deny(pol, snp())
     assert err.rule == "reference_values.launch" and err.category is Category.MEASUREMENT
     refs = ReferenceSnapshot([version("launch", 1, RefState.ACTIVE, value("fw", MEASUREMENT))])
@@ -198,7 +197,7 @@ def test_measurements_none_is_left_to_the_binding() -> None:
 def test_tdx_mrtd_none_is_left_to_the_binding() -> None:
     """tdx.mrtd absent (covered by a binding of evidence.mr_td) skips the typed MRTD check."""
     pol = tdx_policy(mrtd=None, reference_values=[("evidence.mr_td", "td-fw")])
-    assert pol.tdx.mrtd is None
+    assert tdx_section(pol).mrtd is None
     refs = ReferenceSnapshot([version("td-fw", 3, RefState.ACTIVE, value("td", MRTD.upper()))])
     assert dict(run(pol, tdx(), references=refs)[0].matched) == {"evidence.mr_td": "td-fw@3/td"}
     assert deny(pol, tdx(mr_td=bytes(48)), references=refs).rule == "reference_values.td-fw"

@@ -16,6 +16,7 @@ from broker.config import load_config
 from broker.rules import load_rules
 from keybroker.errors import Category, KeybrokerError
 from verifier.config import load_config as load_verifier_config
+from verifier.dcap.policy import sgx_section, tdx_section
 from verifier.policy.compile import load_policy
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -43,7 +44,7 @@ def test_example_release_rules_load() -> None:
 def test_example_tdx_policy_loads() -> None:
     """config/policies/tdx-demo.yaml is a strict TDX policy for the simulator's default TD."""
     policy = load_policy(CONFIG / "policies" / "tdx-demo.yaml", version=1)
-    tdx = policy.tdx
+    tdx = tdx_section(policy)
     assert policy.policy_id == "tdx-demo@1"
     assert tdx.mrtd == frozenset({mr_td_for(TdBoot())})
     assert tdx.tcb.accepted_statuses == frozenset({"UpToDate"})
@@ -54,7 +55,7 @@ def test_example_tdx_policy_loads() -> None:
 
 def test_example_sgx_policy_loads() -> None:
     """config/policies/sgx-demo.yaml accepts the SGX simulator's default enclave and signer."""
-    sgx = load_policy(CONFIG / "policies" / "sgx-demo.yaml").sgx
+    sgx = sgx_section(load_policy(CONFIG / "policies" / "sgx-demo.yaml"))
     assert sgx.mrenclave == frozenset({DEFAULT_MR_ENCLAVE})
     assert sgx.signer is not None and sgx.signer.mrsigner == frozenset({DEFAULT_MR_SIGNER})
     assert (sgx.signer.isv_prod_id, sgx.signer.min_isv_svn) == (1, 1)

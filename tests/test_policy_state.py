@@ -11,7 +11,7 @@ from policy_docs import snp_policy_yaml
 from keybroker.errors import Category, KeybrokerError
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
-from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import KIND, PolicyState, load_state, seed_policies
 from verifier.reference.store import ReferenceStore
 

@@ -15,7 +15,7 @@ from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_sgx
 from verifier.dcap.claims import DcapTcbClaims, SgxClaims
 from verifier.decision import appraise
-from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
 
 MRENCLAVE = bytes.fromhex("5a" * 32)

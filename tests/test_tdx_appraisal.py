@@ -18,7 +18,7 @@ from verifier.dcap.appraisal import appraise_tdx
 from verifier.dcap.claims import DcapTcbClaims, TdAttributes, TdxClaims
 from verifier.decision import appraise
 from verifier.eventlog.measured import TdEventClaims
-from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
 
 MRTD = bytes.fromhex("dae67181d3d65e073ad8f95b7907d5e927bfe9761c9ff3e9b89734a45d8954db"

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from keybroker.errors import Category, KeybrokerError, Malformed
-from verifier.config import ensure_secure, load_config, load_intel_roots
+from verifier.config import ensure_secure, load_config
+from verifier.dcap.trust import load_simulator_roots
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 
@@ -230,7 +231,7 @@ def test_intel_roots_load_from_pem_and_der_as_insecure(tmp_path: Path) -> None:
     (tmp_path / "b.der").write_bytes(der)
     config = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
                                           'simulator_intel_roots = ["a.pem", "b.der"]\n'))
-    stores = load_intel_roots(config)
+    stores = load_simulator_roots(config)
     assert len(stores) == 2 and all(s.insecure for s in stores)
     assert stores[0].root.der == stores[1].root.der == der
 
@@ -243,10 +244,10 @@ def test_intel_roots_that_are_not_roots_refuse_the_start(tmp_path: Path) -> None
     junk = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
                                         'simulator_intel_roots = ["junk.pem"]\n'))
     with pytest.raises(Malformed) as exc:
-        load_intel_roots(junk)
+        load_simulator_roots(junk)
     assert exc.value.rule == "config.simulator_intel_roots"
     amd = load_config(_write(tmp_path, 'policies = ["p"]\nresult_key = "k"\n'
                                        'simulator_intel_roots = ["amd.pem"]\n'))
     with pytest.raises(KeybrokerError) as refused:
-        load_intel_roots(amd)
+        load_simulator_roots(amd)
     assert refused.value.category is Category.CHAIN_UNTRUSTED

@@ -26,13 +26,11 @@ from policy_docs import (
 from keybroker.errors import Category, Malformed
 from keybroker_cli.demo_setup import DEMO_IMAGE, Tee, default_policy, policy_document
 from verifier.claims_view import sample_activation
-from verifier.policy.compile import (
-    AppraisalPolicy,
-    ReferenceBinding,
-    WorkloadPolicy,
-    load_policy,
-    parse_policy,
-)
+from verifier.dcap.policy import sgx_section, tdx_section
+from verifier.policy.compile import load_policy, parse_policy
+from verifier.policy.model import AppraisalPolicy, ReferenceBinding
+from verifier.snp.policy import snp_section
+from verifier.workload import WorkloadPolicy
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 M1 = "ab" * 48
@@ -62,11 +60,11 @@ def test_example_policies_load(name: str) -> None:
     prefix = name.partition("-")[0]
     assert policy.platform == {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}[prefix]
     if policy.platform == "sev-snp":
-        assert policy.snp.measurements
+        assert snp_section(policy).measurements
     elif policy.platform == "tdx":
-        assert policy.tdx.mrtd
+        assert tdx_section(policy).mrtd
     else:
-        assert policy.sgx.mrenclave or policy.sgx.signer
+        assert sgx_section(policy).mrenclave or sgx_section(policy).signer
     assert policy.digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert policy.document == path.read_bytes()
 
@@ -80,12 +78,13 @@ def test_valid_policy_compiles(tmp_path: Path) -> None:
     """A valid policy compiles into sets of bytes, a TCB floor mapping and a workload policy."""
     policy = load_policy(write_doc(tmp_path, VALID), version=2)
     assert policy.policy_id == "p@2" and policy.version == 2
-    assert policy.snp.measurements == frozenset({bytes.fromhex(M1)})
-    assert dict(policy.snp.min_tcb) == {"bootloader": 1, "tee": 0, "snp": 8, "microcode": 115}
-    assert policy.snp.allowed_vmpls == frozenset({0, 1})
-    assert policy.snp.host_data == frozenset({b"\xcd" * 32})
-    assert policy.snp.allow_smt and policy.workload.require_init_data
-    assert not policy.snp.allow_provisional_firmware
+    assert snp_section(policy).measurements == frozenset({bytes.fromhex(M1)})
+    assert dict(snp_section(policy).min_tcb) == {"bootloader": 1, "tee": 0, "snp": 8,
+                                                  "microcode": 115}
+    assert snp_section(policy).allowed_vmpls == frozenset({0, 1})
+    assert snp_section(policy).host_data == frozenset({b"\xcd" * 32})
+    assert snp_section(policy).allow_smt and policy.workload.require_init_data
+    assert not snp_section(policy).allow_provisional_firmware
     assert policy.references == () and policy.conditions == ()
     assert policy.source == str(tmp_path / "policy.yaml")
 
@@ -108,7 +107,7 @@ def test_optional_switches_default_to_strict(tmp_path: Path) -> None:
     text = ("kind: AppraisalPolicy\nname: m\nplatform: sev-snp\nsnp:\n"
             f'  measurements: ["{M1}"]\n  min_tcb: {{}}\n')
     policy = load_policy(write_doc(tmp_path, text))
-    snp = policy.snp
+    snp = snp_section(policy)
     assert not snp.allow_debug and not snp.allow_smt and not snp.allow_migration_agent
     assert snp.allowed_vmpls == frozenset({0})
     assert not snp.host_data
@@ -120,7 +119,7 @@ def test_optional_switches_default_to_strict(tmp_path: Path) -> None:
 def test_empty_measurement_list_loads_but_accepts_nothing(tmp_path: Path) -> None:
     """An empty measurement list is legal and compiles to the empty set (not None)."""
     policy = load_policy(write_doc(tmp_path, VALID.replace(f'["{M1}"]', "[]")))
-    assert policy.snp.measurements == frozenset()
+    assert snp_section(policy).measurements == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -209,22 +208,22 @@ def test_reference_binding_satisfies_measurements() -> None:
     raw = snp_policy_yaml(measurements=None,
                           reference_values=[("evidence.measurement", "snp-launch")])
     policy = compiled(raw)
-    assert policy.snp.measurements is None
+    assert snp_section(policy).measurements is None
     line = line_of(raw.decode(), "claim: evidence.measurement")
     assert policy.references == (ReferenceBinding("evidence.measurement", "snp-launch", line),)
     # Both given: both are checked.
     both = compiled(snp_policy_yaml(reference_values=[("evidence.measurement", "snp-launch")]))
-    assert both.snp.measurements == frozenset({DEFAULT_MEASUREMENT})
+    assert snp_section(both).measurements == frozenset({DEFAULT_MEASUREMENT})
 
 
 def test_reference_bindings_satisfy_tdx_and_sgx_identity() -> None:
     """evidence.mr_td replaces tdx.mrtd; evidence.mr_enclave or evidence.mr_signer replaces the
     SGX MRENCLAVE / signer rules (both None)."""
     tdx = compiled(tdx_policy_yaml(mrtd=None, reference_values=[("evidence.mr_td", "tds")]))
-    assert tdx.tdx.mrtd is None
+    assert tdx_section(tdx).mrtd is None
     for claim in ("evidence.mr_enclave", "evidence.mr_signer"):
         sgx = compiled(sgx_policy_yaml(mrenclave=None, reference_values=[(claim, "enclaves")]))
-        assert sgx.sgx.mrenclave is None and sgx.sgx.signer is None
+        assert sgx_section(sgx).mrenclave is None and sgx_section(sgx).signer is None
     assert "missing field 'mrtd'" in refused_raw(tdx_policy_yaml(mrtd=None)).reason
     err = refused_raw(sgx_policy_yaml(mrenclave=None,
                                        reference_values=[("evidence.mr_td", "x")]))
@@ -415,21 +414,21 @@ def test_snp_section_under_another_platform_is_malformed() -> None:
 
 
 def test_asking_for_another_platforms_rules_is_malformed(tmp_path: Path) -> None:
-    """policy.tdx / policy.sgx of an SNP policy is MALFORMED naming both platforms."""
+    """tdx_section / sgx_section of an SNP policy is MALFORMED naming both platforms."""
     policy = load_policy(write_doc(tmp_path, VALID))
-    for attribute, platform in (("tdx", "tdx"), ("sgx", "sgx")):
+    for accessor, platform in ((tdx_section, "tdx"), (sgx_section, "sgx")):
         with pytest.raises(Malformed) as exc:
-            getattr(policy, attribute)
+            accessor(policy)
         assert (exc.value.expected, exc.value.actual) == (platform, "sev-snp")
 
 
 def test_builders_compile_to_their_defaults() -> None:
     """The tests' policy builders produce valid minimal policies."""
-    assert compiled(snp_policy_yaml()).snp.measurements == frozenset({DEFAULT_MEASUREMENT})
-    assert compiled(tdx_policy_yaml()).tdx.mrtd == frozenset({DEFAULT_MRTD})
+    assert snp_section(compiled(snp_policy_yaml())).measurements == frozenset({DEFAULT_MEASUREMENT})
+    assert tdx_section(compiled(tdx_policy_yaml())).mrtd == frozenset({DEFAULT_MRTD})
     sgx = compiled(sgx_policy_yaml())
     assert isinstance(sgx, AppraisalPolicy) and sgx.policy_id == "sgx-test@1"
-    assert sgx.sgx.mrenclave == frozenset({DEFAULT_MRENCLAVE})
+    assert sgx_section(sgx).mrenclave == frozenset({DEFAULT_MRENCLAVE})
 
 
 @pytest.mark.parametrize("tee", ["snp", "tdx", "sgx"])
@@ -446,12 +445,12 @@ def test_demo_policy_documents_compile(tee: Tee) -> None:
     policy = compiled(policy_document(full))
     assert [c.name for c in policy.conditions] == ["c"]
     if tee == "snp":
-        assert dict(policy.snp.min_tcb) == dict(base.min_tcb)
+        assert dict(snp_section(policy).min_tcb) == dict(base.min_tcb)
     else:
-        rules = policy.tdx if tee == "tdx" else policy.sgx
+        rules = tdx_section(policy) if tee == "tdx" else sgx_section(policy)
         assert rules.tcb.out_of_date_grace_until == dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
         assert rules.tcb.allowed_advisories == frozenset({"INTEL-SA-00828"})
     if tee == "tdx":
-        assert policy.tdx.required_images == (DEMO_IMAGE,)
+        assert tdx_section(policy).required_images == (DEMO_IMAGE,)
         assert policy.workload.names == frozenset({"demo"})
         assert [r.claim for r in policy.references] == ["workload.images"]

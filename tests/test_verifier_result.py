@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from keybroker.errors import Category, Malformed
 from verifier.result import EAR_PROFILE, ResultSigner
-from verifier.snp.appraisal import TRUST_VECTOR_AFFIRMING, Appraisal
+from verifier.verdict import TRUST_VECTOR_AFFIRMING, Appraisal
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 NONCE = b"\x01\x02nonce-bytes\xff"

@@ -27,13 +27,9 @@ from verifier.collateral.cache import CollateralStore
 from verifier.config import load_config
 from verifier.policy.compile import parse_policy
 from verifier.result import ResultSigner
-from verifier.service import (
-    SERVICE_NAME,
-    VerifierServer,
-    VerifierServicer,
-    build_servicer,
-    load_policies,
-)
+from verifier.server import VerifierServer, build_servicer
+from verifier.service import SERVICE_NAME, VerifierServicer, load_policies
+from verifier.snp.tee import SnpEvidence
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 
@@ -77,8 +73,9 @@ def _servicer(env: Env, *, insecure: bool = True,
         parse_policy(_policy_text("snp-other", allowed_vmpls=[0, 1]), "other.yaml", 1),
     )}
     trust = env.trust if insecure else AmdTrustStore.pinned()
-    return VerifierServicer(snp=SnpVerifier(trust, CollateralStore.empty()), policies=policies,
-                            signer=env.signer, insecure=insecure, max_request_bytes=MAX_BYTES,
+    snp = SnpEvidence(SnpVerifier(trust, CollateralStore.empty()))
+    return VerifierServicer(verifiers={"snp": snp}, policies=policies, signer=env.signer,
+                            insecure=insecure, max_request_bytes=MAX_BYTES,
                             clock=clock or (lambda: datetime.now(UTC)))
 
 

@@ -36,11 +36,14 @@ from keybroker.v1 import evidence_pb2, verifier_pb2, verifier_pb2_grpc
 from keybroker_cli.verifier_cmd import JWKS_FILE, KEY_FILE
 from verifier.collateral.cache import CollateralStore
 from verifier.config import load_config
+from verifier.dcap.tee import DcapEvidence
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
 from verifier.policy.compile import parse_policy
 from verifier.result import ResultSigner
-from verifier.service import VerifierServer, VerifierServicer, build_servicer
+from verifier.server import VerifierServer, build_servicer
+from verifier.service import VerifierServicer
+from verifier.snp.tee import SnpEvidence
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 
@@ -109,10 +112,11 @@ def _servicer(env: Env, *, insecure: bool = True, collateral: Path | None = None
               roots: bool = True) -> VerifierServicer:
     policies = {name: parse_policy(raw, f"{name}.yaml", 1) for name, raw in env.policies().items()}
     store = CollateralStore.load([collateral or env.collateral])
-    dcap = DcapVerifier(store, simulator_roots=[IntelTrustStore.from_der(env.ca.root_der)]
-                        if roots else [])
-    return VerifierServicer(snp=SnpVerifier(AmdTrustStore.pinned(), CollateralStore.empty()),
-                            dcap=dcap, policies=policies, signer=env.signer, insecure=insecure,
+    dcap = DcapEvidence(DcapVerifier(
+        store, simulator_roots=[IntelTrustStore.from_der(env.ca.root_der)] if roots else []))
+    snp = SnpEvidence(SnpVerifier(AmdTrustStore.pinned(), CollateralStore.empty()))
+    return VerifierServicer(verifiers={"snp": snp, "tdx": dcap, "sgx": dcap},
+                            policies=policies, signer=env.signer, insecure=insecure,
                             max_request_bytes=MAX_BYTES, clock=lambda: NOW)
 
 

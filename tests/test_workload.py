@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from keybroker.errors import Category, KeybrokerError, Malformed, MeasurementMismatch
 from keybroker_cli.demo_setup import DEMO_IMAGE, DEMO_INIT_DATA
 from verifier.init_data import HOST_DATA, MRCONFIGID
-from verifier.policy.compile import WorkloadPolicy
 from verifier.workload import (
     NO_WORKLOAD,
     WorkloadClaims,
+    WorkloadPolicy,
     check_binding,
     check_workload,
     parse_init_data,

@@ -12,9 +12,8 @@ Invariants:
   ``policy_poll_seconds`` 0.1..60. ``admins`` maps identities to roles
   (``keybroker.roles``); each ``[[verifier.reference_providers]]`` names a provider, its
   PEM public key (path) and the fnmatch patterns of the reference-value sets it may publish.
-- ``load_intel_roots`` reads each ``simulator_intel_roots`` file (DER, or PEM with one or more
-  certificates) into an ``IntelTrustStore``; an unreadable or non-certificate file, or one that
-  is not a self-signed "Intel SGX Root CA", refuses the start.
+- The configuration only names trust-anchor files; each TEE folder loads its own
+  (``verifier.dcap.trust.load_simulator_roots`` for ``simulator_intel_roots``).
 """
 
 from __future__ import annotations
@@ -27,12 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from keybroker.errors import Malformed
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
-from verifier.dcap.trust import IntelTrustStore
+from verifier.pki import certificates_in
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
@@ -211,15 +209,6 @@ def _files(paths: tuple[Path, ...]) -> Iterator[Path]:
             yield p
 
 
-def _certificates(raw: bytes) -> list[x509.Certificate]:
-    try:
-        if b"-----BEGIN CERTIFICATE-----" in raw:
-            return x509.load_pem_x509_certificates(raw)
-        return [x509.load_der_x509_certificate(raw)]
-    except ValueError:
-        return []
-
-
 def _is_simulator(cert: x509.Certificate) -> bool:
     for name in (cert.subject, cert.issuer):
         for attr in name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):
@@ -237,7 +226,7 @@ def simulator_certificates(config: VerifierConfig) -> list[Path]:
             raw = f.read_bytes()
         except OSError:
             continue
-        if any(_is_simulator(c) for c in _certificates(raw)):
+        if any(_is_simulator(c) for c in certificates_in(raw)):
             found.append(f)
     return found
 
@@ -260,18 +249,3 @@ def ensure_secure(config: VerifierConfig, *, insecure: bool) -> None:
             "certificates but the verifier was not started with --insecure-simulator; "
             "refusing to start", rule="startup.insecure_guard",
             expected="no test certificates", actual=", ".join(map(str, found)))
-
-
-def load_intel_roots(config: VerifierConfig) -> list[IntelTrustStore]:
-    """The DCAP simulator roots named by ``simulator_intel_roots`` (read at start-up)."""
-    stores: list[IntelTrustStore] = []
-    for path in config.simulator_intel_roots:
-        raw = path.read_bytes()
-        certs = _certificates(raw)
-        if not certs:
-            raise Malformed(f"{config.source}: not a DER or PEM certificate file",
-                            rule="config.simulator_intel_roots",
-                            expected="Intel-style root CA certificate(s)", actual=str(path))
-        stores.extend(IntelTrustStore.from_der(cert.public_bytes(Encoding.DER))
-                      for cert in certs)
-    return stores

@@ -4,10 +4,11 @@ order, first failure wins.
 Invariants:
 - Order: the policy's platform must be the evidence's (else ``Malformed``, rule
   ``policy.platform``, expected the evidence's platform, actual the policy's); the appraisal
-  time must be timezone-aware (``Malformed``); the typed platform appraisal (``appraise_snp`` /
-  ``appraise_tdx`` / ``appraise_sgx``); workload claims (init-data bound by SNP HOST_DATA or TDX
-  MRCONFIGID, else ``MeasurementMismatch`` rule ``workload.require_init_data``; SGX evidence
-  with init-data is ``MeasurementMismatch`` rule ``sgx.init_data``); the workload policy
+  time must be timezone-aware (``Malformed``); the typed platform appraisal (the registry's
+  ``Tee.appraise``); workload claims (init-data bound by the platform's register, e.g. SNP
+  HOST_DATA or TDX MRCONFIGID, else ``MeasurementMismatch`` rule
+  ``workload.require_init_data``; evidence of a platform without such a register (SGX) with
+  init-data is ``MeasurementMismatch`` rule ``<section>.init_data``); the workload policy
   (``check_workload``); reference-value bindings; CEL conditions; the TCB early warning.
 - ``appraise_claims`` is the same decision on recorded claims (dry runs, policy test cases):
   instead of binding init-data bytes, workload claims that say they were bound must name the
@@ -37,13 +38,13 @@ from types import MappingProxyType
 
 from keybroker.condition import Activation, ConditionError
 from keybroker.errors import Malformed, MeasurementMismatch, error_for
-from verifier.claims_view import PlatformClaims, claims_view, platform_of
-from verifier.dcap.appraisal import UNSAFE, appraise_sgx, appraise_tdx
-from verifier.dcap.claims import SgxClaims, TdxClaims
-from verifier.init_data import HOST_DATA, MRCONFIGID, InitDataRegister
-from verifier.policy.compile import AppraisalPolicy, ConditionRule, ReferenceBinding
+from verifier import registry
+from verifier.claims_view import claims_view
+from verifier.init_data import InitDataRegister
+from verifier.policy.model import AppraisalPolicy, ConditionRule, ReferenceBinding
 from verifier.reference.values import ReferenceSnapshot, RefMatch, RefState
-from verifier.snp.appraisal import WARNING, Appraisal, appraise_snp
+from verifier.tee import Claims, Tee
+from verifier.verdict import APPROVED, APPROVED_BOOT_ONLY, UNSAFE, WARNING, Appraisal
 from verifier.workload import (
     NO_WORKLOAD,
     WorkloadClaims,
@@ -52,10 +53,9 @@ from verifier.workload import (
     workload_claims,
 )
 
-APPROVED_RUNTIME = 2
-APPROVED_BOOT_ONLY = 3
-RUNTIME_CLAIMS = frozenset({"evidence.rtmr3", "evidence.events.images",
-                            "workload.measured_images"})
+# Besides the platform's own runtime claims (``Tee.runtime_claims``), a binding of these pins
+# the runtime too.
+WORKLOAD_RUNTIME_CLAIMS = frozenset({"workload.measured_images"})
 _MAX_ACTUAL = 300
 _MISSING = object()
 
@@ -64,13 +64,13 @@ def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _check_platform(policy: AppraisalPolicy, claims: PlatformClaims) -> str:
-    platform = platform_of(claims)
-    if policy.platform != platform:
+def _check_platform(policy: AppraisalPolicy, claims: Claims) -> Tee:
+    tee = registry.of_claims(claims)
+    if policy.platform != tee.platform:
         raise Malformed(f"appraisal policy {policy.policy_id} is for platform "
-                        f"{policy.platform}, not {platform}", rule="policy.platform",
-                        expected=platform, actual=policy.platform)
-    return platform
+                        f"{policy.platform}, not {tee.platform}", rule="policy.platform",
+                        expected=tee.platform, actual=policy.platform)
+    return tee
 
 
 def _check_time(at: datetime) -> datetime:
@@ -80,73 +80,65 @@ def _check_time(at: datetime) -> datetime:
     return at.astimezone(UTC)
 
 
-def _typed(policy: AppraisalPolicy, claims: PlatformClaims, at: datetime,
-           allow_insecure_root: bool) -> Appraisal:
-    if isinstance(claims, TdxClaims):
-        return appraise_tdx(claims, policy, at=at, allow_insecure_root=allow_insecure_root)
-    if isinstance(claims, SgxClaims):
-        return appraise_sgx(claims, policy, at=at, allow_insecure_root=allow_insecure_root)
-    return appraise_snp(claims, policy, allow_insecure_root=allow_insecure_root)
-
-
-def init_data_register(claims: PlatformClaims) -> tuple[InitDataRegister | None, bytes]:
-    """The register that binds init-data for ``claims`` and its value (None for SGX)."""
-    if isinstance(claims, TdxClaims):
-        return MRCONFIGID, claims.mr_config_id
-    if isinstance(claims, SgxClaims):
+def init_data_register(claims: Claims) -> tuple[InitDataRegister | None, bytes]:
+    """The register that binds init-data for ``claims`` and its value (None: the platform
+    cannot bind init-data)."""
+    tee = registry.of_claims(claims)
+    if tee.init_data_register is None:
         return None, b""
-    return HOST_DATA, claims.host_data
+    return tee.init_data_register, tee.init_data_value(claims)
 
 
-def evidence_workload(claims: PlatformClaims, init_data: bytes, *,
+def _unbindable(tee: Tee, actual: str) -> MeasurementMismatch:
+    return MeasurementMismatch(f"{tee.display_name} evidence cannot bind init-data",
+                               rule=f"{tee.section}.init_data", expected="no init-data",
+                               actual=actual)
+
+
+def evidence_workload(claims: Claims, init_data: bytes, *,
                       required: bool = False) -> WorkloadClaims:
     """The workload claims of verified evidence and presented init-data (policy-independent
     unless ``required``): binding checked, document parsed, runtime images added."""
+    tee = registry.of_claims(claims)
     register, value = init_data_register(claims)
     if register is None:
         if init_data:
-            raise MeasurementMismatch("SGX evidence cannot bind init-data", rule="sgx.init_data",
-                                      expected="no init-data", actual=f"{len(init_data)} bytes")
+            raise _unbindable(tee, f"{len(init_data)} bytes")
         return NO_WORKLOAD
-    measured_register: str | None = None
-    measured: tuple[str, ...] = ()
-    if isinstance(claims, TdxClaims) and claims.events is not None:
-        measured_register, measured = "RTMR3", claims.events.images
+    measured_register, measured = tee.measured_images(claims)
     return workload_claims(register, value, init_data, required=required,
                            measured_register=measured_register, measured_images=measured)
 
 
-def appraise(policy: AppraisalPolicy, claims: PlatformClaims, *, init_data: bytes, at: datetime,
+def appraise(policy: AppraisalPolicy, claims: Claims, *, init_data: bytes, at: datetime,
              references: ReferenceSnapshot, allow_insecure_root: bool,
              include_staged: bool = False) -> tuple[Appraisal, WorkloadClaims]:
     """Appraise verified claims and presented init-data; the passed appraisal and the workload
     claims (for tokens and records), or the first violated rule as a typed error."""
-    _check_platform(policy, claims)
+    tee = _check_platform(policy, claims)
     at = _check_time(at)
-    typed = _typed(policy, claims, at, allow_insecure_root)
+    typed = tee.appraise(claims, policy, at, allow_insecure_root)
     workload = evidence_workload(claims, init_data, required=policy.workload.require_init_data)
-    return _decide(policy, claims, typed, workload, at=at, references=references,
+    return _decide(tee, policy, claims, typed, workload, at=at, references=references,
                    include_staged=include_staged), workload
 
 
-def appraise_claims(policy: AppraisalPolicy, claims: PlatformClaims, workload: WorkloadClaims,
+def appraise_claims(policy: AppraisalPolicy, claims: Claims, workload: WorkloadClaims,
                     *, at: datetime, references: ReferenceSnapshot, allow_insecure_root: bool,
                     include_staged: bool = False) -> Appraisal:
     """The same decision on recorded claims and workload claims (module invariants)."""
-    _check_platform(policy, claims)
+    tee = _check_platform(policy, claims)
     at = _check_time(at)
-    typed = _typed(policy, claims, at, allow_insecure_root)
+    typed = tee.appraise(claims, policy, at, allow_insecure_root)
     register, value = init_data_register(claims)
     if register is None and workload.init_data_register is not None:
-        raise MeasurementMismatch("SGX evidence cannot bind init-data", rule="sgx.init_data",
-                                  expected="no init-data",
-                                  actual=f"bound by {workload.init_data_register}")
+        raise _unbindable(tee, f"bound by {workload.init_data_register}")
     check_binding(workload, register, value)
-    return _decide(policy, claims, typed, workload, at=at, references=references,
+    return _decide(tee, policy, claims, typed, workload, at=at, references=references,
                    include_staged=include_staged)
 
 
-def _decide(policy: AppraisalPolicy, claims: PlatformClaims, typed: Appraisal,
+def _decide(tee: Tee, policy: AppraisalPolicy, claims: Claims, typed: Appraisal,
             workload: WorkloadClaims, *, at: datetime, references: ReferenceSnapshot,
             include_staged: bool) -> Appraisal:
     check_workload(workload, policy.workload)
@@ -168,9 +160,9 @@ def _decide(policy: AppraisalPolicy, claims: PlatformClaims, typed: Appraisal,
     for match in dict.fromkeys(deprecated):
         warnings.append(f"{match.label} is deprecated ({_retires(references, match)})")
     vector = dict(typed.trust_vector)
-    if isinstance(claims, TdxClaims) and vector.get("executables") == APPROVED_BOOT_ONLY and (
-            _runtime_appraised(policy, workload)):
-        vector["executables"] = APPROVED_RUNTIME
+    if vector.get("executables") == APPROVED_BOOT_ONLY and (
+            _runtime_appraised(tee, policy, workload)):
+        vector["executables"] = APPROVED
     status = typed.status
     if deprecated:
         vector["executables"] = max(vector.get("executables", 0), UNSAFE)
@@ -178,12 +170,14 @@ def _decide(policy: AppraisalPolicy, claims: PlatformClaims, typed: Appraisal,
     return dataclasses.replace(
         typed, status=status, trust_vector=MappingProxyType(vector), warnings=tuple(warnings),
         matched=MappingProxyType(matched), would_match=tuple(would_match),
-        tcb_debt=early_warning(policy, claims))
+        tcb_debt=tee.tcb_debt(claims, policy.early_warning))
 
 
-def _runtime_appraised(policy: AppraisalPolicy, workload: WorkloadClaims) -> bool:
-    """Whether the engine's steps pinned the TD's runtime (RTMR3 or its replayed images)."""
-    if any(b.claim in RUNTIME_CLAIMS for b in policy.references):
+def _runtime_appraised(tee: Tee, policy: AppraisalPolicy, workload: WorkloadClaims) -> bool:
+    """Whether the engine's steps pinned the runtime (a runtime register or its replayed
+    images)."""
+    runtime = tee.runtime_claims | WORKLOAD_RUNTIME_CLAIMS
+    if any(b.claim in runtime for b in policy.references):
         return True
     return policy.workload.approved_images is not None and workload.measured_register is not None
 
@@ -273,23 +267,7 @@ def _check_condition(rule: ConditionRule, view: Mapping[str, object],
                         actual=_named_claims(rule.condition.references, view))
 
 
-def early_warning(policy: AppraisalPolicy, claims: PlatformClaims) -> tuple[str, ...]:
+def early_warning(policy: AppraisalPolicy, claims: Claims) -> tuple[str, ...]:
     """Claims below the policy's next TCB floor (``tcb_early_warning``), as
     "reported_tcb.microcode 209 < next floor 220" / "tcb_date <date> < next floor <date>"."""
-    warning = policy.early_warning
-    out: list[str] = []
-    if isinstance(claims, TdxClaims | SgxClaims):
-        floor_date = warning.min_tcb_date
-        if floor_date is not None and claims.tcb.tcb_date < floor_date:
-            out.append(f"tcb_date {_rfc3339(claims.tcb.tcb_date)} < next floor "
-                       f"{_rfc3339(floor_date)}")
-        return tuple(out)
-    floor = warning.snp_min_tcb
-    if floor:
-        for which, tcb in (("reported_tcb", claims.reported_tcb),
-                           ("committed_tcb", claims.committed_tcb)):
-            mine = tcb.components()
-            for name in tcb.below(floor):
-                out.append(f"{which}.{name} {mine.get(name, 0)} < next floor {floor[name]}")
-    return tuple(out)
-
+    return registry.of_claims(claims).tcb_debt(claims, policy.early_warning)

@@ -103,6 +103,17 @@ def check_validity(cert: x509.Certificate, at: datetime, what: str, *, rule: str
                              actual=at.isoformat())
 
 
+def certificates_in(raw: bytes) -> list[x509.Certificate]:
+    """The certificates of a file: PEM (any number) or one DER certificate; [] when neither
+    decodes."""
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in raw:
+            return x509.load_pem_x509_certificates(raw)
+        return [x509.load_der_x509_certificate(raw)]
+    except ValueError:
+        return []
+
+
 def parse_pem_chain(data: bytes) -> tuple[Certificate, ...]:
     """Certificates of a PEM chain in order. Trailing NUL bytes (section 2.16) and whitespace
     between blocks are tolerated; anything else outside the blocks is ``Malformed``."""

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from keybroker.errors import Malformed
-from verifier.snp.appraisal import Appraisal
+from verifier.verdict import Appraisal
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ Invariants:
 - A request must name at least one policy and every named policy must be loaded; an empty or
   unknown policy list is MALFORMED, never a vacuous pass.
 - Requests are size-bounded (transport limit and explicit field checks).
-- Evidence kinds snp, tdx and sgx are dispatched to ``SnpVerifier`` / ``DcapVerifier`` and
-  judged by the decision engine (``verifier.decision.appraise``: typed platform checks,
-  workload identity, reference values, CEL conditions, TCB early warning); every requested
-  policy must be for the evidence's platform (else MALFORMED naming both, before any
-  verification).
+- The evidence kind (the ``Evidence`` oneof arm) finds its platform and its family's verifier
+  through the registry (``verifier.registry``); the claims are judged by the decision engine
+  (``verifier.decision``: typed platform checks, workload identity, reference values, CEL
+  conditions, TCB early warning); every requested policy must be for the evidence's platform
+  (else MALFORMED naming both, before any verification).
 - One request is judged against one state: the policies in force and the reference-value
   snapshot are read once (an attribute read, no I/O) and every token names each policy as
   name@version with its digest, so a policy applied mid-request cannot mix versions. Denials
@@ -20,53 +20,38 @@ Invariants:
 - Every appraised request (claims, workload claims, init-data, each policy's decision) is
   recorded for dry runs through a background writer that never blocks the RPC; nothing is
   recorded when ``record_days`` is 0.
-  TDX evidence with a CCEL or runtime log is only appraised after both replayed to the quoted
-  RTMRs (``td_event_claims``; EVENT_LOG otherwise). DCAP quotes are verified with missing CRLs
-  reported as claims; each policy's ``allow_missing_crl`` decides (COLLATERAL_STALE otherwise).
-- Trust stores, collateral and the result key are loaded once at start-up; the
-  ``SnpVerifier`` and ``DcapVerifier`` (and their caches) live as long as the servicer.
-  Policies and reference values come from the state database (config files seed it) and are
-  reloaded whole when ``keybroker admin`` changes them (``keybroker.reload``).
+- Each family's verifier (its trust stores and caches) is opened once at start-up
+  (``verifier.server.build_servicer``) and lives as long as the servicer. Policies and
+  reference values come from the state database (config files seed it) and are reloaded whole
+  when ``keybroker admin`` changes them (``keybroker.reload``).
 - Logs carry the request id and the SHA-256 of the evidence, never the evidence itself.
-- Started with the insecure switch, a loud warning is logged and every token says
-  ``keybroker.insecure = true``.
+- Started with the insecure switch, every token says ``keybroker.insecure = true``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import logging
-import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from keybroker.errors import BindingMismatch, KeybrokerError, Malformed, Unavailable, error_for
-from keybroker.policy_store import PolicyStore
+from keybroker.errors import KeybrokerError, Malformed, Unavailable, error_for
 from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
-from verifier.claims_view import PlatformClaims
-from verifier.collateral.cache import CollateralStore
-from verifier.config import VerifierConfig, ensure_secure, load_intel_roots
-from verifier.dcap.verify import DcapVerifier
+from verifier import registry
 from verifier.decision import appraise_claims, evidence_workload
-from verifier.eventlog.measured import CcelCache, td_event_claims
-from verifier.policy.compile import PLATFORM_SGX, PLATFORM_SNP, PLATFORM_TDX, AppraisalPolicy
-from verifier.policy.state import PolicyState, load_state, read_policy_files, seed_policies
-from verifier.records import AppraisalRecord, RecordStore, RecordWriter
-from verifier.reference.store import ReferenceStore
+from verifier.policy.model import AppraisalPolicy
+from verifier.policy.state import PolicyState, read_policy_files
+from verifier.records import AppraisalRecord, RecordWriter
 from verifier.result import ResultSigner
-from verifier.snp.appraisal import Appraisal
-from verifier.snp.trust import AmdTrustStore
-from verifier.snp.verify import SnpVerifier
+from verifier.tee import Claims, EvidenceVerifier, Tee, check_binding
+from verifier.verdict import Appraisal
 from verifier.workload import WorkloadClaims
 
 logger = logging.getLogger(__name__)
@@ -77,7 +62,6 @@ MAX_NONCE_BYTES = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_POLICIES = 32
 MAX_INIT_DATA_BYTES = 0xFFFF
-SHUTDOWN_GRACE_SECONDS = 5.0
 
 Clock = Callable[[], datetime]
 
@@ -121,16 +105,6 @@ def _check_request(request: verifier_pb2.AppraiseRequest, max_bytes: int) -> lis
     return names
 
 
-def _check_binding(report_data: bytes, expected: bytes) -> None:
-    if report_data != expected:
-        raise BindingMismatch("report_data does not match the challenge binding",
-                              rule="binding.report_data", expected=expected.hex(),
-                              actual=report_data.hex())
-
-
-_PLATFORM_FOR_KIND = {"snp": PLATFORM_SNP, "tdx": PLATFORM_TDX, "sgx": PLATFORM_SGX}
-
-
 @dataclass(frozen=True)
 class _Verdict:
     """What one request's evidence proved and how each requested policy judged it."""
@@ -153,22 +127,19 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     def __init__(
         self,
         *,
-        snp: SnpVerifier,
+        verifiers: Mapping[str, EvidenceVerifier],
         signer: ResultSigner,
         insecure: bool,
         policies: Mapping[str, AppraisalPolicy] | None = None,
         state: Callable[[], PolicyState] | None = None,
         records: RecordWriter | None = None,
-        dcap: DcapVerifier | None = None,
         max_request_bytes: int = 1 << 20,
         clock: Clock = utc_now,
     ) -> None:
         fixed = PolicyState.static(policies or {})
         self._state: Callable[[], PolicyState] = state if state is not None else fixed.itself
         self._records = records
-        self._snp = snp
-        self._dcap = dcap
-        self._ccel_cache = CcelCache()
+        self._verifiers = dict(verifiers)
         self._signer = signer
         self._insecure = insecure
         self._max_request_bytes = max_request_bytes
@@ -195,40 +166,31 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                             expected="one of " + ", ".join(sorted(state.policies)), actual=name)
         return policy
 
-    def _dcap_verifier(self, kind: str) -> DcapVerifier:
-        if self._dcap is None:
-            raise Malformed(f"{kind.upper()} evidence is not configured on this verifier",
-                            rule="request.evidence", expected="snp", actual=kind)
-        return self._dcap
+    def _tee(self, request: verifier_pb2.AppraiseRequest) -> Tee:
+        """The platform of the request's evidence kind (one this verifier has opened)."""
+        kind = request.evidence.WhichOneof("kind")
+        tee = registry.by_kind(kind) if kind else None
+        if tee is None:
+            raise Malformed("evidence type missing or not supported", rule="request.evidence",
+                            expected=" | ".join(registry.evidence_kinds()),
+                            actual=kind or "none")
+        return tee
 
-    def _claims(self, request: verifier_pb2.AppraiseRequest, kind: str,
-                now: datetime) -> PlatformClaims:
-        """Verify the evidence (signatures, chain, collateral; TDX logs replayed)."""
-        claims: PlatformClaims
-        if kind == "tdx":
-            evidence = request.evidence.tdx
-            # Missing CRLs are reported as claims; each policy's allow_missing_crl decides.
-            tdx = self._dcap_verifier("tdx").verify_tdx(evidence.quote, at=now,
-                                                        allow_missing_crl=True)
-            _check_binding(tdx.report_data, request.expected_report_data)
-            if evidence.ccel_data or evidence.ccel_table or evidence.runtime_log:
-                events = td_event_claims(tdx.rtmrs, ccel_table=evidence.ccel_table or None,
-                                         ccel_data=evidence.ccel_data or None,
-                                         runtime_log=evidence.runtime_log or None,
-                                         cache=self._ccel_cache)
-                tdx = dataclasses.replace(tdx, events=events)
-            claims = tdx
-        elif kind == "sgx":
-            claims = self._dcap_verifier("sgx").verify_sgx(request.evidence.sgx.quote, at=now,
-                                                           allow_missing_crl=True)
-        else:
-            evidence_snp = request.evidence.snp
-            claims = self._snp.verify(evidence_snp.report, evidence_snp.cert_table, at=now)
-        _check_binding(claims.report_data, request.expected_report_data)
+    def _claims(self, request: verifier_pb2.AppraiseRequest, tee: Tee, now: datetime) -> Claims:
+        """Verify the evidence (signatures, chain, collateral; event logs replayed) and its
+        binding to the challenge."""
+        verifier = self._verifiers.get(tee.evidence_kind)
+        if verifier is None:
+            raise Malformed(f"{tee.evidence_kind.upper()} evidence is not configured on this "
+                            "verifier", rule="request.evidence",
+                            expected=" | ".join(self._verifiers), actual=tee.evidence_kind)
+        claims = verifier.verify(request.evidence, at=now,
+                                 expected_report_data=request.expected_report_data)
+        check_binding(claims.report_data, request.expected_report_data)
         return claims
 
     def _judge(self, request: verifier_pb2.AppraiseRequest, *, state: PolicyState,
-               policies: Sequence[AppraisalPolicy], claims: PlatformClaims, platform: str,
+               policies: Sequence[AppraisalPolicy], claims: Claims, platform: str,
                evidence_digest: str, now: datetime) -> _Verdict:
         """Every requested policy judges the claims; each decision is recorded; the first
         denial (in request order) is raised, with the policy id in its reason."""
@@ -276,11 +238,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         names = _check_request(request, self._max_request_bytes)
         state = self._state()
         policies = [self._policy(state, name) for name in names]
-        kind = request.evidence.WhichOneof("kind")
-        if kind not in _PLATFORM_FOR_KIND:
-            raise Malformed("evidence type missing or not supported", rule="request.evidence",
-                            expected=" | ".join(_PLATFORM_FOR_KIND), actual=kind or "none")
-        platform = _PLATFORM_FOR_KIND[kind]
+        tee = self._tee(request)
+        platform = tee.platform
         for policy in policies:
             if policy.platform != platform:
                 raise Malformed(f"policy {policy.policy_id} is for platform {policy.platform}, "
@@ -288,7 +247,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                                 expected=f"a {platform} policy",
                                 actual=f"{policy.name}: {policy.platform}")
         now = self._clock()
-        claims = self._claims(request, kind, now)
+        claims = self._claims(request, tee, now)
         verdict = self._judge(request, state=state, policies=policies, claims=claims,
                               platform=platform, evidence_digest=evidence_digest, now=now)
         return self._signer.issue(
@@ -320,132 +279,3 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         logger.info("appraisal affirmed request_id=%s evidence_sha256=%s policies=%s",
                     request_id, digest, ",".join(dict.fromkeys(request.policy_ids)))
         return verifier_pb2.AppraiseResponse(result_token=token)
-
-
-def build_servicer(
-    config: VerifierConfig, *, insecure: bool, clock: Clock = utc_now
-) -> VerifierServicer:
-    """Load trust anchors, collateral, policies and the result key once (start-up)."""
-    ensure_secure(config, insecure=insecure)
-    if insecure:
-        logger.warning(
-            "INSECURE: verifier started with --insecure-simulator; simulator test roots are "
-            "trusted and every result token carries keybroker.insecure=true. NEVER USE IN "
-            "PRODUCTION.")
-    try:
-        trust = AmdTrustStore.pinned()
-        if config.simulator_roots:
-            trust = trust.with_simulator_roots(list(config.simulator_roots))
-        intel_roots = load_intel_roots(config)
-        collateral = CollateralStore.load(list(config.collateral))
-    except OSError as exc:
-        raise Malformed(f"{config.source}: cannot read trust anchors or collateral",
-                        rule="config.collateral", expected="readable files and directories",
-                        actual=str(exc)) from None
-    signer = ResultSigner.load(config.result_key, audience=config.audience,
-                               ttl_seconds=config.result_ttl_seconds)
-    policy_store = PolicyStore(config.state_db)
-    reference_store = ReferenceStore(config.state_db)
-    seed_policies(policy_store, config.policies, clock())
-    compiled: dict[tuple[str, int, str], AppraisalPolicy] = {}
-    watched = Watched("verifier policies and reference values",
-                      lambda: (policy_store.generation(), reference_store.generation()),
-                      lambda: load_state(policy_store, reference_store, compiled))
-    records = (RecordWriter(RecordStore(config.state_db,
-                                        retention=timedelta(days=config.record_days)))
-               if config.record_days > 0 else None)
-    logger.info("verifier policies in force=%s result_alg=%s kid=%s record_days=%d",
-                ",".join(p.policy_id for p in watched.current.policies.values()),
-                signer.alg, signer.kid, config.record_days)
-    servicer = VerifierServicer(snp=SnpVerifier(trust, collateral),
-                                dcap=DcapVerifier(collateral, simulator_roots=intel_roots),
-                                state=lambda: watched.current, records=records, signer=signer,
-                                insecure=insecure, max_request_bytes=config.max_request_bytes,
-                                clock=clock)
-    servicer.watched = watched
-    return servicer
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or int(port) > 65535:
-        raise Malformed("invalid listen address", rule="config.listen", expected="HOST:PORT",
-                        actual=listen)
-    return host, int(port)
-
-
-class VerifierServer:
-    """A started grpc.aio server with the Verifier, health and reflection services."""
-
-    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
-                 host: str, port: int) -> None:
-        self._server = server
-        self._health = health_servicer
-        self.host = host
-        self.port = port
-
-    @property
-    def address(self) -> str:
-        """``HOST:PORT`` with the real port (also when listening on port 0)."""
-        return f"{self.host}:{self.port}"
-
-    @classmethod
-    async def start(
-        cls, servicer: VerifierServicer, listen: str, *, max_request_bytes: int = 1 << 20
-    ) -> VerifierServer:
-        """Bind ``listen`` (port 0 picks a free port), register services, start serving."""
-        host, port = _split_listen(listen)
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_send_message_length", 1 << 20),
-        ])
-        verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        bound = server.add_insecure_port(f"{host}:{port}")
-        if bound == 0:
-            raise Unavailable("cannot bind listen address", rule="config.listen",
-                              expected="a free address", actual=listen)
-        await server.start()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return cls(server, health_servicer, host, bound)
-
-    async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
-        """Report NOT_SERVING, then let in-flight RPCs finish within ``grace`` seconds."""
-        await self._health.enter_graceful_shutdown()
-        await self._server.stop(grace)
-
-    async def wait_for_termination(self) -> None:
-        """Block until the server has stopped."""
-        await self._server.wait_for_termination()
-
-
-async def serve(
-    config: VerifierConfig,
-    *,
-    insecure: bool,
-    on_ready: Callable[[str], None],
-    clock: Clock = utc_now,
-) -> None:
-    """Run the verifier until SIGTERM/SIGINT, then shut down gracefully."""
-    servicer = build_servicer(config, insecure=insecure, clock=clock)
-    server = await VerifierServer.start(servicer, config.listen,
-                                        max_request_bytes=config.max_request_bytes)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    servicer.start_background(config.policy_poll_seconds)
-    logger.info("verifier serving on %s", server.address)
-    on_ready(server.address)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        logger.info("verifier shutting down")
-        await server.stop()
-        await servicer.close()

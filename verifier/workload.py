@@ -24,6 +24,8 @@ Invariants:
   measured image must be approved (``MeasurementMismatch`` naming the rule and the value).
 - ``check_binding`` re-checks recorded or hand-written workload claims against the evidence:
   claims that say they were bound must name the platform's register and its value.
+- The ``workload:`` section of a policy compiles to ``WorkloadPolicy`` (``compile_workload``);
+  on a platform without an init-data register every rule that could never pass is refused.
 """
 
 from __future__ import annotations
@@ -32,13 +34,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from keybroker.document_reader import DocumentReader
 from keybroker.errors import Malformed, MeasurementMismatch
 from verifier.init_data import InitDataRegister, check_init_data
-
-if TYPE_CHECKING:
-    from verifier.policy.compile import WorkloadPolicy
 
 MAX_INIT_DATA_BYTES: Final = 64 * 1024
 RULE_REQUIRE: Final = "workload.require_init_data"
@@ -110,6 +110,40 @@ class WorkloadClaims:
 
 
 NO_WORKLOAD: Final = WorkloadClaims(None, None, None, (), None, None, None, ())
+
+
+@dataclass(frozen=True)
+class WorkloadPolicy:
+    """Compiled ``workload:`` section (platform-neutral; ``None`` = that allow-list is not
+    checked, an empty set allows nothing)."""
+
+    require_init_data: bool = False
+    names: frozenset[str] | None = None
+    approved_images: frozenset[str] | None = None
+
+
+def compile_workload(top: DocumentReader, platform: str, *,
+                     binds_init_data: bool) -> WorkloadPolicy:
+    """Compile a policy's ``workload:`` section (absent: nothing required, nothing checked);
+    ``binds_init_data``: the platform has a register that binds init-data."""
+    if not top.has("workload"):
+        return WorkloadPolicy()
+    workload = top.table_at("workload")
+    workload.check_keys(frozenset(), frozenset({"require_init_data", "names",
+                                                "approved_images"}))
+    require = workload.boolean("require_init_data", False)
+    if not binds_init_data:
+        # No launch register for init-data: these rules could never pass.
+        for key in ("require_init_data", "names", "approved_images"):
+            if workload.has(key) and (key != "require_init_data" or require):
+                raise workload.fail(key, f"not supported for platform {platform}",
+                                    f"absent ({platform} evidence has no init-data register)",
+                                    workload.table[key])
+    names = (frozenset(workload.strings("names", [], NAME_RE, _NAME_WHAT))
+             if workload.has("names") else None)
+    images = (frozenset(workload.strings("approved_images", [], IMAGE_RE, _IMAGE_WHAT))
+              if workload.has("approved_images") else None)
+    return WorkloadPolicy(require_init_data=require, names=names, approved_images=images)
 
 
 def _describe(value: object) -> str:

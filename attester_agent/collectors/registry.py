@@ -1,18 +1,22 @@
-"""Which hardware collectors exist on this guest, and selecting one by name.
+"""The agent's registry of hardware collectors: which attestation interfaces exist on this
+guest, and selecting one by name. One table, ``HARDWARE``; adding a TEE's interface is one
+entry.
 
 Invariants:
 - Only hardware-backed collectors are known here (configfs-tsm, sev-guest, tdx-guest,
   gramine). The simulators are deliberately absent: they are never detected nor selected
   automatically, only constructed explicitly with their insecure flag
-  (``attester_agent.collectors.simulator`` / ``simulator_dcap``).
-- Automatic selection prefers configfs-tsm (SEV-SNP or TDX, by provider), then /dev/sev-guest,
-  then /dev/tdx_guest, then Gramine's /dev/attestation, and fails with UNAVAILABLE when nothing
-  usable is present; it never falls back to anything weaker.
+  (``attester_agent.simulator_options``).
+- Automatic selection follows the table's order of preference: configfs-tsm (SEV-SNP or TDX,
+  by provider), then /dev/sev-guest, then /dev/tdx_guest, then Gramine's /dev/attestation,
+  and fails with UNAVAILABLE when nothing usable is present; it never falls back to anything
+  weaker.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -36,8 +40,82 @@ CONFIGFS_TSM: Final = "configfs-tsm"
 SEV_GUEST: Final = "sev-guest"
 TDX_GUEST: Final = "tdx-guest"
 GRAMINE: Final = "gramine"
-HARDWARE_COLLECTORS: Final = (CONFIGFS_TSM, SEV_GUEST, TDX_GUEST, GRAMINE)
 DEFAULT_DEVICE: Final = sev_guest.DEFAULT_DEVICE  # kept for callers of the SNP-only API
+
+
+@dataclass(frozen=True)
+class Interfaces:
+    """Where this guest's attestation interfaces live (defaults: the kernel's paths)."""
+
+    tsm_root: Path = DEFAULT_ROOT
+    sev_guest_device: Path = sev_guest.DEFAULT_DEVICE
+    tdx_guest_device: Path = tdx_guest.DEFAULT_DEVICE
+    attestation_dir: Path = gramine.DEFAULT_ROOT
+    tdx_sources: TdxSources | None = None
+
+
+@dataclass(frozen=True)
+class HardwareCollector:
+    """One attestation interface: how to open it and how to tell whether it is usable
+    (``probe`` returns a description of where it reads from, or None)."""
+
+    name: str
+    create: Callable[[Interfaces], Collector]
+    probe: Callable[[Collector, Interfaces], str | None]
+
+
+def _tsm(where: Interfaces) -> Collector:
+    return ConfigfsTsmCollector(where.tsm_root, tdx_sources=where.tdx_sources)
+
+
+def _probe_tsm(collector: Collector, where: Interfaces) -> str | None:
+    if not isinstance(collector, ConfigfsTsmCollector) or not where.tsm_root.is_dir():
+        return None
+    try:
+        provider = collector.provider()
+    except KeybrokerError as exc:
+        logger.info("configfs-tsm at %s not usable: %s", where.tsm_root, exc)
+        return None
+    if provider not in SUPPORTED_PROVIDERS:
+        logger.info("configfs-tsm at %s has unsupported provider %s", where.tsm_root, provider)
+        return None
+    return f"{where.tsm_root} provider={provider}"
+
+
+def _sev_guest(where: Interfaces) -> Collector:
+    return SevGuestCollector(where.sev_guest_device)
+
+
+def _probe_sev_guest(collector: Collector, where: Interfaces) -> str | None:
+    return str(where.sev_guest_device) if collector.available() else None
+
+
+def _tdx_guest(where: Interfaces) -> Collector:
+    return TdxGuestCollector(where.tdx_guest_device, tdx_sources=where.tdx_sources)
+
+
+def _probe_tdx_guest(collector: Collector, where: Interfaces) -> str | None:
+    if not collector.available():
+        return None
+    return f"{where.tdx_guest_device} (quotes need TDX_CMD_GET_QUOTE)"
+
+
+def _gramine(where: Interfaces) -> Collector:
+    return GramineSgxCollector(where.attestation_dir)
+
+
+def _probe_gramine(collector: Collector, where: Interfaces) -> str | None:
+    return f"{where.attestation_dir} attestation_type=dcap" if collector.available() else None
+
+
+# Most preferred first.
+HARDWARE: Final = (
+    HardwareCollector(CONFIGFS_TSM, _tsm, _probe_tsm),
+    HardwareCollector(SEV_GUEST, _sev_guest, _probe_sev_guest),
+    HardwareCollector(TDX_GUEST, _tdx_guest, _probe_tdx_guest),
+    HardwareCollector(GRAMINE, _gramine, _probe_gramine),
+)
+HARDWARE_COLLECTORS: Final = tuple(entry.name for entry in HARDWARE)
 
 
 @dataclass(frozen=True)
@@ -59,14 +137,11 @@ def create(
     tdx_sources: TdxSources | None = None,
 ) -> Collector:
     """The hardware collector called ``name`` (not probed); unknown names raise ValueError."""
-    if name == CONFIGFS_TSM:
-        return ConfigfsTsmCollector(tsm_root, tdx_sources=tdx_sources)
-    if name == SEV_GUEST:
-        return SevGuestCollector(sev_guest_device)
-    if name == TDX_GUEST:
-        return TdxGuestCollector(tdx_guest_device, tdx_sources=tdx_sources)
-    if name == GRAMINE:
-        return GramineSgxCollector(attestation_dir)
+    where = Interfaces(tsm_root, sev_guest_device, tdx_guest_device, attestation_dir,
+                       tdx_sources)
+    for entry in HARDWARE:
+        if entry.name == name:
+            return entry.create(where)
     expected = ", ".join(HARDWARE_COLLECTORS)
     raise ValueError(f"unknown collector {name!r}; expected one of {expected}")
 
@@ -80,28 +155,14 @@ def detect(
     tdx_sources: TdxSources | None = None,
 ) -> list[Detected]:
     """Usable hardware collectors, most preferred first (never a simulator)."""
+    where = Interfaces(tsm_root, sev_guest_device, tdx_guest_device, attestation_dir,
+                       tdx_sources)
     found: list[Detected] = []
-    tsm = ConfigfsTsmCollector(tsm_root, tdx_sources=tdx_sources)
-    if tsm_root.is_dir():
-        try:
-            provider = tsm.provider()
-        except KeybrokerError as exc:
-            logger.info("configfs-tsm at %s not usable: %s", tsm_root, exc)
-        else:
-            if provider in SUPPORTED_PROVIDERS:
-                found.append(Detected(CONFIGFS_TSM, f"{tsm_root} provider={provider}", tsm))
-            else:
-                logger.info("configfs-tsm at %s has unsupported provider %s", tsm_root, provider)
-    sev = SevGuestCollector(sev_guest_device)
-    if sev.available():
-        found.append(Detected(SEV_GUEST, str(sev_guest_device), sev))
-    tdx = TdxGuestCollector(tdx_guest_device, tdx_sources=tdx_sources)
-    if tdx.available():
-        found.append(Detected(TDX_GUEST, f"{tdx_guest_device} (quotes need TDX_CMD_GET_QUOTE)",
-                              tdx))
-    sgx = GramineSgxCollector(attestation_dir)
-    if sgx.available():
-        found.append(Detected(GRAMINE, f"{attestation_dir} attestation_type=dcap", sgx))
+    for entry in HARDWARE:
+        collector = entry.create(where)
+        detail = entry.probe(collector, where)
+        if detail is not None:
+            found.append(Detected(entry.name, detail, collector))
     return found
 
 

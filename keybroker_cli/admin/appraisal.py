@@ -34,7 +34,8 @@ from keybroker_cli.admin.target import (
     read_file,
     utc_now,
 )
-from verifier.policy.compile import AppraisalPolicy, load_policy, parse_policy
+from verifier.policy.compile import load_policy, parse_policy
+from verifier.policy.model import AppraisalPolicy
 from verifier.records import AppraisalRecord, RecordStore
 from verifier.reference.store import ReferenceStore
 from verifier.reference.values import ReferenceSnapshot

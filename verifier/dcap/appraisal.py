@@ -5,7 +5,7 @@ Invariants:
   already verified; for TDX, ``events`` only after the logs replayed to the quoted RTMRs);
   output is an ``Appraisal`` or a typed error naming the rule, the expected and the actual
   value. The first violated rule raises; there is no partial pass.
-- A policy for another platform is ``Malformed`` (``AppraisalPolicy.tdx`` / ``.sgx``).
+- A policy for another platform is ``Malformed`` (``tdx_section`` / ``sgx_section``).
 - Checks and categories (hostile-evidence rows in brackets):
   simulator root without the insecure switch -> CHAIN_UNTRUSTED;
   TDX: DEBUG (always), reserved/unknown TD attribute bits, profiling (bits 4-6), MIGRATABLE,
@@ -33,9 +33,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from types import MappingProxyType
 
 from keybroker.errors import (
     ChainUntrusted,
@@ -46,16 +44,26 @@ from keybroker.errors import (
     TcbPolicyViolation,
 )
 from verifier.dcap.claims import TD_ATTRIBUTE_BITS, DcapTcbClaims, SgxClaims, TdxClaims, rfc3339
-from verifier.dcap.policy import GRACE_STATUSES, DcapTcbPolicy, SgxPolicy, TdxPolicy
+from verifier.dcap.policy import (
+    GRACE_STATUSES,
+    DcapTcbPolicy,
+    SgxPolicy,
+    TdxPolicy,
+    sgx_section,
+    tdx_section,
+)
 from verifier.dcap.schema import TcbStatus
-from verifier.policy.compile import AppraisalPolicy
-from verifier.snp.appraisal import AFFIRMING, WARNING, Appraisal
+from verifier.tee import TcbEarlyWarning
+from verifier.verdict import (
+    APPROVED,
+    APPROVED_BOOT_ONLY,
+    GENUINE,
+    UNSAFE,
+    Appraisal,
+    PolicyRef,
+    passed,
+)
 
-GENUINE = 2
-APPROVED = 2
-APPROVED_BOOT_ONLY = 3
-UNSAFE = 32
-WARNING_TIER = range(32, 96)
 _PROFILING_BITS = (4, 5, 6)
 _BIT_DEBUG, _BIT_SEPT_VE_DISABLE, _BIT_MIGRATABLE, _BIT_PERFMON = 0, 28, 29, 63
 
@@ -113,19 +121,15 @@ def _check_tcb(tcb: DcapTcbClaims, policy: DcapTcbPolicy, at: datetime,
     return hardware, configuration, tuple(warnings)
 
 
-def _appraisal(policy: AppraisalPolicy, *, hardware: int, configuration: int,
+def _appraisal(policy: PolicyRef, *, hardware: int, configuration: int,
                executables: int, warnings: tuple[str, ...]) -> Appraisal:
-    vector: Mapping[str, int] = MappingProxyType({
+    return passed(policy, {
         "instance-identity": GENUINE,
         "configuration": configuration,
         "executables": executables,
         "hardware": hardware,
         "runtime-opaque": APPROVED,
-    })
-    warn = any(v in WARNING_TIER for v in vector.values())
-    return Appraisal(status=WARNING if warn else AFFIRMING, trust_vector=vector,
-                     policy_id=policy.policy_id, policy_digest=policy.digest,
-                     policy_name=policy.name, warnings=warnings)
+    }, warnings)
 
 
 def _utc(at: datetime) -> datetime:
@@ -218,14 +222,14 @@ def _check_td_measurements(claims: TdxClaims, tdx: TdxPolicy) -> None:
 
 def appraise_tdx(
     claims: TdxClaims,
-    policy: AppraisalPolicy,
+    policy: PolicyRef,
     *,
     at: datetime,
     allow_insecure_root: bool = False,
 ) -> Appraisal:
     """Appraise verified TDX claims against ``policy``'s typed ``tdx`` rules at time ``at``;
     raise the first violated rule (init-data, workload: ``verifier.decision.appraise``)."""
-    tdx = policy.tdx
+    tdx = tdx_section(policy)
     at = _utc(at)
     _check_root(claims.insecure_root, allow_insecure_root, "tdx")
     _check_td_platform(claims, tdx)
@@ -264,14 +268,14 @@ def _check_enclave(claims: SgxClaims, sgx: SgxPolicy) -> None:
 
 def appraise_sgx(
     claims: SgxClaims,
-    policy: AppraisalPolicy,
+    policy: PolicyRef,
     *,
     at: datetime,
     allow_insecure_root: bool = False,
 ) -> Appraisal:
     """Appraise verified SGX claims against ``policy``'s typed ``sgx`` rules at time ``at``;
     raise the first violated rule (init-data: ``verifier.decision.appraise``)."""
-    sgx = policy.sgx
+    sgx = sgx_section(policy)
     at = _utc(at)
     _check_root(claims.insecure_root, allow_insecure_root, "sgx")
     _check_enclave(claims, sgx)
@@ -282,3 +286,12 @@ def appraise_sgx(
                                   actual=claims.mr_enclave.hex())
     return _appraisal(policy, hardware=hardware, configuration=configuration,
                       executables=APPROVED, warnings=warnings)
+
+
+def tcb_debt(tcb: DcapTcbClaims, warning: TcbEarlyWarning) -> tuple[str, ...]:
+    """The TCB date below the policy's next floor, as "tcb_date <date> < next floor <date>"."""
+    floor = warning.min_tcb_date
+    if floor is not None and tcb.tcb_date < floor:
+        return (f"tcb_date {rfc3339(tcb.tcb_date.astimezone(UTC))} < next floor "
+                f"{rfc3339(floor.astimezone(UTC))}",)
+    return ()

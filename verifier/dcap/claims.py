@@ -37,6 +37,8 @@ TD_ATTRIBUTE_BITS = {
     63: "perfmon",
 }
 SGX_FLAG_DEBUG = 1 << 1
+PLATFORM_TDX = "tdx"
+PLATFORM_SGX = "sgx"
 
 
 def rfc3339(value: datetime) -> str:
@@ -134,7 +136,7 @@ class TdxClaims:
     def as_dict(self) -> dict[str, object]:
         """JSON-able claims (used in tokens and ``keybroker verify``)."""
         return {
-            "platform": "tdx",
+            "platform": PLATFORM_TDX,
             "version": self.version,
             "body_type": self.body_type,
             "tee_tcb_svn": self.tee_tcb_svn.hex(),
@@ -192,7 +194,7 @@ class SgxClaims:
     def as_dict(self) -> dict[str, object]:
         """JSON-able claims (used in tokens and ``keybroker verify``)."""
         return {
-            "platform": "sgx",
+            "platform": PLATFORM_SGX,
             "version": self.version,
             "cpu_svn": self.cpu_svn.hex(),
             "misc_select": f"{self.misc_select:08x}",

@@ -28,8 +28,11 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from keybroker.document_reader import PolicyReader
+from keybroker.document_reader import DocumentReader
+from verifier.dcap.claims import PLATFORM_SGX, PLATFORM_TDX
 from verifier.dcap.schema import TcbStatus
+from verifier.tee import TcbEarlyWarning
+from verifier.verdict import PolicyRef
 
 TD_MEASUREMENT_SIZE = 48
 SGX_MEASUREMENT_SIZE = 32
@@ -49,6 +52,9 @@ _TDX_OPTIONAL = _TCB_KEYS | frozenset({
 })
 _SGX_OPTIONAL = _TCB_KEYS | frozenset({"mrenclave", "mrsigner", "isv_prod_id", "min_isv_svn"})
 _SIGNER_KEYS = ("mrsigner", "isv_prod_id", "min_isv_svn")
+TDX_IDENTITY_CLAIMS = frozenset({"evidence.mr_td"})
+SGX_IDENTITY_CLAIMS = frozenset({"evidence.mr_enclave", "evidence.mr_signer"})
+EARLY_WARNING_KEY = "min_tcb_date"
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ class SgxPolicy:
     tcb: DcapTcbPolicy = DcapTcbPolicy()
 
 
-def _compile_tcb(section: PolicyReader) -> DcapTcbPolicy:
+def _compile_tcb(section: DocumentReader) -> DcapTcbPolicy:
     listed = section.table.get("accepted_tcb_statuses")
     if isinstance(listed, list) and TcbStatus.REVOKED.value in listed:
         raise section.fail_at(("accepted_tcb_statuses", listed.index(TcbStatus.REVOKED.value)),
@@ -120,7 +126,7 @@ def _compile_tcb(section: PolicyReader) -> DcapTcbPolicy:
     )
 
 
-def compile_tdx(tdx: PolicyReader, *, mrtd_referenced: bool = False) -> TdxPolicy:
+def compile_tdx(tdx: DocumentReader, mrtd_referenced: bool = False) -> TdxPolicy:
     """Compile a ``tdx:`` mapping; ``mrtd_referenced``: a reference binding covers
     ``evidence.mr_td``, so ``mrtd`` may be absent."""
     tdx.check_keys(frozenset(), _TDX_OPTIONAL | {"mrtd"})
@@ -148,7 +154,7 @@ def compile_tdx(tdx: PolicyReader, *, mrtd_referenced: bool = False) -> TdxPolic
     )
 
 
-def compile_sgx(sgx: PolicyReader, *, identity_referenced: bool = False) -> SgxPolicy:
+def compile_sgx(sgx: DocumentReader, identity_referenced: bool = False) -> SgxPolicy:
     """Compile an ``sgx:`` mapping; ``identity_referenced``: a reference binding covers
     ``evidence.mr_enclave`` or ``evidence.mr_signer``, so neither rule is required."""
     sgx.check_keys(frozenset(), _SGX_OPTIONAL)
@@ -174,3 +180,18 @@ def compile_sgx(sgx: PolicyReader, *, identity_referenced: bool = False) -> SgxP
         signer=signer,
         tcb=_compile_tcb(sgx),
     )
+
+
+def compile_early_warning(warning: DocumentReader) -> TcbEarlyWarning:
+    """The Intel keys of ``tcb_early_warning``: the next TCB date floor."""
+    return TcbEarlyWarning(min_tcb_date=warning.instant(EARLY_WARNING_KEY))
+
+
+def tdx_section(policy: PolicyRef) -> TdxPolicy:
+    """The ``tdx:`` rules of ``policy``; ``Malformed`` for a policy of another platform."""
+    return policy.section(TdxPolicy, PLATFORM_TDX)
+
+
+def sgx_section(policy: PolicyRef) -> SgxPolicy:
+    """The ``sgx:`` rules of ``policy``; ``Malformed`` for a policy of another platform."""
+    return policy.section(SgxPolicy, PLATFORM_SGX)

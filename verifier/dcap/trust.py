@@ -11,6 +11,9 @@ Invariants:
   Anything that is not a self-signed P-256 "Intel SGX Root CA" is refused (``ChainUntrusted``).
 - Nothing is trusted because it appeared in evidence or collateral: ``is_pinned_root``
   compares exact DER bytes, and chains are anchored at ``IntelTrustStore.root`` only.
+- ``load_simulator_roots`` reads each ``simulator_intel_roots`` file (DER, or PEM with one or
+  more certificates) into an ``IntelTrustStore``; an unreadable or non-certificate file, or one
+  that is not a self-signed "Intel SGX Root CA", refuses the start.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from importlib import resources
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import SignatureAlgorithmOID
 
-from keybroker.errors import ChainUntrusted
-from verifier.pki import Certificate, common_name
+from keybroker.errors import ChainUntrusted, Malformed
+from verifier.config import VerifierConfig
+from verifier.pki import Certificate, certificates_in, common_name
 
 _log = logging.getLogger(__name__)
 
@@ -97,3 +102,18 @@ class IntelTrustStore:
     def is_pinned_root(self, der: bytes) -> bool:
         """True only for the exact DER of the pinned root."""
         return der == self.root.der
+
+
+def load_simulator_roots(config: VerifierConfig) -> list[IntelTrustStore]:
+    """The DCAP simulator roots named by ``simulator_intel_roots`` (read at start-up)."""
+    stores: list[IntelTrustStore] = []
+    for path in config.simulator_intel_roots:
+        raw = path.read_bytes()
+        certs = certificates_in(raw)
+        if not certs:
+            raise Malformed(f"{config.source}: not a DER or PEM certificate file",
+                            rule="config.simulator_intel_roots",
+                            expected="Intel-style root CA certificate(s)", actual=str(path))
+        stores.extend(IntelTrustStore.from_der(cert.public_bytes(Encoding.DER))
+                      for cert in certs)
+    return stores

@@ -29,11 +29,12 @@ from pathlib import Path
 
 from keybroker.document import Document, read_document
 from keybroker.errors import KeybrokerError, Malformed
-from verifier.claims_view import PlatformClaims, platform_claims_from_dict
+from verifier.claims_view import platform_claims_from_dict
 from verifier.decision import appraise_claims
-from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.store import ReferenceStore
 from verifier.reference.values import ReferenceSnapshot, RefState
+from verifier.tee import Claims
 from verifier.workload import NO_WORKLOAD, WorkloadClaims
 
 SCHEMA_NAME = "policy-test-case"
@@ -88,7 +89,7 @@ class PolicyCase:
     name: str
     source: str
     at: datetime | None
-    claims: PlatformClaims
+    claims: Claims
     workload: WorkloadClaims
     insecure: bool
     expect: Expectation
@@ -243,7 +244,7 @@ def case_files(directory: Path) -> list[Path]:
                   if p.is_file() and p.suffix in CASE_SUFFIXES)
 
 
-def evaluate(policy: AppraisalPolicy, claims: PlatformClaims, workload: WorkloadClaims, *,
+def evaluate(policy: AppraisalPolicy, claims: Claims, workload: WorkloadClaims, *,
              at: datetime, references: ReferenceSnapshot, allow_insecure_root: bool,
              include_staged: bool = False) -> tuple[Outcome, tuple[str, ...], tuple[str, ...]]:
     """(outcome, would_match, tcb_debt) of one appraisal by the real engine."""

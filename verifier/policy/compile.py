@@ -1,6 +1,6 @@
-"""Appraisal policies: YAML documents (schema ``appraisal-policy``) that say which SEV-SNP
-guests, TDX trust domains or SGX enclaves are acceptable, compiled once into a frozen
-``AppraisalPolicy``.
+"""Appraisal policies: YAML documents (schema ``appraisal-policy``) that say which guests,
+trust domains or enclaves of each registered platform are acceptable, compiled once into a
+frozen ``AppraisalPolicy`` (``verifier.policy.model``).
 
 Invariants:
 - A document is loaded with ``keybroker.document.load_document`` (strict YAML, the published
@@ -12,250 +12,60 @@ Invariants:
   reason starts with ``<file>:<line>:`` and names the dotted path, with the expected and the
   found value. Nothing is silently defaulted to a permissive value: optional switches default
   to the strict setting.
-- ``platform`` selects exactly one section: "sev-snp" -> ``snp:``, "tdx" -> ``tdx:``,
-  "sgx" -> ``sgx:`` (see ``verifier.dcap.policy``); another platform's section is refused.
-  Asking a policy for another platform's rules (``policy.tdx`` of an SNP policy) is
-  ``Malformed`` naming both platforms, so a policy can never be applied to the wrong evidence.
-- The launch identity is always checked: ``snp.measurements`` is required unless a
-  ``reference_values`` binding covers ``evidence.measurement`` (``tdx.mrtd``:
-  ``evidence.mr_td``; SGX MRENCLAVE / signer: ``evidence.mr_enclave`` or
-  ``evidence.mr_signer``). Only then may the typed field be absent; it compiles to ``None``
-  and the binding does the check. An empty list matches nothing (fail closed).
+- ``platform`` selects exactly one section through the registry ("sev-snp" -> ``snp:``,
+  "tdx" -> ``tdx:``, "sgx" -> ``sgx:``; each TEE folder's ``policy.py`` compiles its own);
+  another platform's section is refused.
+- The launch identity is always checked: each platform's section requires its identity rule
+  unless a ``reference_values`` binding covers one of the platform's identity claims
+  (``Tee.identity_claims``); only then may the typed field be absent (compiled to ``None``:
+  the binding does the check). An empty list matches nothing (fail closed).
 - Reference bindings name a claim of the claims view (``evidence.`` or ``workload.``) that
   exists for the platform and holds a value or a list of values; each claim is bound once.
+- ``tcb_early_warning`` keys are each platform's own (``Tee.early_warning_keys``); a key of
+  another platform is refused.
 - The document holds no version: the policy store assigns it (``version`` 0 = not stored).
-  ``digest`` is the SHA-256 of the exact document bytes and ``document`` the bytes, so a token
-  names the reviewed document.
-- An empty ``host_data`` list means HOST_DATA is not checked against an allow-list.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from types import MappingProxyType
-from typing import TypeVar
 
-from keybroker.condition import Condition, ConditionError, compile_condition
+from keybroker.condition import ConditionError, compile_condition
 from keybroker.document import Document, load_document, read_document
-from keybroker.document_reader import PolicyReader
+from keybroker.document_reader import DocumentReader
 from keybroker.errors import Category, Malformed
-from verifier.dcap.policy import IMAGE_RE, SgxPolicy, TdxPolicy, compile_sgx, compile_tdx
-from verifier.snp.tcb import COMPONENTS
-from verifier.workload import NAME_RE
-
-SCHEMA = "appraisal-policy"
-KIND = "AppraisalPolicy"
-PLATFORM_SNP = "sev-snp"
-PLATFORM_TDX = "tdx"
-PLATFORM_SGX = "sgx"
-PLATFORMS = (PLATFORM_SNP, PLATFORM_TDX, PLATFORM_SGX)
-SECTIONS = {PLATFORM_SNP: "snp", PLATFORM_TDX: "tdx", PLATFORM_SGX: "sgx"}
-MEASUREMENT_SIZE = 48
-HOST_DATA_SIZE = 32
-CONDITION_CATEGORIES = (Category.PLATFORM_POLICY, Category.TCB_POLICY, Category.MEASUREMENT)
-# Claims whose reference binding replaces the typed launch-identity check of a platform.
-IDENTITY_CLAIMS = {
-    PLATFORM_SNP: frozenset({"evidence.measurement"}),
-    PLATFORM_TDX: frozenset({"evidence.mr_td"}),
-    PLATFORM_SGX: frozenset({"evidence.mr_enclave", "evidence.mr_signer"}),
-}
+from verifier import registry
+from verifier.claims_view import lookup, sample_activation
+from verifier.policy.model import (
+    CONDITION_CATEGORIES,
+    KIND,
+    SCHEMA,
+    AppraisalPolicy,
+    ConditionRule,
+    ReferenceBinding,
+)
+from verifier.tee import TcbEarlyWarning, Tee
+from verifier.workload import NAME_RE, compile_workload
 
 _TOP_REQUIRED = frozenset({"kind", "name", "platform"})
 _TOP_OPTIONAL = frozenset({"description", "workload", "reference_values", "tcb_early_warning",
                            "conditions"})
-_SNP_OPTIONAL = frozenset({
-    "measurements", "allow_debug", "allowed_vmpls", "allow_migration_agent", "allow_smt",
-    "allow_provisional_firmware", "host_data",
-})
-_IMAGE_WHAT = "sha256:<64 lowercase hex digits>"
 _NAME_WHAT = "1-64 of [A-Za-z0-9._-], starting with a letter or digit"
 
 
-@dataclass(frozen=True)
-class SnpPolicy:
-    """Compiled ``snp:`` section (``measurements`` None = covered by a reference binding)."""
-
-    measurements: frozenset[bytes] | None
-    min_tcb: Mapping[str, int]
-    allow_debug: bool = False
-    allowed_vmpls: frozenset[int] = frozenset({0})
-    allow_migration_agent: bool = False
-    allow_smt: bool = False
-    allow_provisional_firmware: bool = False
-    host_data: frozenset[bytes] = frozenset()
+def _compile_rules(tee: Tee, section: DocumentReader,
+                   references: tuple[ReferenceBinding, ...]) -> object:
+    referenced = any(b.claim in tee.identity_claims for b in references)
+    return tee.compile_section(section, referenced)
 
 
-@dataclass(frozen=True)
-class WorkloadPolicy:
-    """Compiled ``workload:`` section (platform-neutral; ``None`` = that allow-list is not
-    checked, an empty set allows nothing)."""
-
-    require_init_data: bool = False
-    names: frozenset[str] | None = None
-    approved_images: frozenset[str] | None = None
-
-
-@dataclass(frozen=True)
-class ReferenceBinding:
-    """The claim at ``claim`` must match a value of the reference-value set ``set_name``."""
-
-    claim: str
-    set_name: str
-    line: int
-
-
-@dataclass(frozen=True)
-class ConditionRule:
-    """A compiled CEL condition; false denies with ``category``, rule ``conditions.<name>``."""
-
-    name: str
-    condition: Condition
-    category: Category
-    message: str
-    line: int
-
-
-@dataclass(frozen=True)
-class TcbEarlyWarning:
-    """The next TCB floor (reported as TCB debt; never changes a decision)."""
-
-    snp_min_tcb: Mapping[str, int] | None = None
-    min_tcb_date: datetime | None = None
-
-
-PlatformRules = SnpPolicy | TdxPolicy | SgxPolicy
-_R = TypeVar("_R", SnpPolicy, TdxPolicy, SgxPolicy)
-
-
-@dataclass(frozen=True)
-class AppraisalPolicy:
-    """One compiled appraisal policy; ``rules`` is the compiled section of its platform."""
-
-    name: str
-    version: int
-    platform: str
-    digest: str
-    rules: PlatformRules
-    source: str = ""
-    workload: WorkloadPolicy = WorkloadPolicy()
-    references: tuple[ReferenceBinding, ...] = ()
-    conditions: tuple[ConditionRule, ...] = ()
-    early_warning: TcbEarlyWarning = TcbEarlyWarning()
-    document: bytes = b""
-
-    @property
-    def policy_id(self) -> str:
-        """``<name>@<version>``, as in ``ear.appraisal-policy-id``."""
-        return f"{self.name}@{self.version}"
-
-    def with_version(self, version: int) -> AppraisalPolicy:
-        """The same compiled policy as stored version ``version``."""
-        return dataclasses.replace(self, version=version)
-
-    def _rules(self, kind: type[_R], platform: str) -> _R:
-        if not isinstance(self.rules, kind):
-            raise Malformed(
-                f"appraisal policy {self.policy_id} is for platform {self.platform}, "
-                f"not {platform}", rule="policy.platform", expected=platform,
-                actual=self.platform)
-        return self.rules
-
-    @property
-    def snp(self) -> SnpPolicy:
-        """The ``snp:`` rules; ``Malformed`` for a policy of another platform."""
-        return self._rules(SnpPolicy, PLATFORM_SNP)
-
-    @property
-    def tdx(self) -> TdxPolicy:
-        """The ``tdx:`` rules; ``Malformed`` for a policy of another platform."""
-        return self._rules(TdxPolicy, PLATFORM_TDX)
-
-    @property
-    def sgx(self) -> SgxPolicy:
-        """The ``sgx:`` rules; ``Malformed`` for a policy of another platform."""
-        return self._rules(SgxPolicy, PLATFORM_SGX)
-
-
-def _tcb_floor(reader: PolicyReader, key: str) -> Mapping[str, int]:
-    floor = reader.table_at(key)
-    floor.check_keys(frozenset(), frozenset(COMPONENTS))
-    return MappingProxyType({name: floor.integer(name, value, 0, 255)
-                             for name, value in floor.table.items()})
-
-
-def _compile_snp(snp: PolicyReader, *, measurement_referenced: bool) -> SnpPolicy:
-    snp.check_keys(frozenset({"min_tcb"}), _SNP_OPTIONAL)
-    if not snp.has("measurements") and not measurement_referenced:
-        raise snp.missing("measurements", "field 'measurements' (or a reference_values "
-                                          "binding of evidence.measurement)")
-    vmpls = frozenset(snp.integer("allowed_vmpls", v, 0, 3, (i,))
-                      for i, v in enumerate(snp.array("allowed_vmpls", [0])))
-    return SnpPolicy(
-        measurements=(snp.hex_values("measurements", MEASUREMENT_SIZE)
-                      if snp.has("measurements") else None),
-        min_tcb=_tcb_floor(snp, "min_tcb"),
-        allow_debug=snp.boolean("allow_debug", False),
-        allowed_vmpls=vmpls,
-        allow_migration_agent=snp.boolean("allow_migration_agent", False),
-        allow_smt=snp.boolean("allow_smt", False),
-        allow_provisional_firmware=snp.boolean("allow_provisional_firmware", False),
-        host_data=snp.hex_values("host_data", HOST_DATA_SIZE),
-    )
-
-
-def _compile_rules(platform: str, section: PolicyReader,
-                   references: tuple[ReferenceBinding, ...]) -> PlatformRules:
-    referenced = any(b.claim in IDENTITY_CLAIMS[platform] for b in references)
-    if platform == PLATFORM_TDX:
-        return compile_tdx(section, mrtd_referenced=referenced)
-    if platform == PLATFORM_SGX:
-        return compile_sgx(section, identity_referenced=referenced)
-    return _compile_snp(section, measurement_referenced=referenced)
-
-
-def _compile_workload(top: PolicyReader, platform: str) -> WorkloadPolicy:
-    if not top.has("workload"):
-        return WorkloadPolicy()
-    workload = top.table_at("workload")
-    workload.check_keys(frozenset(), frozenset({"require_init_data", "names",
-                                                "approved_images"}))
-    require = workload.boolean("require_init_data", False)
-    if platform == PLATFORM_SGX:
-        # SGX has no launch register for init-data: these rules could never pass.
-        for key in ("require_init_data", "names", "approved_images"):
-            if workload.has(key) and (key != "require_init_data" or require):
-                raise workload.fail(key, "not supported for platform sgx",
-                                    "absent (an SGX enclave has no init-data register)",
-                                    workload.table[key])
-    names = (frozenset(workload.strings("names", [], NAME_RE, _NAME_WHAT))
-             if workload.has("names") else None)
-    images = (frozenset(workload.strings("approved_images", [], IMAGE_RE, _IMAGE_WHAT))
-              if workload.has("approved_images") else None)
-    return WorkloadPolicy(require_init_data=require, names=names, approved_images=images)
-
-
-def _sample(platform: str) -> Mapping[str, object]:
-    from verifier.claims_view import sample_activation  # noqa: PLC0415 - imports this module
-
-    return sample_activation(platform)
-
-
-def _claim_value(sample: Mapping[str, object], claim: str) -> object:
-    from verifier.claims_view import lookup  # noqa: PLC0415 - imports this module
-
-    return lookup(sample, claim)
-
-
-def _compile_references(top: PolicyReader, platform: str) -> tuple[ReferenceBinding, ...]:
+def _compile_references(top: DocumentReader, platform: str) -> tuple[ReferenceBinding, ...]:
     entries = top.tables("reference_values")
     if not entries:
         return ()
-    sample = _sample(platform)
+    sample = sample_activation(platform)
     seen: dict[str, int] = {}
     out: list[ReferenceBinding] = []
     for entry in entries:
@@ -271,10 +81,11 @@ def _compile_references(top: PolicyReader, platform: str) -> tuple[ReferenceBind
             raise entry.fail("claim", f"claim bound twice (first on line {seen[claim]})",
                              "each claim bound to one reference-value set", claim)
         try:
-            value = _claim_value(sample, claim)
+            value = lookup(sample, claim)
         except Malformed:
             raise entry.fail("claim", f"no such claim for platform {platform}",
-                             "an existing claim path such as " + min(IDENTITY_CLAIMS[platform]),
+                             "an existing claim path such as "
+                             + min(registry.by_platform(platform).identity_claims),
                              claim) from None
         if isinstance(value, Mapping):
             raise entry.fail("claim", "claim is a map, not a value",
@@ -285,11 +96,11 @@ def _compile_references(top: PolicyReader, platform: str) -> tuple[ReferenceBind
     return tuple(out)
 
 
-def _compile_conditions(top: PolicyReader, platform: str) -> tuple[ConditionRule, ...]:
+def _compile_conditions(top: DocumentReader, platform: str) -> tuple[ConditionRule, ...]:
     entries = top.tables("conditions")
     if not entries:
         return ()
-    sample = _sample(platform)
+    sample = sample_activation(platform)
     seen: dict[str, int] = {}
     out: list[ConditionRule] = []
     categories = {c.value: c for c in CONDITION_CATEGORIES}
@@ -320,27 +131,24 @@ def _compile_conditions(top: PolicyReader, platform: str) -> tuple[ConditionRule
     return tuple(out)
 
 
-def _compile_early_warning(top: PolicyReader, platform: str) -> TcbEarlyWarning:
+def _compile_early_warning(top: DocumentReader, tee: Tee) -> TcbEarlyWarning:
     if not top.has("tcb_early_warning"):
         return TcbEarlyWarning()
     warning = top.table_at("tcb_early_warning")
-    warning.check_keys(frozenset(), frozenset({"snp_min_tcb", "min_tcb_date"}))
-    for key, allowed in (("snp_min_tcb", (PLATFORM_SNP,)),
-                         ("min_tcb_date", (PLATFORM_TDX, PLATFORM_SGX))):
-        if warning.has(key) and platform not in allowed:
+    known = tuple(dict.fromkeys(key for other in registry.tees()
+                                for key in sorted(other.early_warning_keys)))
+    warning.check_keys(frozenset(), frozenset(known))
+    for key in known:
+        if warning.has(key) and key not in tee.early_warning_keys:
             raise warning.fail_at((key,), f"field '{key}' is not allowed when platform is "
-                                          f"'{platform}'", "not present", key)
-    return TcbEarlyWarning(
-        snp_min_tcb=(_tcb_floor(warning, "snp_min_tcb") if warning.has("snp_min_tcb")
-                     else None),
-        min_tcb_date=warning.instant("min_tcb_date"),
-    )
+                                          f"'{tee.platform}'", "not present", key)
+    return tee.compile_early_warning(warning)
 
 
 def compile_policy(doc: Document, version: int = 0) -> AppraisalPolicy:
     """Compile a loaded, schema-validated appraisal policy document."""
-    top = PolicyReader(doc, (), doc.data)
-    top.check_keys(_TOP_REQUIRED, _TOP_OPTIONAL | frozenset(SECTIONS.values()))
+    top = DocumentReader(doc, (), doc.data)
+    top.check_keys(_TOP_REQUIRED, _TOP_OPTIONAL | frozenset(registry.sections()))
     kind = top.string("kind")
     if kind != KIND:
         raise top.fail("kind", "wrong document kind", KIND, kind)
@@ -348,11 +156,12 @@ def compile_policy(doc: Document, version: int = 0) -> AppraisalPolicy:
     if not NAME_RE.fullmatch(name):
         raise top.fail("name", "invalid policy name", _NAME_WHAT, name)
     platform = top.string("platform")
-    if platform not in PLATFORMS:
-        raise top.fail("platform", "unsupported platform", "one of: " + ", ".join(PLATFORMS),
-                       platform)
-    section = SECTIONS[platform]
-    for other in SECTIONS.values():
+    if platform not in registry.platforms():
+        raise top.fail("platform", "unsupported platform",
+                       "one of: " + ", ".join(registry.platforms()), platform)
+    tee = registry.by_platform(platform)
+    section = tee.section
+    for other in registry.sections():
         if other != section and top.has(other):
             raise top.fail_at((other,), f"field '{other}' is not allowed when platform is "
                                         f"'{platform}'", "not present", other)
@@ -368,12 +177,13 @@ def compile_policy(doc: Document, version: int = 0) -> AppraisalPolicy:
         version=version,
         platform=platform,
         digest=hashlib.sha256(doc.raw).hexdigest(),
-        rules=_compile_rules(platform, top.table_at(section), references),
+        rules=_compile_rules(tee, top.table_at(section), references),
         source=doc.source,
-        workload=_compile_workload(top, platform),
+        workload=compile_workload(top, platform,
+                                  binds_init_data=tee.init_data_register is not None),
         references=references,
         conditions=_compile_conditions(top, platform),
-        early_warning=_compile_early_warning(top, platform),
+        early_warning=_compile_early_warning(top, tee),
         document=doc.raw,
     )
 

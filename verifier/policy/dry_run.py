@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from keybroker.errors import KeybrokerError
-from verifier.claims_view import PlatformClaims, platform_claims_from_dict
+from verifier import registry
+from verifier.claims_view import platform_claims_from_dict
 from verifier.decision import appraise
 from verifier.policy.cases import Outcome, evaluate
-from verifier.policy.compile import AppraisalPolicy
+from verifier.policy.model import AppraisalPolicy
 from verifier.records import AppraisalRecord
 from verifier.reference.values import ReferenceSnapshot
+from verifier.tee import Claims
 from verifier.workload import WorkloadClaims
 
 
@@ -34,15 +36,12 @@ def _rfc3339(value: datetime) -> str:
 
 
 def platform_identity(evidence: Mapping[str, object]) -> str:
-    """``chip:<16 hex>`` (SNP VCEK), ``csp:<id>`` (SNP VLEK), ``fmspc:<hex>`` (TDX / SGX)."""
-    if evidence.get("platform") == "sev-snp":
-        chip = str(evidence.get("chip_id", ""))
-        if chip.strip("0"):
-            return f"chip:{chip[:16]}"
-        return f"csp:{evidence.get('csp_id')}"
-    tcb = evidence.get("tcb")
-    fmspc = tcb.get("fmspc") if isinstance(tcb, Mapping) else None
-    return f"fmspc:{fmspc}"
+    """The platform's identity from recorded claims (``chip:<16 hex>`` or ``csp:<id>`` for
+    SEV-SNP, ``fmspc:<hex>`` for TDX / SGX: each TEE's ``platform_identity``)."""
+    platform = evidence.get("platform")
+    if not isinstance(platform, str) or platform not in registry.platforms():
+        return f"unknown:{platform}"
+    return registry.by_platform(platform).platform_identity(evidence)
 
 
 def recorded_outcome(decision: Mapping[str, str]) -> Outcome:
@@ -134,7 +133,7 @@ class DryRunReport:
         return f"{len(self.changed)} of {len(self.entries)} decisions would change"
 
 
-def reappraise(policy: AppraisalPolicy, record: AppraisalRecord, claims: PlatformClaims,
+def reappraise(policy: AppraisalPolicy, record: AppraisalRecord, claims: Claims,
                references: ReferenceSnapshot, *, include_staged: bool
                ) -> tuple[Outcome, tuple[str, ...], tuple[str, ...]]:
     """(outcome, would_match, tcb_debt) of ``record`` under ``policy`` at the record's time."""

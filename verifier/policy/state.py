@@ -25,7 +25,8 @@ from types import MappingProxyType
 
 from keybroker.errors import Malformed
 from keybroker.policy_store import PolicyStore
-from verifier.policy.compile import AppraisalPolicy, load_policy, parse_policy
+from verifier.policy.compile import load_policy, parse_policy
+from verifier.policy.model import AppraisalPolicy
 from verifier.reference.store import ReferenceStore
 from verifier.reference.values import ReferenceSnapshot
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 from keybroker.errors import KeybrokerError
 from verifier.claims_view import platform_claims_from_dict
-from verifier.policy.compile import AppraisalPolicy
 from verifier.policy.dry_run import platform_identity, reappraise
+from verifier.policy.model import AppraisalPolicy
 from verifier.records import AppraisalRecord
 from verifier.reference.values import ReferenceSnapshot
 

@@ -1,10 +1,11 @@
-"""Typed appraisal of verified SEV-SNP claims against one compiled appraisal policy, and the
-``Appraisal`` value every platform's appraisal returns.
+"""Typed appraisal of verified SEV-SNP claims against the ``snp:`` section of one compiled
+appraisal policy, and the SEV-SNP TCB debt.
 
 Invariants:
 - Input is ``SnpClaims`` (a report whose signature and chain already verified); output is an
   ``Appraisal`` or a typed error. There is no boolean result and no partial pass: the first
   violated rule raises, with its rule name and the expected and actual values.
+- A policy of another platform is ``Malformed`` (``snp_section``).
 - Checks and categories (evidence-formats.md section 1.12 steps 8-11):
   simulator root without the insecure switch -> CHAIN_UNTRUSTED;
   debug, VMPL, migration agent, SMT (guest policy bit or platform SMT_EN) -> PLATFORM_POLICY;
@@ -14,14 +15,13 @@ Invariants:
   MEASUREMENT. ``measurements`` None means a reference-value binding covers MEASUREMENT: the
   decision engine (``verifier.decision``) checks it, this module does not.
 - Init-data, workload rules, reference values, conditions and the TCB early warning are the
-  decision engine's steps; this module is the typed, per-platform step only.
+  decision engine's steps; this module is the typed, per-platform step only. ``tcb_debt``
+  never changes a decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from keybroker.errors import (
     ChainUntrusted,
@@ -29,39 +29,11 @@ from keybroker.errors import (
     PlatformPolicyViolation,
     TcbPolicyViolation,
 )
-from verifier.policy.compile import AppraisalPolicy, SnpPolicy
 from verifier.snp.claims import FirmwareVersion, SnpClaims
+from verifier.snp.policy import SnpPolicy, snp_section
 from verifier.snp.tcb import TcbVersion
-
-AFFIRMING = "affirming"
-WARNING = "warning"
-TRUST_VECTOR_AFFIRMING: Mapping[str, int] = MappingProxyType({
-    "instance-identity": 2,
-    "configuration": 2,
-    "executables": 2,
-    "hardware": 2,
-    "runtime-opaque": 2,
-})
-
-
-@dataclass(frozen=True)
-class Appraisal:
-    """The outcome of a passed appraisal (an EAR submod).
-
-    ``warnings`` say why the status is "warning" beyond the trust vector (deprecated reference
-    values, accepted non-current TCB); ``matched`` maps each reference-bound claim to
-    "set@version/value-name"; ``would_match`` lists matches that needed staged values;
-    ``tcb_debt`` lists the claims below the policy's next TCB floor (never a denial)."""
-
-    status: str
-    trust_vector: Mapping[str, int]
-    policy_id: str
-    policy_digest: str
-    policy_name: str
-    warnings: tuple[str, ...] = ()
-    matched: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    would_match: tuple[str, ...] = ()
-    tcb_debt: tuple[str, ...] = ()
+from verifier.tee import TcbEarlyWarning
+from verifier.verdict import TRUST_VECTOR_AFFIRMING, Appraisal, PolicyRef, passed
 
 
 def _check_root(claims: SnpClaims, allow_insecure_root: bool) -> None:
@@ -143,20 +115,29 @@ def _check_measurement(claims: SnpClaims, snp: SnpPolicy) -> None:
 
 def appraise_snp(
     claims: SnpClaims,
-    policy: AppraisalPolicy,
+    policy: PolicyRef,
     *,
     allow_insecure_root: bool = False,
 ) -> Appraisal:
     """Appraise verified SNP claims against ``policy``'s typed ``snp`` rules; raise the first
     violated rule (init-data and workload rules: ``verifier.decision.appraise``)."""
     _check_root(claims, allow_insecure_root)
-    _check_platform(claims, policy.snp)
-    _check_tcb(claims, policy.snp)
-    _check_measurement(claims, policy.snp)
-    return Appraisal(
-        status=AFFIRMING,
-        trust_vector=TRUST_VECTOR_AFFIRMING,
-        policy_id=policy.policy_id,
-        policy_digest=policy.digest,
-        policy_name=policy.name,
-    )
+    snp = snp_section(policy)
+    _check_platform(claims, snp)
+    _check_tcb(claims, snp)
+    _check_measurement(claims, snp)
+    return passed(policy, TRUST_VECTOR_AFFIRMING)
+
+
+def tcb_debt(claims: SnpClaims, warning: TcbEarlyWarning) -> tuple[str, ...]:
+    """Reported / committed TCB components below the policy's next floor, as
+    "reported_tcb.microcode 209 < next floor 220"."""
+    floor = warning.snp_min_tcb
+    out: list[str] = []
+    if floor:
+        for which, tcb in (("reported_tcb", claims.reported_tcb),
+                           ("committed_tcb", claims.committed_tcb)):
+            mine = tcb.components()
+            for name in tcb.below(floor):
+                out.append(f"{which}.{name} {mine.get(name, 0)} < next floor {floor[name]}")
+    return tuple(out)

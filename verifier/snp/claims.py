@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from verifier.snp.tcb import TcbVersion
 
+PLATFORM_SNP = "sev-snp"
+
 
 @dataclass(frozen=True)
 class GuestPolicy:
@@ -123,7 +125,7 @@ class SnpClaims:
     def as_dict(self) -> dict[str, object]:
         """JSON-able claims, bytes as lowercase hex (used in tokens and `keybroker verify`)."""
         return {
-            "platform": "sev-snp",
+            "platform": PLATFORM_SNP,
             "version": self.version,
             "product": self.product,
             "signing_key": self.signing_key,

@@ -1,0 +1,179 @@
+"""The verifier process: start-up wiring (trust anchors, collateral, each family's verifier,
+policies, the result key), the gRPC server with health and reflection, and graceful shutdown.
+
+Invariants:
+- Start-up is fail closed: simulator anchors without the insecure switch, an unreadable
+  anchor or collateral file, an unusable result key or a policy that does not compile refuse
+  the start with a typed error naming the file; nothing is loaded lazily per request.
+- Every family of the registry is opened once (``open_verifiers``), so the service can verify
+  every evidence kind the registry lists; the verifiers live as long as the servicer.
+- Started with the insecure switch, a loud warning is logged (and every token says so).
+- Shutdown reports NOT_SERVING first, then lets in-flight RPCs finish within a grace period,
+  then stops the policy watcher and flushes the recorded appraisals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from datetime import timedelta
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from keybroker.errors import Malformed, Unavailable
+from keybroker.policy_store import PolicyStore
+from keybroker.reload import Watched
+from keybroker.v1 import verifier_pb2_grpc
+from verifier import registry
+from verifier.collateral.cache import CollateralStore
+from verifier.config import VerifierConfig, ensure_secure
+from verifier.policy.model import AppraisalPolicy
+from verifier.policy.state import load_state, seed_policies
+from verifier.records import RecordStore, RecordWriter
+from verifier.reference.store import ReferenceStore
+from verifier.result import ResultSigner
+from verifier.service import SERVICE_NAME, Clock, VerifierServicer, utc_now
+from verifier.tee import EvidenceVerifier, VerifierSetup
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+def open_verifiers(setup: VerifierSetup) -> dict[str, EvidenceVerifier]:
+    """Every family's verifier, keyed by the evidence kinds it verifies."""
+    verifiers: dict[str, EvidenceVerifier] = {}
+    for family in registry.FAMILIES:
+        verifier = family.open_verifier(setup)
+        for tee in family.tees:
+            verifiers[tee.evidence_kind] = verifier
+    return verifiers
+
+
+def build_servicer(
+    config: VerifierConfig, *, insecure: bool, clock: Clock = utc_now
+) -> VerifierServicer:
+    """Load trust anchors, collateral, policies and the result key once (start-up)."""
+    ensure_secure(config, insecure=insecure)
+    if insecure:
+        logger.warning(
+            "INSECURE: verifier started with --insecure-simulator; simulator test roots are "
+            "trusted and every result token carries keybroker.insecure=true. NEVER USE IN "
+            "PRODUCTION.")
+    try:
+        collateral = CollateralStore.load(list(config.collateral))
+        verifiers = open_verifiers(VerifierSetup(config=config, collateral=collateral))
+    except OSError as exc:
+        raise Malformed(f"{config.source}: cannot read trust anchors or collateral",
+                        rule="config.collateral", expected="readable files and directories",
+                        actual=str(exc)) from None
+    signer = ResultSigner.load(config.result_key, audience=config.audience,
+                               ttl_seconds=config.result_ttl_seconds)
+    policy_store = PolicyStore(config.state_db)
+    reference_store = ReferenceStore(config.state_db)
+    seed_policies(policy_store, config.policies, clock())
+    compiled: dict[tuple[str, int, str], AppraisalPolicy] = {}
+    watched = Watched("verifier policies and reference values",
+                      lambda: (policy_store.generation(), reference_store.generation()),
+                      lambda: load_state(policy_store, reference_store, compiled))
+    records = (RecordWriter(RecordStore(config.state_db,
+                                        retention=timedelta(days=config.record_days)))
+               if config.record_days > 0 else None)
+    logger.info("verifier policies in force=%s result_alg=%s kid=%s record_days=%d",
+                ",".join(p.policy_id for p in watched.current.policies.values()),
+                signer.alg, signer.kid, config.record_days)
+    servicer = VerifierServicer(verifiers=verifiers,
+                                state=lambda: watched.current, records=records, signer=signer,
+                                insecure=insecure, max_request_bytes=config.max_request_bytes,
+                                clock=clock)
+    servicer.watched = watched
+    return servicer
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise Malformed("invalid listen address", rule="config.listen", expected="HOST:PORT",
+                        actual=listen)
+    return host, int(port)
+
+
+class VerifierServer:
+    """A started grpc.aio server with the Verifier, health and reflection services."""
+
+    def __init__(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
+                 host: str, port: int) -> None:
+        self._server = server
+        self._health = health_servicer
+        self.host = host
+        self.port = port
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` with the real port (also when listening on port 0)."""
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    async def start(
+        cls, servicer: VerifierServicer, listen: str, *, max_request_bytes: int = 1 << 20
+    ) -> VerifierServer:
+        """Bind ``listen`` (port 0 picks a free port), register services, start serving."""
+        host, port = _split_listen(listen)
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", max_request_bytes),
+            ("grpc.max_send_message_length", 1 << 20),
+        ])
+        verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise Unavailable("cannot bind listen address", rule="config.listen",
+                              expected="a free address", actual=listen)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return cls(server, health_servicer, host, bound)
+
+    async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
+        """Report NOT_SERVING, then let in-flight RPCs finish within ``grace`` seconds."""
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        """Block until the server has stopped."""
+        await self._server.wait_for_termination()
+
+
+async def serve(
+    config: VerifierConfig,
+    *,
+    insecure: bool,
+    on_ready: Callable[[str], None],
+    clock: Clock = utc_now,
+) -> None:
+    """Run the verifier until SIGTERM/SIGINT, then shut down gracefully."""
+    servicer = build_servicer(config, insecure=insecure, clock=clock)
+    server = await VerifierServer.start(servicer, config.listen,
+                                        max_request_bytes=config.max_request_bytes)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    servicer.start_background(config.policy_poll_seconds)
+    logger.info("verifier serving on %s", server.address)
+    on_ready(server.address)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        logger.info("verifier shutting down")
+        await server.stop()
+        await servicer.close()
