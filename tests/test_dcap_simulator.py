@@ -19,12 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attester_agent.simulator import dcap_collateral as coll
-from attester_agent.simulator.ccel import (
-    EV_EFI_BOOT_SERVICES_APPLICATION,
-    EV_EFI_PLATFORM_FIRMWARE_BLOB2,
-    EV_EVENT_TAG,
-    TdBoot,
-)
+from attester_agent.simulator.ccel import TdBoot
 from attester_agent.simulator.dcap import (
     DEFAULT_MR_SEAM,
     DcapTestCa,
@@ -62,6 +57,11 @@ from keybroker.evidence.sgx_extensions import (
     parse_sgx_extension,
 )
 from keybroker.evidence.tcg_log import ALG_SHA384
+from keybroker.evidence.uefi_event import (
+    EV_EFI_BOOT_SERVICES_APPLICATION,
+    EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+    EV_EVENT_TAG,
+)
 from verifier.collateral.cache import CollateralStore
 from verifier.dcap.documents import CollateralVerifier
 from verifier.dcap.pck import PckVerifier

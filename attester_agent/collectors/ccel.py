@@ -21,19 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
-import construct as c
-
 from attester_agent.collectors.pseudo_file import read_bounded
 from keybroker.errors import Malformed, Unavailable
+from keybroker.evidence.ccel import CCEL_SIGNATURE, TABLE_HEAD
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ACPI_TABLES: Final = Path("/sys/firmware/acpi/tables")
-CCEL_SIGNATURE: Final = b"CCEL"
 MAX_TABLE_SIZE: Final = 4096
 MAX_DATA_SIZE: Final = 3 * 1024 * 1024
 
-_TABLE_HEAD = c.Struct("signature" / c.Bytes(4), "length" / c.Int32ul)
 
 
 @dataclass(frozen=True)
@@ -85,10 +82,10 @@ class CcelReader:
 
 
 def _check_table(table: bytes) -> None:
-    if len(table) < _TABLE_HEAD.sizeof():
+    if len(table) < TABLE_HEAD.sizeof():
         raise Malformed("the CCEL table is truncated", rule="CCEL table",
                         expected=">= 8 bytes", actual=f"{len(table)} bytes")
-    head = _TABLE_HEAD.parse(table)
+    head = TABLE_HEAD.parse(table)
     if head.signature != CCEL_SIGNATURE:
         raise Malformed("the CCEL table has the wrong signature", rule="CCEL table",
                         expected="CCEL", actual=bytes(head.signature).hex())

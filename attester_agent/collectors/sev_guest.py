@@ -33,6 +33,7 @@ import construct as c
 
 from attester_agent.collectors.base import check_report_data
 from keybroker.errors import Malformed, Unavailable
+from keybroker.evidence.snp_certs import CERT_ENTRY, ENTRY_SIZE
 from keybroker.evidence.snp_report import REPORT_SIZE
 from keybroker.v1 import evidence_pb2
 
@@ -80,13 +81,7 @@ REPORT_RSP = c.Struct(
     "reserved" / c.Bytes(24),
     "report" / c.Bytes(REPORT_SIZE),
 )
-CERT_ENTRY = c.Struct(
-    "guid" / c.Bytes(16),
-    "offset" / c.Int32ul,
-    "length" / c.Int32ul,
-)
-CERT_ENTRY_SIZE: Final = 24
-_ZERO_ENTRY: Final = bytes(CERT_ENTRY_SIZE)
+_ZERO_ENTRY: Final = bytes(ENTRY_SIZE)
 
 
 @dataclass(frozen=True)
@@ -168,22 +163,22 @@ def trim_cert_table(buf: bytes) -> bytes:
     """
     count = 0
     while True:
-        start = count * CERT_ENTRY_SIZE
-        if start + CERT_ENTRY_SIZE > len(buf):
+        start = count * ENTRY_SIZE
+        if start + ENTRY_SIZE > len(buf):
             if count == 0 and not any(buf):
                 return b""
             raise Malformed("certificate table has no zero terminator",
                             expected="all-zero terminating entry",
                             actual=f"{count} entries fill {len(buf)} bytes")
-        if buf[start:start + CERT_ENTRY_SIZE] == _ZERO_ENTRY:
+        if buf[start:start + ENTRY_SIZE] == _ZERO_ENTRY:
             break
         count += 1
     if count == 0:
         return b""
-    table_size = (count + 1) * CERT_ENTRY_SIZE
+    table_size = (count + 1) * ENTRY_SIZE
     end = table_size
     for index in range(count):
-        entry = CERT_ENTRY.parse(buf[index * CERT_ENTRY_SIZE:(index + 1) * CERT_ENTRY_SIZE])
+        entry = CERT_ENTRY.parse(buf[index * ENTRY_SIZE:(index + 1) * ENTRY_SIZE])
         if entry.offset < table_size or entry.offset + entry.length > len(buf):
             raise Malformed("certificate table entry points outside the buffer",
                             rule=f"cert table entry {index}",

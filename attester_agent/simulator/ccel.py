@@ -23,8 +23,6 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 
-import construct as c
-
 from keybroker.evidence.ccel import CC_TYPE_TDX, CcelTable, build_ccel_table
 from keybroker.evidence.tcg_log import (
     ALG_SHA384,
@@ -34,38 +32,32 @@ from keybroker.evidence.tcg_log import (
     TcgEvent,
     build_event_log,
 )
+from keybroker.evidence.uefi_event import (
+    DEVICE_PATH_NODE,
+    EV_EFI_ACTION,
+    EV_EFI_BOOT_SERVICES_APPLICATION,
+    EV_EFI_HANDOFF_TABLES2,
+    EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+    EV_EFI_VARIABLE_DRIVER_CONFIG,
+    EV_EVENT_TAG,
+    EV_PLATFORM_CONFIG_FLAGS,
+    EV_SEPARATOR,
+    FIRMWARE_BLOB2,
+    HANDOFF_TABLES2,
+    IMAGE_LOAD,
+    LINUX_INITRD_TAG,
+    LINUX_LOAD_OPTIONS_TAG,
+    TAGGED_EVENT,
+    VARIABLE_DATA,
+)
 
 LOG_AREA_SIZE = 0x10000
 LOG_AREA_ADDRESS = 0x7F5E_0000
-EV_SEPARATOR = 0x4
-EV_EVENT_TAG = 0x6
-EV_PLATFORM_CONFIG_FLAGS = 0xA
-EV_EFI_VARIABLE_DRIVER_CONFIG = 0x80000001
-EV_EFI_BOOT_SERVICES_APPLICATION = 0x80000003
-EV_EFI_ACTION = 0x80000007
-EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000000A
-EV_EFI_HANDOFF_TABLES2 = 0x8000000B
-TAG_LOAD_OPTIONS = 0x8F3B22ED
-TAG_INITRD = 0x8F3B22EC
 _EFI_GLOBAL = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c").bytes_le
 _EFI_SECURITY_DB = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f").bytes_le
 _TD_HOB_GUID = uuid.UUID("93bb96af-b9f2-4eb8-9462-e0ba74564236").bytes_le
 _QEMU_KERNEL_FS = uuid.UUID("1428f772-b64a-441e-b8c3-9ebdd7f893c7").bytes_le
 _FIRMWARE_BASE = 0xFFC0_0000
-
-_FIRMWARE_BLOB2 = c.Struct("description" / c.PascalString(c.Int8ul, "ascii"),
-                           "base" / c.Int64ul, "length" / c.Int64ul)
-_HANDOFF_TABLES2 = c.Struct("description" / c.PascalString(c.Int8ul, "ascii"),
-                            "count" / c.Int64ul, "guid" / c.Bytes(16), "pointer" / c.Int64ul)
-_VARIABLE_DATA = c.Struct("guid" / c.Bytes(16), "name_length" / c.Int64ul,
-                          "data_length" / c.Int64ul, "name" / c.Bytes(c.this.name_length * 2),
-                          "data" / c.Bytes(c.this.data_length))
-_IMAGE_LOAD = c.Struct("location" / c.Int64ul, "length" / c.Int64ul, "link_time" / c.Int64ul,
-                       "device_path" / c.Prefixed(c.Int64ul, c.GreedyBytes))
-_DP_NODE = c.Struct("type" / c.Int8ul, "subtype" / c.Int8ul,
-                    "data" / c.Prefixed(c.ExprAdapter(c.Int16ul, c.obj_ - 4, c.obj_ + 4),
-                                        c.GreedyBytes))
-_TAGGED = c.Struct("tag" / c.Int32ul, "data" / c.Prefixed(c.Int32ul, c.GreedyBytes))
 
 
 @dataclass(frozen=True)
@@ -113,7 +105,7 @@ def _event(index: int, event_type: int, data: bytes, digest: bytes | None = None
 
 
 def _variable(guid: bytes, name: str) -> bytes:
-    out: bytes = _VARIABLE_DATA.build({"guid": guid, "name_length": len(name),
+    out: bytes = VARIABLE_DATA.build({"guid": guid, "name_length": len(name),
                                        "data_length": 0, "name": name.encode("utf-16-le"),
                                        "data": b""})
     return out
@@ -121,16 +113,17 @@ def _variable(guid: bytes, name: str) -> bytes:
 
 def _kernel_load_event(boot: TdBoot) -> bytes:
     nodes = [(4, 3, _QEMU_KERNEL_FS), (4, 4, "kernel\x00".encode("utf-16-le")), (0x7F, 0xFF, b"")]
-    path = b"".join(_DP_NODE.build({"type": t, "subtype": s, "data": d}) for t, s, d in nodes)
-    out: bytes = _IMAGE_LOAD.build({"location": 0x7CB3_0018, "length": len(boot.kernel),
+    path = b"".join(DEVICE_PATH_NODE.build({"type": t, "subtype": s, "data": d})
+                    for t, s, d in nodes)
+    out: bytes = IMAGE_LOAD.build({"location": 0x7CB3_0018, "length": len(boot.kernel),
                                     "link_time": 0, "device_path": path})
     return out
 
 
 def _events(boot: TdBoot) -> list[TcgEvent]:
-    handoff = _HANDOFF_TABLES2.build({"description": "TdxTable\x00", "count": 1,
+    handoff = HANDOFF_TABLES2.build({"description": "TdxTable\x00", "count": 1,
                                       "guid": _TD_HOB_GUID, "pointer": 0x809000})
-    blob = _FIRMWARE_BLOB2.build({"description": "Fv(XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX)\x00",
+    blob = FIRMWARE_BLOB2.build({"description": "Fv(XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX)\x00",
                                   "base": _FIRMWARE_BASE, "length": len(boot.firmware)})
     variables = [(_EFI_GLOBAL, "SecureBoot"), (_EFI_GLOBAL, "PK"), (_EFI_GLOBAL, "KEK"),
                  (_EFI_SECURITY_DB, "db"), (_EFI_SECURITY_DB, "dbx")]
@@ -150,10 +143,11 @@ def _events(boot: TdBoot) -> list[TcgEvent]:
                boot.kernel_digest),
         action("Calling EFI Application from Boot Option"),
         _event(1, EV_SEPARATOR, bytes(4)),
-        _event(3, EV_EVENT_TAG, _TAGGED.build({"tag": TAG_LOAD_OPTIONS,
-                                               "data": b"LOADED_IMAGE::LoadOptions\x00"}),
+        _event(3, EV_EVENT_TAG, TAGGED_EVENT.build({"tag": LINUX_LOAD_OPTIONS_TAG,
+                                                    "data": b"LOADED_IMAGE::LoadOptions\x00"}),
                boot.cmdline_digest),
-        _event(3, EV_EVENT_TAG, _TAGGED.build({"tag": TAG_INITRD, "data": b"Linux initrd\x00"}),
+        _event(3, EV_EVENT_TAG, TAGGED_EVENT.build({"tag": LINUX_INITRD_TAG,
+                                                    "data": b"Linux initrd\x00"}),
                boot.initrd_digest),
         action("Exit Boot Services Invocation"),
         action("Exit Boot Services Returned with Success"),

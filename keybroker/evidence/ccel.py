@@ -26,9 +26,11 @@ CCEL_TABLE_SIZE = 56
 CC_TYPE_SEV = 1
 CC_TYPE_TDX = 2
 
+# The ACPI header's first fields: enough to find and bound a table before reading it whole.
+_HEAD_FIELDS = ("signature" / c.Bytes(4), "length" / c.Int32ul)
+TABLE_HEAD = c.Struct(*_HEAD_FIELDS)
 _TABLE = c.Struct(
-    "signature" / c.Bytes(4),
-    "length" / c.Int32ul,
+    *_HEAD_FIELDS,
     "revision" / c.Int8ul,
     "checksum" / c.Int8ul,
     "oem_id" / c.Bytes(6),

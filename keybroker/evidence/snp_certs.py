@@ -39,9 +39,9 @@ ENTRY_SIZE = 24
 MAX_TABLE_ENTRIES = 64
 _ZERO_GUID = bytes(16)
 
-_ENTRY = c.Struct("guid" / c.Bytes(16), "offset" / c.Int32ul, "length" / c.Int32ul)
+CERT_ENTRY = c.Struct("guid" / c.Bytes(16), "offset" / c.Int32ul, "length" / c.Int32ul)
 _TABLE = c.RepeatUntil(lambda entry, entries, _ctx: entry["guid"] == _ZERO_GUID
-                       or len(entries) > MAX_TABLE_ENTRIES, _ENTRY)
+                       or len(entries) > MAX_TABLE_ENTRIES, CERT_ENTRY)
 
 
 @dataclass(frozen=True)

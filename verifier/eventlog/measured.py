@@ -34,17 +34,20 @@ import construct as c
 from keybroker.errors import EventLogMismatch, Malformed
 from keybroker.evidence.ccel import CC_TYPE_TDX, parse_ccel_log, parse_ccel_table
 from keybroker.evidence.runtime_log import KIND_IMAGE, RuntimeEvent, extend, parse_runtime_log
+from keybroker.evidence.uefi_event import (
+    EV_EFI_ACTION,
+    EV_EFI_BOOT_SERVICES_APPLICATION,
+    EV_EFI_PLATFORM_FIRMWARE_BLOB,
+    EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+    EV_EVENT_TAG,
+    EV_IPL,
+    LINUX_INITRD_TAG,
+    LINUX_LOAD_OPTIONS_TAG,
+    TAGGED_EVENT,
+)
 from verifier.eventlog.rtmr import RTMR_COUNT, RTMR_SIZE, RtmrEvent, rtmr_events
 
-EV_IPL = 0x0D
-EV_EVENT_TAG = 0x06
-EV_EFI_BOOT_SERVICES_APPLICATION = 0x8000_0003
-EV_EFI_ACTION = 0x8000_0007
-EV_EFI_PLATFORM_FIRMWARE_BLOB = 0x8000_0008
-EV_EFI_PLATFORM_FIRMWARE_BLOB2 = 0x8000_000A
 FIRMWARE_BLOBS = frozenset({EV_EFI_PLATFORM_FIRMWARE_BLOB, EV_EFI_PLATFORM_FIRMWARE_BLOB2})
-LINUX_INITRD_TAG = 0x8F3B_22EC  # Linux EFI stub: initrd contents
-LINUX_LOAD_OPTIONS_TAG = 0x8F3B_22ED  # Linux EFI stub: command line (digest only)
 EXIT_BOOT_SERVICES = b"Exit Boot Services Invocation"
 _CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
 _GRUB_CMD_PREFIXES = (b"grub_cmd: ", b"grub_cmd ")
@@ -53,8 +56,6 @@ _INITRD_COMMANDS = frozenset({"initrd", "initrdefi", "initrd16"})
 _LOADER_KERNEL = b"grub_linuxefi Kernel"
 _LOADER_INITRD = b"grub_linuxefi Initrd"
 _UKI_KERNEL, _UKI_INITRD = ".linux", ".initrd"
-_TAGGED_EVENT = c.Struct("id" / c.Int32ul, "data" / c.Prefixed(c.Int32ul, c.GreedyBytes),
-                         c.Terminated)
 
 
 @dataclass(frozen=True)
@@ -183,14 +184,14 @@ class _Boot:
     def tag(self, ev: RtmrEvent) -> None:
         """Linux EFI stub tagged events: the stub is part of the last boot application."""
         try:
-            tagged = _TAGGED_EVENT.parse(ev.data)
+            tagged = TAGGED_EVENT.parse(ev.data)
         except c.ConstructError:
             return
-        if tagged.id not in (LINUX_INITRD_TAG, LINUX_LOAD_OPTIONS_TAG):
+        if tagged.tag not in (LINUX_INITRD_TAG, LINUX_LOAD_OPTIONS_TAG):
             return
         if self.applications:
             self.set_kernel(bytes.fromhex(self.applications[-1]))
-        if tagged.id == LINUX_INITRD_TAG:
+        if tagged.tag == LINUX_INITRD_TAG:
             self.set_initrd(ev.digest)
 
 
