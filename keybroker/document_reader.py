@@ -22,11 +22,11 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 
-from keybroker.document import RULE, Document, dotted
+from keybroker.document import RULE, Document
 from keybroker.errors import Malformed
+from keybroker.schema_wording import INSTANT, dotted
 
 U64_MAX = (1 << 64) - 1
-INSTANT = "date-time with a time zone, e.g. 2026-06-30T00:00:00Z"
 _HEX_INT_RE = re.compile(r"^(0x)?[0-9a-fA-F]{1,16}$")
 
 Path_ = tuple[str | int, ...]

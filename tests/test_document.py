@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keybroker.document import (
-    INSTANT,
     KINDS,
     MAX_BYTES,
     SCHEMAS,
@@ -23,6 +22,7 @@ from keybroker.document import (
     schema_for_kind,
 )
 from keybroker.errors import Category, Malformed
+from keybroker.schema_wording import INSTANT
 
 RULES = b"""\
 kind: ReleaseRules

@@ -72,7 +72,7 @@ def utc_now() -> datetime:
 
 
 def load_policies(paths: Sequence[Path]) -> dict[str, AppraisalPolicy]:
-    """Compile policy files keyed by name (duplicate names refused); see ``policy_state``."""
+    """Compile policy files keyed by name (duplicate names refused); see ``verifier.policy.state``."""
     return read_policy_files(paths)
 
 

@@ -10,9 +10,9 @@ Invariants:
   ``BEGIN IMMEDIATE`` transaction (``UNIQUE(name, version)`` backs it up), so concurrent
   imports get distinct numbers. Re-importing the exact document of a version that is not
   retired is refused (``refvalues.unchanged``).
-- Documents are parsed with ``keybroker.document`` against the ``reference-values`` schema;
-  in addition ``not_before < not_after`` and value names unique within the document are
-  enforced here, with ``file:line`` errors.
+- Documents are parsed with ``keybroker.document`` against the ``reference-values`` schema,
+  then read by ``reference_document`` (``not_before < not_after``, value names unique within
+  the document, ``file:line`` errors).
 - Allowed transitions: staged->active, staged->retired, active->deprecated (``retire_at``
   required, after the transition time), active->retired, deprecated->retired. Anything else is
   Malformed rule ``refvalues.state``. A RETIRED version's ``retire_at`` in snapshots is the
@@ -34,10 +34,17 @@ from typing import Any
 import sqlite_utils
 
 from keybroker.database import Database, immediate
-from keybroker.document import Document, load_document
+from keybroker.document import load_document
 from keybroker.errors import Malformed
 from verifier.reference.manifest import Provider, manifest_provenance, verify_manifest
-from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue, rfc3339
+from verifier.reference.values import (
+    ReferenceSnapshot,
+    RefSetVersion,
+    RefState,
+    RefValue,
+    reference_document,
+    rfc3339,
+)
 
 SCHEMA_NAME = "reference-values"
 _TRANSITIONS: dict[RefState, frozenset[RefState]] = {
@@ -134,47 +141,6 @@ def _require(value: str, field: str) -> str:
     return text
 
 
-def _values(doc: Document) -> tuple[str, str, tuple[RefValue, ...]]:
-    """(set name, description, values) of a schema-valid document, with the extra checks."""
-    data = doc.data
-    name, description, items = data.get("name"), data.get("description", ""), data.get("values")
-    if data.get("kind") != "ReferenceValues":
-        raise doc.fail(["kind"], "not a reference-value document", "ReferenceValues",
-                       data.get("kind"))
-    if not isinstance(name, str) or not name:
-        raise doc.fail(["name"], "missing set name", "a set name", name)
-    if not isinstance(description, str):
-        raise doc.fail(["description"], "wrong type", "string", description)
-    if not isinstance(items, list) or not items:
-        raise doc.fail(["values"], "no reference values", "at least one value", items)
-    seen: dict[str, int] = {}
-    out: list[RefValue] = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise doc.fail(["values", i], "wrong type", "mapping", item)
-        vname, value = item.get("name"), item.get("value")
-        nb, na = item.get("not_before"), item.get("not_after")
-        if not isinstance(vname, str) or not vname:
-            raise doc.fail(["values", i, "name"], "missing value name", "a name", vname)
-        if not isinstance(value, str) or not value:
-            raise doc.fail(["values", i, "value"], "missing value", "a string", value)
-        for key, when in (("not_before", nb), ("not_after", na)):
-            if not isinstance(when, datetime) or when.tzinfo is None:
-                raise doc.fail(["values", i, key], "not a date-time with a time zone",
-                               "date-time with a time zone", when)
-        assert isinstance(nb, datetime) and isinstance(na, datetime)
-        if vname in seen:
-            raise doc.fail(["values", i, "name"],
-                           f"duplicate value name (first at values[{seen[vname]}])",
-                           "value names unique within the set", vname)
-        if not nb < na:
-            raise doc.fail(["values", i, "not_after"], "validity window is empty",
-                           f"after not_before {rfc3339(nb)}", rfc3339(na))
-        seen[vname] = i
-        out.append(RefValue(vname, value, nb.astimezone(UTC), na.astimezone(UTC)))
-    return name, description, tuple(out)
-
-
 _LAST_EVENT = (
     "SELECT name, version, from_state, to_state, retire_at, author, comment, at"
     " FROM refset_events WHERE name = ? AND version = ? ORDER BY seq DESC LIMIT 1"
@@ -227,7 +193,7 @@ class ReferenceStore:
         comment = _require(comment, "comment")
         provenance = _require(provenance, "provenance")
         doc = load_document(raw, source, SCHEMA_NAME)
-        name, description, values = _values(doc)
+        name, description, values = reference_document(doc)
         created = _stamp(now)
         digest = doc.digest
 

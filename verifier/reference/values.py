@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from keybroker.document import Document
 from keybroker.errors import Malformed, MeasurementMismatch
 
 
@@ -215,3 +216,45 @@ def _explain(
     return MeasurementMismatch(
         f"value is not in reference set {set_name}", rule=rule,
         expected=f"one of {count} values in {set_name}@{labels}", actual=value)
+
+
+def reference_document(doc: Document) -> tuple[str, str, tuple[RefValue, ...]]:
+    """(set name, description, values) of a schema-valid ``ReferenceValues`` document, with
+    the checks a schema cannot express (unique value names, non-empty validity windows)."""
+    data = doc.data
+    name, description, items = data.get("name"), data.get("description", ""), data.get("values")
+    if data.get("kind") != "ReferenceValues":
+        raise doc.fail(["kind"], "not a reference-value document", "ReferenceValues",
+                       data.get("kind"))
+    if not isinstance(name, str) or not name:
+        raise doc.fail(["name"], "missing set name", "a set name", name)
+    if not isinstance(description, str):
+        raise doc.fail(["description"], "wrong type", "string", description)
+    if not isinstance(items, list) or not items:
+        raise doc.fail(["values"], "no reference values", "at least one value", items)
+    seen: dict[str, int] = {}
+    out: list[RefValue] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise doc.fail(["values", i], "wrong type", "mapping", item)
+        vname, value = item.get("name"), item.get("value")
+        nb, na = item.get("not_before"), item.get("not_after")
+        if not isinstance(vname, str) or not vname:
+            raise doc.fail(["values", i, "name"], "missing value name", "a name", vname)
+        if not isinstance(value, str) or not value:
+            raise doc.fail(["values", i, "value"], "missing value", "a string", value)
+        for key, when in (("not_before", nb), ("not_after", na)):
+            if not isinstance(when, datetime) or when.tzinfo is None:
+                raise doc.fail(["values", i, key], "not a date-time with a time zone",
+                               "date-time with a time zone", when)
+        assert isinstance(nb, datetime) and isinstance(na, datetime)
+        if vname in seen:
+            raise doc.fail(["values", i, "name"],
+                           f"duplicate value name (first at values[{seen[vname]}])",
+                           "value names unique within the set", vname)
+        if not nb < na:
+            raise doc.fail(["values", i, "not_after"], "validity window is empty",
+                           f"after not_before {rfc3339(nb)}", rfc3339(na))
+        seen[vname] = i
+        out.append(RefValue(vname, value, nb.astimezone(UTC), na.astimezone(UTC)))
+    return name, description, tuple(out)
