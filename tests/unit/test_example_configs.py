@@ -1,0 +1,65 @@
+"""The example files in config/ load with the real loaders (they are documentation too)."""
+
+from __future__ import annotations
+
+import pytest
+from support.paths import CONFIG
+
+from attester_agent.simulator.dcap import (
+    DEFAULT_MR_ENCLAVE,
+    DEFAULT_MR_SIGNER,
+    TdBoot,
+    mr_td_for,
+)
+from broker.config import load_config
+from broker.rules import load_rules
+from keybroker.errors import Category, KeybrokerError
+from verifier.config import load_config as load_verifier_config
+from verifier.dcap.policy import sgx_section, tdx_section
+from verifier.policy.compile import load_policy
+
+
+def test_example_broker_config_loads() -> None:
+    """config/broker.toml loads; relative paths resolve next to the file; insecure is off."""
+    config = load_config(CONFIG / "broker.toml")
+    assert config.database == CONFIG / "broker.db"
+    assert config.release_rules == CONFIG / "release-rules.yaml"
+    assert config.verifier_alg == "ES256"
+    assert config.accept_insecure_results is False
+
+
+def test_example_release_rules_load() -> None:
+    """config/release-rules.yaml maps demo/* and prod/* to their policies; others match none."""
+    rules = load_rules(CONFIG / "release-rules.yaml")
+    assert [r.policy for r in rules.requirements(["demo/db-password"])] == ["snp-demo"]
+    assert [r.policy for r in rules.requirements(["prod/api"])] == ["snp-strict"]
+    with pytest.raises(KeybrokerError) as exc:
+        rules.requirements(["other/key"])
+    assert exc.value.category is Category.PLATFORM_POLICY
+
+
+def test_example_tdx_policy_loads() -> None:
+    """config/policies/tdx-demo.yaml is a strict TDX policy for the simulator's default TD."""
+    policy = load_policy(CONFIG / "policies" / "tdx-demo.yaml", version=1)
+    tdx = tdx_section(policy)
+    assert policy.policy_id == "tdx-demo@1"
+    assert tdx.mrtd == frozenset({mr_td_for(TdBoot())})
+    assert tdx.tcb.accepted_statuses == frozenset({"UpToDate"})
+    assert tdx.tcb.out_of_date_grace_until is None and not tdx.tcb.allow_missing_crl
+    assert tdx.require_sept_ve_disable and not tdx.allow_migratable
+    assert not policy.workload.require_init_data
+
+
+def test_example_sgx_policy_loads() -> None:
+    """config/policies/sgx-demo.yaml accepts the SGX simulator's default enclave and signer."""
+    sgx = sgx_section(load_policy(CONFIG / "policies" / "sgx-demo.yaml"))
+    assert sgx.mrenclave == frozenset({DEFAULT_MR_ENCLAVE})
+    assert sgx.signer is not None and sgx.signer.mrsigner == frozenset({DEFAULT_MR_SIGNER})
+    assert (sgx.signer.isv_prod_id, sgx.signer.min_isv_svn) == (1, 1)
+
+
+def test_example_verifier_config_lists_every_example_policy() -> None:
+    """config/verifier.toml names every policy in config/policies and no simulator roots."""
+    config = load_verifier_config(CONFIG / "verifier.toml")
+    assert set(config.policies) == set((CONFIG / "policies").glob("*.yaml"))
+    assert config.simulator_roots == () and config.simulator_intel_roots == ()
