@@ -72,7 +72,7 @@ def utc_now() -> datetime:
 
 
 def load_policies(paths: Sequence[Path]) -> dict[str, AppraisalPolicy]:
-    """Compile policy files keyed by name (duplicate names refused); see ``verifier.policy.state``."""
+    """Compile policy files keyed by name (duplicate names refused; ``verifier.policy.state``)."""
     return read_policy_files(paths)
 
 
