@@ -127,6 +127,12 @@ def own_claims(claims: Claims, kind: type[_C], platform: str) -> _C:
     return claims
 
 
+def no_runtime_log(claims: Claims) -> tuple[str | None, tuple[str, ...]]:
+    """``Tee.measured_images`` of a platform whose evidence carries no runtime log."""
+    del claims
+    return None, ()
+
+
 def check_binding(report_data: bytes, expected: bytes) -> None:
     """``BindingMismatch`` unless the evidence's report data is the challenge binding."""
     if report_data != expected:

@@ -51,6 +51,7 @@ from verifier.tee import (
     Tee,
     VerifierSetup,
     check_binding,
+    no_runtime_log,
     own_claims,
 )
 from verifier.verdict import Appraisal, PolicyRef
@@ -104,11 +105,6 @@ def _no_register(claims: Claims) -> bytes:
 def _rtmr3_images(claims: Claims) -> tuple[str | None, tuple[str, ...]]:
     events = _tdx(claims).events
     return (RUNTIME_REGISTER, events.images) if events is not None else (None, ())
-
-
-def _no_runtime_log(claims: Claims) -> tuple[str | None, tuple[str, ...]]:
-    del claims
-    return None, ()
 
 
 def platform_identity(evidence: Mapping[str, object]) -> str:
@@ -184,7 +180,7 @@ SGX = Tee(
     sample_claims=sample_sgx_claims,
     init_data_register=None,
     init_data_value=_no_register,
-    measured_images=_no_runtime_log,
+    measured_images=no_runtime_log,
     early_warning_keys=frozenset({EARLY_WARNING_KEY}),
     compile_early_warning=compile_early_warning,
     tcb_debt=_sgx_debt,

@@ -37,6 +37,7 @@ from verifier.tee import (
     TcbEarlyWarning,
     Tee,
     VerifierSetup,
+    no_runtime_log,
     own_claims,
 )
 from verifier.verdict import Appraisal, PolicyRef
@@ -62,11 +63,6 @@ def _debt(claims: Claims, warning: TcbEarlyWarning) -> tuple[str, ...]:
 
 def _host_data(claims: Claims) -> bytes:
     return _snp(claims).host_data
-
-
-def _no_runtime_log(claims: Claims) -> tuple[str | None, tuple[str, ...]]:
-    del claims
-    return None, ()
 
 
 def platform_identity(evidence: Mapping[str, object]) -> str:
@@ -112,7 +108,7 @@ SNP = Tee(
     sample_claims=sample_snp_claims,
     init_data_register=HOST_DATA,
     init_data_value=_host_data,
-    measured_images=_no_runtime_log,
+    measured_images=no_runtime_log,
     early_warning_keys=frozenset({EARLY_WARNING_KEY}),
     compile_early_warning=compile_early_warning,
     tcb_debt=_debt,
