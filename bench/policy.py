@@ -2,7 +2,7 @@
 
 Measures in one run, on one core:
 
-- ``verifier.decision.appraise`` for a realistic policy on verified simulator claims: the
+- ``verifier.policy.decision.appraise`` for a realistic policy on verified simulator claims: the
   typed platform section (SEV-SNP: TCB floor, debug / VMPL / migration / SMT / provisional
   firmware switches; TDX: TCB status, advisories, attributes), the init-data binding and
   workload section (names, approved images), a reference-value binding of the launch
@@ -58,9 +58,9 @@ from verifier.dcap.appraisal import appraise_tdx
 from verifier.dcap.claims import TdxClaims
 from verifier.dcap.trust import IntelTrustStore
 from verifier.dcap.verify import DcapVerifier
-from verifier.decision import appraise, early_warning, evidence_workload
 from verifier.eventlog.measured import td_event_claims
 from verifier.policy.compile import parse_policy
+from verifier.policy.decision import appraise, early_warning, evidence_workload
 from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue
 from verifier.snp.appraisal import appraise_snp

@@ -13,7 +13,7 @@ Invariants:
   defines (printed with its advisories and any collateral warning), while a platform matching
   no TCB level, a Revoked one, or missing/stale collateral is rejected. With ``--policy`` the
   claims and the ``--init-data`` document are appraised by the decision engine
-  (``verifier.decision.appraise``). Reference values come only from ``--refs`` files
+  (``verifier.policy.decision.appraise``). Reference values come only from ``--refs`` files
   (ReferenceValues documents, each taken as an ACTIVE set version, checked as an import
   would); without them a policy that binds a claim to a reference-value set is denied
   (MEASUREMENT). The output gains the workload claims and the appraisal's warnings, matched
@@ -328,7 +328,7 @@ def _appraise(claims: Claims, policy: AppraisalPolicy, *, at: datetime,
               init_data: bytes, references: ReferenceSnapshot,
               insecure: bool) -> tuple[dict[str, object], dict[str, object]]:
     """The decision engine's appraisal document and workload claims."""
-    from verifier.decision import appraise  # noqa: PLC0415 - optional feature
+    from verifier.policy.decision import appraise  # noqa: PLC0415 - optional feature
 
     result, workload = appraise(policy, claims, init_data=init_data, at=at,
                                 references=references, allow_insecure_root=insecure)

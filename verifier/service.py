@@ -10,7 +10,7 @@ Invariants:
 - Requests are size-bounded (transport limit and explicit field checks).
 - The evidence kind (the ``Evidence`` oneof arm) finds its platform and its family's verifier
   through the registry (``verifier.registry``); the claims are judged by the decision engine
-  (``verifier.decision``: typed platform checks, workload identity, reference values, CEL
+  (``verifier.policy.decision``: typed platform checks, workload identity, reference values, CEL
   conditions, TCB early warning); every requested policy must be for the evidence's platform
   (else MALFORMED naming both, before any verification).
 - One request is judged against one state: the policies in force and the reference-value
@@ -45,7 +45,7 @@ from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
 from verifier import registry
-from verifier.decision import appraise_claims, evidence_workload
+from verifier.policy.decision import appraise_claims, evidence_workload
 from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import PolicyState, read_policy_files
 from verifier.records import AppraisalRecord, RecordWriter

@@ -4,7 +4,7 @@ Invariants:
 - These commands never write: ``test`` runs cases against a candidate policy file offline,
   ``dry-run`` and ``tcb report`` read the verifier's ``state_db`` (recorded appraisals,
   reference values, policies in force) and print.
-- Every decision comes from the real engine (``verifier.decision``) through
+- Every decision comes from the real engine (``verifier.policy.decision``) through
   ``verifier.policy.cases`` / ``verifier.policy.dry_run`` / ``verifier.policy.tcb_report``.
 - Exit codes: ``test`` 1 when any case fails or cannot be loaded (or there is none); dry-run
   and the report 0 once computed (they inform, they do not judge); 2 for usage errors such as

@@ -1,5 +1,5 @@
 """Hostile-evidence rows 34-37, 44, 45 end to end: simulator report -> SnpVerifier -> the decision
-engine (``verifier.decision.appraise``).
+engine (``verifier.policy.decision.appraise``).
 
 Each hostile report is built by the SNP simulator (or mutated and re-signed with the test VCEK),
 so the signature and chain verify and the named appraisal rule must be what rejects it.
@@ -19,7 +19,7 @@ from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.snp_report import POLICY_DEBUG, POLICY_MIGRATE_MA, SnpReport
 from verifier.collateral.cache import CollateralStore
-from verifier.decision import appraise
+from verifier.policy.decision import appraise
 from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
 from verifier.snp.claims import SnpClaims

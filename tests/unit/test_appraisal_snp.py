@@ -20,8 +20,8 @@ from keybroker.errors import (
     PlatformPolicyViolation,
     TcbPolicyViolation,
 )
-from verifier.decision import appraise
 from verifier.policy.compile import load_policy
+from verifier.policy.decision import appraise
 from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
 from verifier.snp.appraisal import appraise_snp

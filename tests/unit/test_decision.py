@@ -16,8 +16,8 @@ from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.claims import SgxClaims, TdxClaims
 from verifier.dcap.policy import tdx_section
 from verifier.dcap.view import sample_sgx_claims, sample_tdx_claims
-from verifier.decision import appraise, appraise_claims, early_warning, evidence_workload
 from verifier.eventlog.measured import TdEventClaims
+from verifier.policy.decision import appraise, appraise_claims, early_warning, evidence_workload
 from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot, RefSetVersion, RefState, RefValue
 from verifier.snp.claims import GuestPolicy, SnpClaims

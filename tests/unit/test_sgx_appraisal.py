@@ -14,7 +14,7 @@ from support.policy_docs import compiled, sgx_policy_yaml, tdx_policy_yaml
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_sgx
 from verifier.dcap.claims import DcapTcbClaims, SgxClaims
-from verifier.decision import appraise
+from verifier.policy.decision import appraise
 from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
 

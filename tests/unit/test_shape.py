@@ -225,7 +225,7 @@ def test_every_family_is_in_the_registries() -> None:
               for family in registry.FAMILIES}
     assert listed == set(tee_folders())
     folders = tee_folders()
-    for name in ("verifier.service", "verifier.server", "verifier.decision",
+    for name in ("verifier.service", "verifier.server", "verifier.policy.decision",
                  "verifier.claims_view", "verifier.policy.compile", "verifier.policy.model"):
         assert [d for d in GRAPH[name] for f in folders if _within(d, f)] == [], name
 

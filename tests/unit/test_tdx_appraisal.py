@@ -16,8 +16,8 @@ from support.policy_docs import compiled, sgx_policy_yaml, snp_policy_yaml, tdx_
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_tdx
 from verifier.dcap.claims import DcapTcbClaims, TdAttributes, TdxClaims
-from verifier.decision import appraise
 from verifier.eventlog.measured import TdEventClaims
+from verifier.policy.decision import appraise
 from verifier.policy.model import AppraisalPolicy
 from verifier.reference.values import ReferenceSnapshot
 

@@ -20,7 +20,7 @@ Invariants:
   (TDX) or ``mrenclave`` None (SGX) means a reference-value binding or the signer rule covers
   it: the decision engine checks bindings, this module does not.
 - Init-data (MRCONFIGID for TDX; refused with SGX evidence, which cannot bind it) and the
-  workload rules are the decision engine's steps (``verifier.decision``) [45].
+  workload rules are the decision engine's steps (``verifier.policy.decision``) [45].
 - ``warnings`` name every reason for a warning-tier trust vector (accepted non-UpToDate
   status, a status accepted under its grace date, allowed missing revocation lists).
 - Trust vector (AR4SI, evidence-formats.md section 7.3): hardware 2 (genuine) for UpToDate with
@@ -228,7 +228,7 @@ def appraise_tdx(
     allow_insecure_root: bool = False,
 ) -> Appraisal:
     """Appraise verified TDX claims against ``policy``'s typed ``tdx`` rules at time ``at``;
-    raise the first violated rule (init-data, workload: ``verifier.decision.appraise``)."""
+    raise the first violated rule (init-data, workload: ``verifier.policy.decision.appraise``)."""
     tdx = tdx_section(policy)
     at = _utc(at)
     _check_root(claims.insecure_root, allow_insecure_root, "tdx")
@@ -274,7 +274,7 @@ def appraise_sgx(
     allow_insecure_root: bool = False,
 ) -> Appraisal:
     """Appraise verified SGX claims against ``policy``'s typed ``sgx`` rules at time ``at``;
-    raise the first violated rule (init-data: ``verifier.decision.appraise``)."""
+    raise the first violated rule (init-data: ``verifier.policy.decision.appraise``)."""
     sgx = sgx_section(policy)
     at = _utc(at)
     _check_root(claims.insecure_root, allow_insecure_root, "sgx")

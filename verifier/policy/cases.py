@@ -8,7 +8,7 @@ Invariants:
   ``workload`` is the default for the case's ``workload``). ``set`` overrides
   dotted paths that must already exist in the evidence (a typo is an error, never a new field)
   and the result must still be valid claims (``platform_claims_from_dict``).
-- A case runs the real decision engine (``verifier.decision.appraise_claims``) at the case's
+- A case runs the real decision engine (``verifier.policy.decision.appraise_claims``) at the case's
   ``at`` (default: the caller's ``now``), with the reference snapshot the caller passes; there
   is no second implementation of any rule here.
 - ``--refs`` documents are checked exactly as an import checks them (a throwaway store in a
@@ -30,7 +30,7 @@ from pathlib import Path
 from keybroker.document import Document, read_document
 from keybroker.errors import KeybrokerError, Malformed
 from verifier.claims_view import platform_claims_from_dict
-from verifier.decision import appraise_claims
+from verifier.policy.decision import appraise_claims
 from verifier.policy.model import AppraisalPolicy
 from verifier.reference.store import ReferenceStore
 from verifier.reference.values import ReferenceSnapshot, RefState

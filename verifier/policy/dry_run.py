@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from keybroker.errors import KeybrokerError
 from verifier import registry
 from verifier.claims_view import platform_claims_from_dict
-from verifier.decision import appraise
 from verifier.policy.cases import Outcome, evaluate
+from verifier.policy.decision import appraise
 from verifier.policy.model import AppraisalPolicy
 from verifier.records import AppraisalRecord
 from verifier.reference.values import ReferenceSnapshot

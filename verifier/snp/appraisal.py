@@ -13,7 +13,7 @@ Invariants:
   firmware is allowed) -> TCB_POLICY;
   MEASUREMENT not accepted (an empty list accepts nothing), HOST_DATA not allowed ->
   MEASUREMENT. ``measurements`` None means a reference-value binding covers MEASUREMENT: the
-  decision engine (``verifier.decision``) checks it, this module does not.
+  decision engine (``verifier.policy.decision``) checks it, this module does not.
 - Init-data, workload rules, reference values, conditions and the TCB early warning are the
   decision engine's steps; this module is the typed, per-platform step only. ``tcb_debt``
   never changes a decision.
@@ -120,7 +120,7 @@ def appraise_snp(
     allow_insecure_root: bool = False,
 ) -> Appraisal:
     """Appraise verified SNP claims against ``policy``'s typed ``snp`` rules; raise the first
-    violated rule (init-data and workload rules: ``verifier.decision.appraise``)."""
+    violated rule (init-data and workload rules: ``verifier.policy.decision.appraise``)."""
     _check_root(claims, allow_insecure_root)
     snp = snp_section(policy)
     _check_platform(claims, snp)
