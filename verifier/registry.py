@@ -26,17 +26,21 @@ FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP)
 
 @dataclass(frozen=True)
 class _Index:
+    tees: tuple[Tee, ...]
     by_platform: Mapping[str, Tee]
     by_kind: Mapping[str, Tee]
     by_section: Mapping[str, Tee]
+    by_type: Mapping[type, Tee]
 
 
 @functools.cache
 def _index() -> _Index:
+    """The table, indexed once (duplicate names refused)."""
+    every = tuple(tee for family in FAMILIES for tee in family.tees)
     platforms: dict[str, Tee] = {}
     kinds: dict[str, Tee] = {}
     sections: dict[str, Tee] = {}
-    for tee in tees():
+    for tee in every:
         for table, key in ((platforms, tee.platform), (kinds, tee.evidence_kind),
                            (sections, tee.section)):
             if key in table:
@@ -44,12 +48,12 @@ def _index() -> _Index:
                                 expected="unique platform, section and evidence kind",
                                 actual=key)
             table[key] = tee
-    return _Index(platforms, kinds, sections)
+    return _Index(every, platforms, kinds, sections, {tee.claims_type: tee for tee in every})
 
 
 def tees() -> tuple[Tee, ...]:
     """Every platform, in registry order."""
-    return tuple(tee for family in FAMILIES for tee in family.tees)
+    return _index().tees
 
 
 def platforms() -> tuple[str, ...]:
@@ -82,9 +86,10 @@ def by_kind(kind: str) -> Tee | None:
 
 
 def of_claims(claims: Claims) -> Tee:
-    """The TEE whose claims type ``claims`` is; ``Malformed`` for claims no TEE owns."""
-    for tee in tees():
-        if isinstance(claims, tee.claims_type):
-            return tee
+    """The TEE whose claims type ``claims`` is (one dictionary lookup); ``Malformed`` for
+    claims no TEE owns."""
+    tee = _index().by_type.get(type(claims))
+    if tee is not None:
+        return tee
     raise Malformed("claims of no registered platform", rule="claims.platform",
                     expected="one of " + ", ".join(platforms()), actual=type(claims).__name__)

@@ -33,6 +33,7 @@ from verifier.dcap.claims import PLATFORM_SGX, PLATFORM_TDX
 from verifier.dcap.schema import TcbStatus
 from verifier.tee import TcbEarlyWarning
 from verifier.verdict import PolicyRef
+from verifier.workload import IMAGE_RE
 
 TD_MEASUREMENT_SIZE = 48
 SGX_MEASUREMENT_SIZE = 32
@@ -42,7 +43,6 @@ GRACE_STATUSES = frozenset({TcbStatus.OUT_OF_DATE.value,
 _STATUS_RE = re.compile("^(" + "|".join(s.value for s in TcbStatus
                                         if s is not TcbStatus.REVOKED) + ")$")
 _ADVISORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-IMAGE_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TCB_KEYS = frozenset({"accepted_tcb_statuses", "allowed_advisories", "out_of_date_grace_until",
                        "allow_missing_crl"})
 _TDX_OPTIONAL = _TCB_KEYS | frozenset({

@@ -83,7 +83,10 @@ def _check_time(at: datetime) -> datetime:
 def init_data_register(claims: Claims) -> tuple[InitDataRegister | None, bytes]:
     """The register that binds init-data for ``claims`` and its value (None: the platform
     cannot bind init-data)."""
-    tee = registry.of_claims(claims)
+    return _register(registry.of_claims(claims), claims)
+
+
+def _register(tee: Tee, claims: Claims) -> tuple[InitDataRegister | None, bytes]:
     if tee.init_data_register is None:
         return None, b""
     return tee.init_data_register, tee.init_data_value(claims)
@@ -100,7 +103,7 @@ def evidence_workload(claims: Claims, init_data: bytes, *,
     """The workload claims of verified evidence and presented init-data (policy-independent
     unless ``required``): binding checked, document parsed, runtime images added."""
     tee = registry.of_claims(claims)
-    register, value = init_data_register(claims)
+    register, value = _register(tee, claims)
     if register is None:
         if init_data:
             raise _unbindable(tee, f"{len(init_data)} bytes")
@@ -130,7 +133,7 @@ def appraise_claims(policy: AppraisalPolicy, claims: Claims, workload: WorkloadC
     tee = _check_platform(policy, claims)
     at = _check_time(at)
     typed = tee.appraise(claims, policy, at, allow_insecure_root)
-    register, value = init_data_register(claims)
+    register, value = _register(tee, claims)
     if register is None and workload.init_data_register is not None:
         raise _unbindable(tee, f"bound by {workload.init_data_register}")
     check_binding(workload, register, value)
