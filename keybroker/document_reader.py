@@ -14,6 +14,10 @@ Invariants:
 - Nothing is coerced: booleans are not integers, floats are not integers, a date or a zone-less
   timestamp is not an instant.
 - A reader never mutates the document.
+- An empty list is refused wherever a list is allowed, for every field of every TEE: a list
+  present in a policy is always an allow-list or a requirement, and ``[]`` would either match
+  nothing or be read by someone as "anything". Leaving an optional field out is how a check is
+  skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ U64_MAX = (1 << 64) - 1
 _HEX_INT_RE = re.compile(r"^(0x)?[0-9a-fA-F]{1,16}$")
 
 Path_ = tuple[str | int, ...]
+EMPTY_LIST_EXPECTED = "at least one entry (leave the field out to skip an optional check)"
 
 
 class DocumentReader:
@@ -127,10 +132,13 @@ class DocumentReader:
         return value
 
     def array(self, key: str, default: list[object] | None = None) -> list[object]:
-        """A list, ``default`` when absent (absent without a default is a wrong type)."""
+        """A list, ``default`` when absent (absent without a default is a wrong type). A list
+        that is present must not be empty (see the module invariants)."""
         value = self.table.get(key, default)
         if not isinstance(value, list):
             raise self.fail(key, "wrong type", "list", value)
+        if not value and key in self.table:
+            raise self.fail(key, "empty list", EMPTY_LIST_EXPECTED, value)
         return value
 
     def hex_values(self, key: str, size: int) -> frozenset[bytes]:

@@ -135,7 +135,9 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
     (and their rules); the first policy is the demo policy of ``tee``."""
     for path in (layout.sim, layout.verifier, layout.broker, layout.verifier / "policies"):
         path.mkdir(parents=True, exist_ok=True)
-    SnpTestCa.generate().save(layout.sim)
+    snp = SnpTestCa.generate()
+    snp.save(layout.sim)
+    snp.write_collateral(layout.collateral, now=datetime.now(UTC))
     dcap = DcapTestCa.generate()
     dcap.save(layout.dcap_root.parent)
     dcap.write_collateral(layout.collateral, now=datetime.now(UTC))
@@ -180,8 +182,9 @@ def _snp_section(spec: PolicySpec) -> dict[str, object]:
 
 
 def _tcb_fields(spec: PolicySpec) -> dict[str, object]:
-    out: dict[str, object] = {"accepted_tcb_statuses": ["UpToDate"],
-                              "allowed_advisories": list(spec.advisories)}
+    out: dict[str, object] = {"accepted_tcb_statuses": ["UpToDate"]}
+    if spec.advisories:  # an empty list is refused: absent means none allowed
+        out["allowed_advisories"] = list(spec.advisories)
     if spec.grace_until is not None:
         out["out_of_date_grace_until"] = datetime.fromisoformat(
             spec.grace_until.replace("Z", "+00:00"))
@@ -189,8 +192,10 @@ def _tcb_fields(spec: PolicySpec) -> dict[str, object]:
 
 
 def _tdx_section(spec: PolicySpec) -> dict[str, object]:
-    return {"mrtd": [spec.measurement.hex()], **_tcb_fields(spec),
-            "required_images": list(spec.images)}
+    section: dict[str, object] = {"mrtd": [spec.measurement.hex()], **_tcb_fields(spec)}
+    if spec.images:
+        section["required_images"] = list(spec.images)
+    return section
 
 
 def _sgx_section(spec: PolicySpec) -> dict[str, object]:

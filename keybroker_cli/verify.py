@@ -25,11 +25,8 @@ Invariants:
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import dataclasses
 import json
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -37,11 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keybroker.errors import KeybrokerError, Malformed
+from keybroker_cli.evidence_input import (
+    UsageError,
+    decode_quote,
+    read_input,
+    split_simulator_roots,
+)
 
 if TYPE_CHECKING:
     from verifier.collateral.cache import CollateralStore
     from verifier.dcap.claims import SgxClaims, TdxClaims
-    from verifier.dcap.trust import IntelTrustStore
     from verifier.policy.model import AppraisalPolicy
     from verifier.reference.values import ReferenceSnapshot
     from verifier.snp.claims import SnpClaims
@@ -50,13 +52,7 @@ if TYPE_CHECKING:
 
 # Evidence kinds that are announced but not verifiable yet (usage error, exit 2).
 PLANNED_TEES = ("nitro", "tpm")
-_HEX_TEXT = re.compile(rb"[0-9a-fA-F\s]+")
-_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=_\-\s]+")
-_DCAP_ONLY = ("allow_missing_crl", "ccel_table", "ccel_data", "runtime_log")
-
-
-class UsageError(Exception):
-    """A bad argument or an unreadable input: exit code 2."""
+_DCAP_ONLY = ("ccel_table", "ccel_data", "runtime_log")
 
 
 def _rfc3339(text: str) -> datetime:
@@ -86,7 +82,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--at", type=_rfc3339, metavar="RFC3339",
                         help="verification time (default: now)")
     parser.add_argument("--allow-missing-crl", action="store_true",
-                        help="TDX/SGX: accept missing or stale CRLs (recorded as a warning)")
+                        help="accept evidence whose revocation lists (AMD ARK CRL, Intel PCK and "
+                             "root CA CRLs) are missing or stale; the gap is printed and "
+                             "recorded as a warning in the claims")
     parser.add_argument("--ccel-table", type=Path, metavar="FILE",
                         help="TDX: the ACPI CCEL table (with --ccel-data)")
     parser.add_argument("--ccel-data", type=Path, metavar="FILE",
@@ -110,65 +108,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _usage(message: str) -> int:
     print(f"keybroker verify: error: {message}", file=sys.stderr)
     return 2
-
-
-def _read(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def decode_quote(data: bytes) -> bytes:
-    """A quote file's bytes: hex text and base64 text are decoded, anything else is raw."""
-    text = data.strip()
-    if not text or data[:1] in (b"\x03", b"\x04", b"\x05"):
-        return data
-    compact = b"".join(text.split())
-    if _HEX_TEXT.fullmatch(text) and len(compact) % 2 == 0:
-        return bytes.fromhex(compact.decode("ascii"))
-    if _BASE64_TEXT.fullmatch(text):
-        padded = compact.rstrip(b"=") + b"=" * (-len(compact.rstrip(b"=")) % 4)
-        try:
-            if b"-" in padded or b"_" in padded:
-                return base64.urlsafe_b64decode(padded)
-            return base64.b64decode(padded, validate=True)
-        except (binascii.Error, ValueError):
-            return data
-    return data
-
-
-def split_simulator_roots(paths: Sequence[Path]) -> tuple[list[Path], list[IntelTrustStore]]:
-    """Route ``--insecure-simulator-root`` files by content: (AMD files, DCAP root stores)."""
-    from cryptography import x509  # noqa: PLC0415 - keep CLI start-up light
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-    from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
-
-    from verifier.dcap.trust import ROOT_CN, IntelTrustStore  # noqa: PLC0415
-    from verifier.pki import common_name  # noqa: PLC0415
-
-    amd: list[Path] = []
-    intel: list[IntelTrustStore] = []
-    for path in paths:
-        data = _read(path) or b""
-        try:
-            certs = (x509.load_pem_x509_certificates(data) if b"-----BEGIN" in data
-                     else [x509.load_der_x509_certificate(data)])
-        except ValueError:
-            raise UsageError(f"simulator root {path} holds no certificate") from None
-        roots = [c for c in certs if c.issuer == c.subject and common_name(c.subject) == ROOT_CN
-                 and isinstance(c.public_key(), ec.EllipticCurvePublicKey)]
-        if not roots:
-            amd.append(path)
-            continue
-        for cert in roots:
-            try:
-                intel.append(IntelTrustStore.from_der(cert.public_bytes(Encoding.DER)))
-            except KeybrokerError as exc:
-                raise UsageError(f"simulator root {path}: {exc.detail}") from None
-    return amd, intel
 
 
 def run(args: argparse.Namespace) -> int:
@@ -209,6 +148,12 @@ def _load_collateral(paths: Sequence[Path]) -> CollateralStore:
         raise UsageError(f"cannot read {exc.filename or ''}: {exc.strerror or exc}") from None
 
 
+def _warn_collateral(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        print(f"WARNING: collateral incomplete: {warning} (allowed by --allow-missing-crl)",
+              file=sys.stderr)
+
+
 def _run_snp(args: argparse.Namespace) -> int:
     from verifier.snp.trust import AmdTrustStore  # noqa: PLC0415 - keep CLI start-up light
     from verifier.snp.verify import SnpVerifier  # noqa: PLC0415
@@ -216,9 +161,9 @@ def _run_snp(args: argparse.Namespace) -> int:
     used = [f"--{name.replace('_', '-')}" for name in _DCAP_ONLY if getattr(args, name)]
     if used:
         raise UsageError(f"{', '.join(used)} apply to --tee tdx|sgx only")
-    report = _read(args.file) or b""
-    cert_table = _read(args.cert_table) or b""
-    init_data = _read(args.init_data) or b""
+    report = read_input(args.file) or b""
+    cert_table = read_input(args.cert_table) or b""
+    init_data = read_input(args.init_data) or b""
     amd_roots, intel_roots = split_simulator_roots(list(args.insecure_simulator_root))
     try:
         trust = AmdTrustStore.pinned()
@@ -238,7 +183,9 @@ def _run_snp(args: argparse.Namespace) -> int:
     appraisal: dict[str, object] | None = None
     workload: dict[str, object] | None = None
     try:
-        claims = SnpVerifier(trust, collateral).verify(report, cert_table, at=at)
+        claims = SnpVerifier(trust, collateral).verify(report, cert_table, at=at,
+                                                       allow_missing_crl=args.allow_missing_crl)
+        _warn_collateral(claims.collateral_warnings)
         if policy is not None:
             appraisal, workload = _appraise(claims, policy, at=at, init_data=init_data,
                                             references=references, insecure=bool(amd_roots))
@@ -257,14 +204,14 @@ def _run_dcap(args: argparse.Namespace) -> int:
     tdx = args.tee == "tdx"
     if args.cert_table is not None:
         raise UsageError("--cert-table applies to --tee snp only")
-    logs = {"ccel_table": _read(args.ccel_table), "ccel_data": _read(args.ccel_data),
-            "runtime_log": _read(args.runtime_log)}
+    logs = {"ccel_table": read_input(args.ccel_table), "ccel_data": read_input(args.ccel_data),
+            "runtime_log": read_input(args.runtime_log)}
     if not tdx and any(v is not None for v in logs.values()):
         raise UsageError("event logs (--ccel-*, --runtime-log) apply to --tee tdx only")
     if logs["ccel_table"] is not None and logs["ccel_data"] is None:
         raise UsageError("--ccel-table needs --ccel-data")
-    quote = decode_quote(_read(args.file) or b"")
-    init_data = _read(args.init_data) or b""
+    quote = decode_quote(read_input(args.file) or b"")
+    init_data = read_input(args.init_data) or b""
     amd_roots, intel_roots = split_simulator_roots(list(args.insecure_simulator_root))
     if amd_roots:
         print("note: AMD simulator roots are not used for DCAP evidence: "
@@ -291,9 +238,7 @@ def _run_dcap(args: argparse.Namespace) -> int:
                     runtime_log=logs["runtime_log"]))
         else:
             claims = verifier.verify_sgx(quote, at=at, allow_missing_crl=args.allow_missing_crl)
-        for warning in claims.tcb.collateral_warnings:
-            print(f"WARNING: collateral incomplete: {warning} (allowed by --allow-missing-crl)",
-                  file=sys.stderr)
+        _warn_collateral(claims.tcb.collateral_warnings)
         if policy is not None:
             appraisal, workload = _appraise(claims, policy, at=at, init_data=init_data,
                                             references=references, insecure=bool(intel_roots))
@@ -317,7 +262,7 @@ def _load_references(args: argparse.Namespace, at: datetime) -> ReferenceSnapsho
         raise UsageError("--refs needs --policy")
     from verifier.policy.cases import active_references  # noqa: PLC0415
 
-    documents = [(_read(Path(path)) or b"", str(path)) for path in paths]
+    documents = [(read_input(Path(path)) or b"", str(path)) for path in paths]
     try:
         return active_references(documents, now=at)
     except KeybrokerError as exc:

@@ -2,8 +2,10 @@
 what every TEE's claims mapping (``<tee>/view.py``) is built from.
 
 Invariants:
-- Input is untrusted (files, YAML fixtures, recorded rows): every key must be present, no
-  unknown key is accepted, nothing is coerced (a bool is not an integer, hex has its exact
+- Input is untrusted (files, YAML fixtures, recorded rows): every key must be present (except
+  the ``added`` keys a claims type gained after it was first recorded: absent, they read as
+  their neutral value, so claims recorded by an older verifier still load), no unknown key
+  is accepted, nothing is coerced (a bool is not an integer, hex has its exact
   length), and every failure is ``Malformed`` (rule ``claims.schema``) naming the dotted path,
   the expected shape and the value found (described with its type).
 """
@@ -34,14 +36,16 @@ def describe(value: object) -> str:
 class ClaimFields:
     """Strict typed access to one map of a claims dict; failures name the dotted path."""
 
-    def __init__(self, data: object, path: str, keys: Collection[str]) -> None:
+    def __init__(self, data: object, path: str, keys: Collection[str],
+                 added: Collection[str] = ()) -> None:
         self.path = path
         if not isinstance(data, Mapping):
             raise self._fail(path, "wrong type", "a map", describe(data))
         for key in data:
-            if not isinstance(key, str) or key not in keys:
+            if not isinstance(key, str) or (key not in keys and key not in added):
                 raise self._fail(self._at(str(key)), "unknown claim",
-                                 "one of " + ", ".join(sorted(keys)), repr(key)[:80])
+                                 "one of " + ", ".join(sorted({*keys, *added})),
+                                 repr(key)[:80])
         for key in sorted(keys):
             if key not in data:
                 raise self._fail(self._at(key), "missing claim", "present", "absent")
@@ -113,7 +117,8 @@ class ClaimFields:
         return int(value, 16)
 
     def strings(self, key: str) -> tuple[str, ...]:
-        value = self.data[key]
+        """A list of strings (an absent ``added`` key is the empty tuple)."""
+        value = self.data.get(key, [])
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, "list of strings", value)
         return tuple(str(v) for v in value)

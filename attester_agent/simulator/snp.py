@@ -182,6 +182,17 @@ class SnpTestCa:
         crl = builder.sign(signing_key or self.ark_key, hashes.SHA384())
         return crl.public_bytes(serialization.Encoding.DER)
 
+    def write_collateral(self, directory: Path, *, now: dt.datetime, days: int = 30,
+                         revoked_serials: Sequence[int] = ()) -> Path:
+        """Write the ARK's CRL (valid from ``now - 1 day`` to ``now + days``) as
+        ``ark-<product>.crl`` in ``directory`` (a verifier collateral directory)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"ark-{self.product.lower()}.crl"
+        path.write_bytes(self.issue_crl(revoked_serials, this_update=now - dt.timedelta(days=1),
+                                        next_update=now + dt.timedelta(days=days)))
+        return path
+
     def save(self, directory: Path) -> None:
         """Write ``ark.pem``, ``ask.pem``, ``asvk.pem`` and ``*-key.pem`` (mode 0600)."""
         directory = Path(directory)
@@ -227,6 +238,10 @@ def _issue(subject: x509.Name, public_key: ec.EllipticCurvePublicKey, issuer: x5
                .not_valid_before(not_before).not_valid_after(not_after))
     if ca:
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), True)
     for oid, value in amd:
         builder = builder.add_extension(x509.UnrecognizedExtension(oid, value), False)
     return builder.sign(signer, hashes.SHA384())

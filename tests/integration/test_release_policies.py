@@ -231,13 +231,16 @@ def test_apply_rollback_take_effect_and_are_recorded(env: Env) -> None:
     assert versions[2]["digest"] == versions[0]["digest"]
 
 
+M = '"' + "ab" * 48 + '"'
+
+
 @pytest.mark.parametrize(("text", "line"), [
-    ("kind: AppraisalPolicy\nname: snp-life\nplatform: sev-snp\nsnp:\n  measurements: []\n"
+    ("kind: AppraisalPolicy\nname: snp-life\nplatform: sev-snp\nsnp:\n  measurements: [" + M + "]\n"
      "  min_tcb: {}\n  allow_debugging: false\n", 7),
     ("kind: AppraisalPolicy\nname: snp-life\nplatform: sev-snp\nsnp:\n  measurements: [\n", 6),
-    ("kind: AppraisalPolicy\nname: snp-life\nplatform: sev-snp\nsnp:\n  measurements: []\n"
+    ("kind: AppraisalPolicy\nname: snp-life\nplatform: sev-snp\nsnp:\n  measurements: [" + M + "]\n"
      "  min_tcb: {}\nconditions:\n  - name: c\n    when: 'evidence.vmpl =='\n", 9),
-    ("kind: AppraisalPolicy\nname: snp-life\nplatform: sev-snp\nsnp:\n  measurements: []\n"
+    ("kind: AppraisalPolicy\nname: snp-life\nplatform: sev-snp\nsnp:\n  measurements: [" + M + "]\n"
      "  min_tcb: {microcode: high}\n", 6),
 ])
 def test_broken_policy_refused_nothing_changes(env: Env, text: str, line: int) -> None:

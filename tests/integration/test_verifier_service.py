@@ -62,6 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     ca_dir = tmp_path_factory.mktemp("simca")
     ca = SnpTestCa.generate("Milan")
     ca.save(ca_dir)
+    ca.write_collateral(ca_dir / "collateral", now=datetime.now(UTC))
     sim = SnpSimulator(ca, measurement=MEASUREMENT)
     trust = AmdTrustStore.pinned().with_simulator_roots([ca_dir / "ark.pem"])
     return Env(ca_dir=ca_dir, sim=sim, signer=ResultSigner.generate("ES384"), trust=trust)
@@ -74,7 +75,7 @@ def _servicer(env: Env, *, insecure: bool = True,
         parse_policy(_policy_text("snp-other", allowed_vmpls=[0, 1]), "other.yaml", 1),
     )}
     trust = env.trust if insecure else AmdTrustStore.pinned()
-    snp = SnpEvidence(SnpVerifier(trust, CollateralStore.empty()))
+    snp = SnpEvidence(SnpVerifier(trust, CollateralStore.load([env.ca_dir / "collateral"])))
     return VerifierServicer(verifiers={"snp": snp}, policies=policies, signer=env.signer,
                             insecure=insecure, max_request_bytes=MAX_BYTES,
                             clock=clock or (lambda: datetime.now(UTC)))

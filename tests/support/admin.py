@@ -82,8 +82,9 @@ class SnpLab:
     def create(cls, directory: Path) -> SnpLab:
         ca = SnpTestCa.generate("Milan")
         ca.save(directory)
+        crl = ca.write_collateral(directory / "collateral", now=VERIFIED_AT)
         trust = AmdTrustStore.pinned().with_simulator_roots([directory / "ark.pem"])
-        return cls(ca, SnpVerifier(trust, CollateralStore.empty()))
+        return cls(ca, SnpVerifier(trust, CollateralStore.load([crl])))
 
     def claims(self, *, microcode: int = 0x73, chip: int = 0, policy: int = 0x30000,
                measurement: bytes = MEASUREMENT) -> SnpClaims:

@@ -9,6 +9,7 @@ become lists, aware datetimes become YAML timestamps.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -122,3 +123,16 @@ def sgx_policy_yaml(name: str = "sgx-test", *, description: str | None = None,
 def compiled(raw: bytes, version: int = 1, source: str = "test-policy.yaml") -> AppraisalPolicy:
     """``parse_policy`` of a built document (default version 1, as if stored once)."""
     return parse_policy(raw, source, version)
+
+
+def with_rules(policy: AppraisalPolicy, **changes: object) -> AppraisalPolicy:
+    """``policy`` with fields of its compiled platform section replaced (for values a document
+    cannot express, such as an empty allow-list, which compiling refuses)."""
+    rules = dataclasses.replace(policy.rules, **changes)  # type: ignore[type-var]
+    return dataclasses.replace(policy, rules=rules)
+
+
+def with_workload(policy: AppraisalPolicy, **changes: object) -> AppraisalPolicy:
+    """``policy`` with fields of its compiled workload rules replaced."""
+    return dataclasses.replace(policy, workload=dataclasses.replace(policy.workload,
+                                                                    **changes))  # type: ignore[arg-type]

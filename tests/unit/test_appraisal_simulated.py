@@ -55,13 +55,14 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[SnpTestCa, Path]:
     directory = tmp_path_factory.mktemp("simca")
     test_ca = SnpTestCa.generate("Milan")
     test_ca.save(directory)
+    test_ca.write_collateral(directory / "collateral", now=NOW)
     return test_ca, directory / "ark.pem"
 
 
 @pytest.fixture(scope="module")
 def verifier(ca: tuple[SnpTestCa, Path]) -> SnpVerifier:
     trust = AmdTrustStore.pinned().with_simulator_roots([ca[1]])
-    return SnpVerifier(trust, CollateralStore.empty())
+    return SnpVerifier(trust, CollateralStore.load([ca[1].parent / "collateral"]))
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +169,20 @@ def test_row45_host_data_zero_or_different(verifier: SnpVerifier, sim: SnpSimula
     err = rejected(claims, policy(workload={"require_init_data": True}), init_data=INIT_DATA)
     assert err.category is Category.MEASUREMENT and err.rule == "workload.require_init_data"
     assert err.actual == f"HOST_DATA = {host_data.hex()}"
+
+
+def test_missing_crl_is_refused_unless_the_policy_allows_it(
+        ca: tuple[SnpTestCa, Path], sim: SnpSimulator) -> None:
+    """Verified the way the service does (missing CRL reported, not raised), a report without
+    the ARK CRL is COLLATERAL_STALE under a default policy and "warning" (hardware unsafe,
+    the CRL named) under one with ``allow_missing_crl: true``."""
+    bare = SnpVerifier(AmdTrustStore.pinned().with_simulator_roots([ca[1]]),
+                       CollateralStore.empty())
+    claims = bare.verify(sim.sign(sim.report(REPORT_DATA)), sim.cert_table(), at=NOW,
+                         allow_missing_crl=True)
+    assert claims.collateral_warnings == ("ARK-Milan CRL missing",)
+    err = rejected(claims, policy())
+    assert (err.category, err.rule) == (Category.COLLATERAL_STALE, "snp.allow_missing_crl")
+    result = appraise_snp(claims, policy(allow_missing_crl=True), allow_insecure_root=True)
+    assert result.status == "warning" and result.trust_vector["hardware"] == 32
+    assert any("ARK-Milan CRL missing" in w for w in result.warnings)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from support.paths import ROOT
-from support.policy_docs import compiled, snp_policy_yaml
+from support.policy_docs import compiled, snp_policy_yaml, with_rules
 
 from keybroker.errors import (
     Category,
@@ -199,8 +199,13 @@ def test_row44_measurement_one_bit_off(bit: int) -> None:
 
 
 def test_empty_measurement_list_matches_nothing() -> None:
-    """An empty accepted-measurement list rejects every report (MEASUREMENT)."""
-    assert reject(make_claims(), make_policy(measurements=[])).category is Category.MEASUREMENT
+    """A compiled empty measurement set rejects every report (MEASUREMENT); so does an empty
+    HOST_DATA set, while an absent one (None) is not checked."""
+    policy = make_policy()
+    empty = with_rules(policy, measurements=frozenset())
+    assert reject(make_claims(), empty).category is Category.MEASUREMENT
+    err = reject(make_claims(), with_rules(policy, host_data=frozenset()))
+    assert (err.category, err.rule) == (Category.MEASUREMENT, "snp.host_data")
 
 
 REQUIRED = {"require_init_data": True}

@@ -329,15 +329,28 @@ def _stale(ca: DcapTestCa) -> dict[str, dict[str, bytes]]:
 
 
 @pytest.mark.parametrize("case", ["tcb-info-expired", "tcb-info-not-yet-issued",
-                                  "qe-identity-expired", "pck-crl-expired", "root-crl-expired",
-                                  "root-crl-not-signed-by-root", "pck-crl-signed-by-root"])
+                                  "qe-identity-expired", "pck-crl-expired", "root-crl-expired"])
 def test_row43_stale_collateral(ca: DcapTestCa, tdx: TdxSimulator, tmp_path: Path,
                                 case: str) -> None:
-    """Row 43: TCB info / QE identity / CRLs not current at the verification time, or a CRL not
-    signed by its CA, are COLLATERAL_STALE."""
+    """Row 43: TCB info / QE identity / CRLs not current at the verification time are
+    COLLATERAL_STALE."""
     verifier = verifier_for(ca, tmp_path, **_stale(ca)[case])
     quote = tdx.quote(REPORT_DATA)
     assert category(lambda: verifier.verify_tdx(quote, at=NOW)) is Category.COLLATERAL_STALE
+
+
+@pytest.mark.parametrize("allow", [False, True])
+@pytest.mark.parametrize("case", ["root-crl-not-signed-by-root", "pck-crl-signed-by-root"])
+def test_row43_crl_not_signed_by_its_ca_is_untrusted(ca: DcapTestCa, tdx: TdxSimulator,
+                                                     tmp_path: Path, case: str,
+                                                     allow: bool) -> None:
+    """Row 43: a CRL in its CA's name that the CA did not sign is CHAIN_UNTRUSTED, never
+    "missing", even with allow_missing_crl (issue 10: it used to count as absent)."""
+    verifier = verifier_for(ca, tmp_path, **_stale(ca)[case])
+    quote = tdx.quote(REPORT_DATA)
+    with pytest.raises(KeybrokerError) as exc:
+        verifier.verify_tdx(quote, at=NOW, allow_missing_crl=allow)
+    assert (exc.value.category, exc.value.rule) == (Category.CHAIN_UNTRUSTED, "crl-signature")
 
 
 def test_row43_sgx_tcb_info_expired(ca: DcapTestCa, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ sgx:
   isv_prod_id: 7
   min_isv_svn: 3
   accepted_tcb_statuses: [UpToDate, ConfigurationNeeded]
-  allowed_advisories: []
+  allowed_advisories: [INTEL-SA-00615]
   out_of_date_grace_until: "2026-01-01T12:00:00+02:00"
   allow_missing_crl: false
 """
@@ -96,7 +96,7 @@ def test_tdx_switches_default_to_strict(tmp_path: Path) -> None:
     assert not (tdx.allow_migratable or tdx.allow_perfmon or tdx.allow_profiling)
     assert tdx.require_sept_ve_disable and not policy.workload.require_init_data
     assert tdx.allowed_xfam is None and tdx.allowed_images is None
-    assert tdx.required_images == () and all(not r for r in tdx.rtmrs)
+    assert tdx.required_images == () and all(r is None for r in tdx.rtmrs)
 
 
 def test_sgx_policy_compiles_every_key(tmp_path: Path) -> None:
@@ -246,13 +246,12 @@ def test_sgx_policy_with_only_one_rule(tmp_path: Path) -> None:
     assert sgx.mrenclave is None and sgx.signer is not None
 
 
-def test_empty_allow_lists_stay_fail_closed(tmp_path: Path) -> None:
-    """mrtd: [] and allowed_images: [] load as empty sets (nothing accepted), not None."""
-    text = ("kind: AppraisalPolicy\nname: t\nplatform: tdx\ntdx:\n  mrtd: []\n"
-            "  allowed_images: []\n  allowed_xfam: []\n  rtmr3: []\n")
+def test_absent_optional_lists_compile_to_unchecked(tmp_path: Path) -> None:
+    """Absent register and module lists compile to None (not checked), never to a set."""
+    text = f'kind: AppraisalPolicy\nname: t\nplatform: tdx\ntdx:\n  mrtd: ["{TD}"]\n'
     tdx = tdx_section(load_policy(write_doc(tmp_path, text)))
-    assert tdx.mrtd == frozenset() and tdx.allowed_images == frozenset()
-    assert tdx.allowed_xfam == frozenset() and tdx.rtmrs[3] == frozenset()
+    assert tdx.rtmrs == (None,) * 4
+    assert (tdx.mrseam, tdx.mrsignerseam, tdx.mrowner, tdx.mrownerconfig) == (None,) * 4
 
 
 @settings(max_examples=150, deadline=None)

@@ -10,7 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from support.policy_docs import compiled, sgx_policy_yaml, snp_policy_yaml, tdx_policy_yaml
+from support.policy_docs import (
+    compiled,
+    sgx_policy_yaml,
+    snp_policy_yaml,
+    tdx_policy_yaml,
+    with_rules,
+    with_workload,
+)
 
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.claims import SgxClaims, TdxClaims
@@ -36,7 +43,7 @@ IMAGE_B = "sha256:" + "b2" * 32
 INIT_DATA = b'[workload]\nname = "demo"\nimages = ["' + IMAGE_A.encode() + b'"]\n'
 EMPTY = ReferenceSnapshot(())
 
-_SNP = sample_snp_claims()
+_SNP = dataclasses.replace(sample_snp_claims(), collateral_warnings=())  # complete collateral
 _TDX = sample_tdx_claims()
 _SGX = sample_sgx_claims()
 MEASUREMENT = _SNP.measurement.hex()
@@ -504,10 +511,12 @@ def test_appraise_claims_checks_the_recorded_binding() -> None:
 # --- empty policy pieces never pass vacuously -----------------------------------------------
 
 def test_empty_allow_lists_accept_nothing() -> None:
-    """Empty measurements, names and approved images deny."""
-    assert deny(snp_policy(measurements=[]), snp()).rule == "snp.measurements"
-    assert deny(tdx_policy(mrtd=[]), tdx()).rule == "tdx.mrtd"
-    assert deny(snp_policy(workload={"names": []}), snp(),
+    """Compiled empty measurements, names and approved images deny (documents cannot say
+    ``[]``: compiling refuses it)."""
+    assert deny(with_rules(snp_policy(), measurements=frozenset()),
+                snp()).rule == "snp.measurements"
+    assert deny(with_rules(tdx_policy(), mrtd=frozenset()), tdx()).rule == "tdx.mrtd"
+    assert deny(with_workload(snp_policy(), names=frozenset()), snp(),
                 init_data=INIT_DATA).rule == "workload.names"
-    assert deny(snp_policy(workload={"approved_images": []}), snp(),
+    assert deny(with_workload(snp_policy(), approved_images=frozenset()), snp(),
                 init_data=INIT_DATA).rule == "workload.approved_images"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from support.policy_docs import compiled, sgx_policy_yaml, tdx_policy_yaml
+from support.policy_docs import compiled, sgx_policy_yaml, tdx_policy_yaml, with_rules
 
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_sgx
@@ -95,7 +95,7 @@ def test_mrenclave_not_accepted_is_measurement() -> None:
     err = reject(claims(mr_enclave=b"\x5b" * 32), policy(signer=False))
     assert err.category is Category.MEASUREMENT and err.rule == "sgx.mrenclave"
     assert err.actual == "5b" * 32
-    empty = compiled(sgx_policy_yaml("e", mrenclave=[]))
+    empty = with_rules(policy(signer=False), mrenclave=frozenset())
     assert reject(claims(), empty).category is Category.MEASUREMENT
 
 
@@ -146,6 +146,6 @@ def test_simulator_root_and_init_data() -> None:
 
 def test_policy_of_another_platform_is_malformed() -> None:
     """A TDX policy applied to SGX claims is MALFORMED naming both platforms."""
-    tdx = compiled(tdx_policy_yaml("t", mrtd=[]))
+    tdx = compiled(tdx_policy_yaml("t", mrtd=["33" * 48]))
     err = reject(claims(), tdx)
     assert isinstance(err, Malformed) and (err.expected, err.actual) == ("sgx", "tdx")

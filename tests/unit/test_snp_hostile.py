@@ -60,14 +60,20 @@ def der(cert: x509.Certificate) -> bytes:
 
 
 def verify(trust: AmdTrustStore, report: bytes, table: bytes = b"", *,
-           collateral: CollateralStore | None = None, when: datetime = NOW) -> SnpClaims:
-    return SnpVerifier(trust, collateral).verify(report, table, at=when)
+           collateral: CollateralStore | None = None, when: datetime = NOW,
+           allow_missing_crl: bool = True) -> SnpClaims:
+    """Most rows are about the report and the chain, so a missing CRL is allowed here (the
+    claims then name it); the revocation rows below pass ``allow_missing_crl=False``."""
+    return SnpVerifier(trust, collateral).verify(report, table, at=when,
+                                                 allow_missing_crl=allow_missing_crl)
 
 
 def rejected(trust: AmdTrustStore, report: bytes, table: bytes = b"", *,
-             collateral: CollateralStore | None = None, when: datetime = NOW) -> KeybrokerError:
+             collateral: CollateralStore | None = None, when: datetime = NOW,
+             allow_missing_crl: bool = True) -> KeybrokerError:
     with pytest.raises(KeybrokerError) as exc:
-        verify(trust, report, table, collateral=collateral, when=when)
+        verify(trust, report, table, collateral=collateral, when=when,
+               allow_missing_crl=allow_missing_crl)
     return exc.value
 
 
@@ -321,11 +327,12 @@ def test_row17_revoked_ask(trust: AmdTrustStore, ca: SnpTestCa, sim: SnpSimulato
     report, table = sim.attest(REPORT_DATA)
     window = {"this_update": NOW - timedelta(days=1), "next_update": NOW + timedelta(days=30)}
     revoked = _crl_store(tmp_path, ca.issue_crl([ca.ask.serial_number], **window))
-    err = rejected(trust, report, table, collateral=revoked)
+    err = rejected(trust, report, table, collateral=revoked, allow_missing_crl=False)
     assert err.category is Category.CHAIN_UNTRUSTED and err.rule == "crl"
     (tmp_path / "clean").mkdir()
     clean = _crl_store(tmp_path / "clean", ca.issue_crl([12345], **window))
-    assert verify(trust, report, table, collateral=clean).insecure_root
+    claims = verify(trust, report, table, collateral=clean, allow_missing_crl=False)
+    assert claims.insecure_root and claims.collateral_warnings == ()
 
 
 def test_row17_revoked_asvk(trust: AmdTrustStore, ca: SnpTestCa, tmp_path: Path) -> None:
@@ -337,13 +344,48 @@ def test_row17_revoked_asvk(trust: AmdTrustStore, ca: SnpTestCa, tmp_path: Path)
     assert err.category is Category.CHAIN_UNTRUSTED
 
 
+def test_missing_crl_is_stale_unless_allowed_then_named(trust: AmdTrustStore,
+                                                       sim: SnpSimulator) -> None:
+    """No ARK CRL in the collateral: COLLATERAL_STALE (crl-missing) naming the CRL; allowed
+    explicitly, the claims carry the warning (issue 10: this used to pass silently)."""
+    report, table = sim.attest(REPORT_DATA)
+    err = rejected(trust, report, table, allow_missing_crl=False)
+    assert (err.category, err.rule) == (Category.COLLATERAL_STALE, "crl-missing")
+    assert "ARK-Milan CRL" in err.reason
+    claims = verify(trust, report, table, allow_missing_crl=True)
+    assert claims.collateral_warnings == ("ARK-Milan CRL missing",)
+    assert claims.as_dict()["collateral_warnings"] == ["ARK-Milan CRL missing"]
+
+
+@pytest.mark.parametrize("allow", [False, True])
 def test_row43_crl_not_signed_by_ark(trust: AmdTrustStore, ca: SnpTestCa, other_ca: SnpTestCa,
-                                     sim: SnpSimulator, tmp_path: Path) -> None:
-    """Row 43: a CRL in the ARK's name signed by another key: COLLATERAL_STALE."""
+                                     sim: SnpSimulator, tmp_path: Path, allow: bool) -> None:
+    """Row 43: a CRL in the ARK's name signed by another key: CHAIN_UNTRUSTED, never treated
+    as missing, even when missing CRLs are allowed."""
     crl = ca.issue_crl([], this_update=NOW - timedelta(days=1),
                        next_update=NOW + timedelta(days=30), signing_key=other_ca.ark_key)
-    err = rejected(trust, *sim.attest(REPORT_DATA), collateral=_crl_store(tmp_path, crl))
-    assert err.category is Category.COLLATERAL_STALE and err.rule == "crl-signature"
+    err = rejected(trust, *sim.attest(REPORT_DATA), collateral=_crl_store(tmp_path, crl),
+                   allow_missing_crl=allow)
+    assert err.category is Category.CHAIN_UNTRUSTED and err.rule == "crl-signature"
+
+
+def test_foreign_crl_next_to_the_genuine_one_is_ignored(
+        trust: AmdTrustStore, ca: SnpTestCa, other_ca: SnpTestCa, sim: SnpSimulator,
+        tmp_path: Path) -> None:
+    """A CRL of another root under the same name is ignored when the ARK's own CRL is there,
+    and the genuine CRL's revocations still apply."""
+    window = {"this_update": NOW - timedelta(days=1), "next_update": NOW + timedelta(days=30)}
+    (tmp_path / "foreign.crl").write_bytes(ca.issue_crl([], signing_key=other_ca.ark_key,
+                                                        **window))
+    (tmp_path / "own.crl").write_bytes(ca.issue_crl([], **window))
+    store = CollateralStore.load([tmp_path])
+    report, table = sim.attest(REPORT_DATA)
+    claims = verify(trust, report, table, collateral=store, allow_missing_crl=False)
+    assert claims.collateral_warnings == ()
+    (tmp_path / "own.crl").write_bytes(ca.issue_crl([ca.ask.serial_number], **window))
+    err = rejected(trust, report, table, collateral=CollateralStore.load([tmp_path]),
+                   allow_missing_crl=False)
+    assert (err.category, err.rule) == (Category.CHAIN_UNTRUSTED, "crl")
 
 
 def test_row43_crl_past_next_update(trust: AmdTrustStore, ca: SnpTestCa, sim: SnpSimulator,
@@ -353,9 +395,12 @@ def test_row43_crl_past_next_update(trust: AmdTrustStore, ca: SnpTestCa, sim: Sn
     crl = ca.issue_crl([], this_update=NOW - timedelta(days=40),
                        next_update=NOW - timedelta(days=10))
     store = _crl_store(tmp_path, crl)
-    err = rejected(trust, report, table, collateral=store)
+    err = rejected(trust, report, table, collateral=store, allow_missing_crl=False)
     assert err.category is Category.COLLATERAL_STALE and err.rule == "crl-window"
-    assert verify(trust, report, table, collateral=store, when=NOW - timedelta(days=20))
+    assert verify(trust, report, table, collateral=store, when=NOW - timedelta(days=20),
+                  allow_missing_crl=False)
+    stale = verify(trust, report, table, collateral=store, allow_missing_crl=True)
+    assert stale.collateral_warnings == ("ARK-Milan CRL stale",)
 
 
 # Validity and collateral.
@@ -392,15 +437,16 @@ def test_simulator_cache_and_window(trust: AmdTrustStore, sim: SnpSimulator) -> 
     """Repeated reports reuse cached chain signatures; the window is still checked each time."""
     verifier = SnpVerifier(trust)
     table = sim.cert_table()
-    verifier.verify(sim.sign(sim.report(REPORT_DATA)), table, at=NOW)
+    verifier.verify(sim.sign(sim.report(REPORT_DATA)), table, at=NOW, allow_missing_crl=True)
     misses = verifier.cache_stats.misses
     for i in range(3):
-        verifier.verify(sim.sign(sim.report(bytes([i]) * 64)), table, at=NOW)
+        verifier.verify(sim.sign(sim.report(bytes([i]) * 64)), table, at=NOW,
+                        allow_missing_crl=True)
     assert verifier.cache_stats.misses == misses
     assert verifier.cache_stats.hits >= 9
     with pytest.raises(KeybrokerError) as exc:
         verifier.verify(sim.sign(sim.report(REPORT_DATA)), table,
-                        at=datetime(2100, 1, 1, tzinfo=UTC))
+                        at=datetime(2100, 1, 1, tzinfo=UTC), allow_missing_crl=True)
     assert exc.value.category is Category.CHAIN_UNTRUSTED
 
 
@@ -410,3 +456,48 @@ def test_signature_over_received_bytes(trust: AmdTrustStore, sim: SnpSimulator) 
     raw = bytearray(report)
     struct.pack_into("<B", raw, 0x50, raw[0x50] ^ 0x80)
     assert rejected(trust, bytes(raw), table).category is Category.SIG_INVALID
+
+
+def _reissued_ask(ca: SnpTestCa, *, constraints: bool, key_usage: x509.KeyUsage | None
+                  ) -> x509.Certificate:
+    """The simulator's ASK (same name and key) re-signed by its ARK with other CA extensions."""
+    builder = (x509.CertificateBuilder().subject_name(ca.ask.subject)
+               .issuer_name(ca.ark.subject).public_key(ca.ask_key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(ca.ask.not_valid_before_utc)
+               .not_valid_after(ca.ask.not_valid_after_utc))
+    if constraints:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+    if key_usage is not None:
+        builder = builder.add_extension(key_usage, True)
+    return builder.sign(ca.ark_key, hashes.SHA384())
+
+
+def _usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=True, content_commitment=False,
+                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                         key_cert_sign=cert_sign, crl_sign=False, encipher_only=False,
+                         decipher_only=False)
+
+
+@pytest.mark.parametrize(("constraints", "usage", "rule"), [
+    (False, _usage(cert_sign=True), "ca-constraints"),
+    (True, None, "ca-key-usage"),
+    (True, _usage(cert_sign=False), "ca-key-usage"),
+])
+def test_ask_without_ca_extensions_is_untrusted(ca: SnpTestCa, sim: SnpSimulator,
+                                                constraints: bool, usage: x509.KeyUsage | None,
+                                                rule: str) -> None:
+    """An ASK that verifies under the ARK but lacks basicConstraints CA:TRUE or keyUsage
+    keyCertSign is CHAIN_UNTRUSTED (issue 10: these were only checked when present); the
+    same chain with the simulator's own ASK verifies."""
+    anchor = TrustAnchor(product="Milan", ark=Certificate.from_der(der(ca.ark)), ask=None,
+                         asvk=None, insecure=True)
+    trust = AmdTrustStore([anchor])
+    report = sim.sign(sim.report(REPORT_DATA))
+    bad = _reissued_ask(ca, constraints=constraints, key_usage=usage)
+    table = build_cert_table([(GUID_ASK, der(bad)), (GUID_VCEK, sim.leaf.der)])
+    err = rejected(trust, report, table)
+    assert (err.category, err.rule) == (Category.CHAIN_UNTRUSTED, rule)
+    good = build_cert_table([(GUID_ASK, der(ca.ask)), (GUID_VCEK, sim.leaf.der)])
+    assert verify(trust, report, good).insecure_root

@@ -16,6 +16,7 @@ from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
 from keybroker.errors import Category, KeybrokerError, Malformed
 from keybroker.evidence.snp_certs import GUID_ASK, GUID_VCEK, GUID_VLEK, parse_cert_table
 from keybroker.evidence.snp_report import REPORT_SIZE, build_report, parse_report
+from verifier.collateral.cache import CollateralStore
 from verifier.snp.trust import PINNED_FINGERPRINTS, AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 
@@ -116,8 +117,12 @@ def test_save_load_permissions_and_use(tmp_path: Path) -> None:
     loaded = SnpTestCa.load(target)
     assert loaded.product == "Genoa" and loaded.ark == ca.ark and loaded.name == ca.name
     trust = AmdTrustStore.pinned().with_simulator_roots([target / "ark.pem"])
-    claims = SnpVerifier(trust).verify(*SnpSimulator(loaded).attest(bytes(64)), at=NOW)
+    crl = loaded.write_collateral(tmp_path / "collateral", now=NOW)
+    assert crl.name == "ark-genoa.crl"
+    claims = SnpVerifier(trust, CollateralStore.load([crl])).verify(
+        *SnpSimulator(loaded).attest(bytes(64)), at=NOW)
     assert claims.product == "Genoa" and claims.insecure_root
+    assert claims.collateral_warnings == ()
     assert trust.insecure and not AmdTrustStore.pinned().insecure
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,13 @@ def sim_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sim")
     ca = SnpTestCa.generate()
     ca.save(root / "ca")
+    crl = ca.write_collateral(root / "collateral",
+                              now=datetime.fromisoformat(AT.replace("Z", "+00:00")))
     sim = SnpSimulator(ca, measurement=MEASUREMENT,
                        host_data=hashlib.sha256(INIT_DATA).digest())
     report, table = sim.attest(b"\x33" * 64)
     files = {"report": root / "report.bin", "table": root / "table.bin",
-             "ark": root / "ca" / "ark.pem", "init": root / "init.toml"}
+             "ark": root / "ca" / "ark.pem", "init": root / "init.toml", "crl": crl}
     files["report"].write_bytes(report)
     files["table"].write_bytes(table)
     files["init"].write_bytes(INIT_DATA)
@@ -46,7 +49,8 @@ def write_policy(path: Path, measurement: bytes, *, require_init_data: bool = Fa
 
 def base(files: dict[str, Path]) -> list[str]:
     return ["verify", str(files["report"]), "--tee", "snp", "--cert-table", str(files["table"]),
-            "--at", AT, "--insecure-simulator-root", str(files["ark"])]
+            "--at", AT, "--collateral", str(files["crl"]),
+            "--insecure-simulator-root", str(files["ark"])]
 
 
 def test_simulator_evidence_verifies_with_insecure_root(

@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from support.policy_docs import compiled, sgx_policy_yaml, snp_policy_yaml, tdx_policy_yaml
+from support.policy_docs import (
+    compiled,
+    sgx_policy_yaml,
+    snp_policy_yaml,
+    tdx_policy_yaml,
+    with_rules,
+)
 
 from keybroker.errors import Category, KeybrokerError, Malformed
 from verifier.dcap.appraisal import appraise_tdx
@@ -265,8 +271,21 @@ def test_row44_mrtd_bit_changed_is_measurement(index: int) -> None:
 
 
 def test_empty_mrtd_list_accepts_nothing() -> None:
-    """mrtd = [] fails closed."""
-    assert reject(claims(), policy(mrtd=[])).category is Category.MEASUREMENT
+    """A compiled empty set fails closed for MRTD, every RTMR and the module registers; None
+    (absent in the document) is not checked."""
+    assert reject(claims(), with_rules(policy(), mrtd=frozenset())).category is \
+        Category.MEASUREMENT
+    for i in range(4):
+        rtmrs = tuple(frozenset() if j == i else None for j in range(4))
+        err = reject(claims(), with_rules(policy(), rtmrs=rtmrs))
+        assert (err.category, err.rule) == (Category.MEASUREMENT, f"tdx.rtmr{i}")
+    for key in ("mrowner", "mrownerconfig"):
+        err = reject(claims(), with_rules(policy(), **{key: frozenset()}))
+        assert (err.category, err.rule) == (Category.MEASUREMENT, f"tdx.{key}")
+    for key in ("mrseam", "mrsignerseam"):
+        err = reject(claims(), with_rules(policy(), **{key: frozenset()}))
+        assert (err.category, err.rule) == (Category.TCB_POLICY, f"tdx.{key}")
+    assert appraise_tdx(claims(), policy(), at=AT).status == "affirming"
 
 
 @pytest.mark.parametrize("key", ["rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrowner", "mrownerconfig"])
@@ -338,9 +357,10 @@ def test_row48_measured_image_not_allowed() -> None:
     err = reject(claims(events=events(IMAGE_A, IMAGE_B)), p)
     assert err.category is Category.MEASUREMENT and err.rule == "tdx.allowed_images"
     assert err.actual == IMAGE_B
-    err = reject(claims(events=events(IMAGE_A)), policy(allowed_images=[]))
+    nothing = with_rules(policy(), allowed_images=frozenset())
+    err = reject(claims(events=events(IMAGE_A)), nothing)
     assert err.category is Category.MEASUREMENT
-    assert appraise_tdx(claims(events=events()), policy(allowed_images=[]), at=AT)
+    assert appraise_tdx(claims(events=events()), nothing, at=AT)
 
 
 # --- roots, platform of the policy, time --------------------------------------------------------
@@ -354,8 +374,8 @@ def test_simulator_root_needs_the_insecure_switch() -> None:
 
 def test_policy_of_another_platform_is_malformed() -> None:
     """An SNP or SGX policy applied to TDX claims is MALFORMED naming both platforms."""
-    snp = compiled(snp_policy_yaml("s", measurements=[], min_tcb={}))
-    sgx = compiled(sgx_policy_yaml("e", mrenclave=[]))
+    snp = compiled(snp_policy_yaml("s", measurements=["11" * 48], min_tcb={}))
+    sgx = compiled(sgx_policy_yaml("e", mrenclave=["22" * 32]))
     for other, platform in ((snp, "sev-snp"), (sgx, "sgx")):
         err = reject(claims(), other)
         assert isinstance(err, Malformed)

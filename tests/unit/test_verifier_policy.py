@@ -116,10 +116,11 @@ def test_optional_switches_default_to_strict(tmp_path: Path) -> None:
     assert policy.early_warning.min_tcb_date is None
 
 
-def test_empty_measurement_list_loads_but_accepts_nothing(tmp_path: Path) -> None:
-    """An empty measurement list is legal and compiles to the empty set (not None)."""
-    policy = load_policy(write_doc(tmp_path, VALID.replace(f'["{M1}"]', "[]")))
-    assert snp_section(policy).measurements == frozenset()
+def test_empty_measurement_list_is_refused(tmp_path: Path) -> None:
+    """An empty measurement list is MALFORMED naming the field and the line."""
+    with pytest.raises(Malformed) as exc:
+        load_policy(write_doc(tmp_path, VALID.replace(f'["{M1}"]', "[]")))
+    assert "snp.measurements" in exc.value.reason and exc.value.actual == "list of 0"
 
 
 @pytest.mark.parametrize(
@@ -260,14 +261,15 @@ def test_duplicate_reference_claim_is_malformed() -> None:
 
 
 def test_workload_section_compiles() -> None:
-    """names and approved_images compile to sets; absent is None (not checked), empty is the
-    empty set (nothing allowed)."""
+    """names and approved_images compile to sets; absent is None (not checked); an empty list
+    is refused."""
     image = "sha256:" + "ab" * 32
     policy = compiled(tdx_policy_yaml(workload={"require_init_data": True, "names": ["demo"],
                                                 "approved_images": [image]}))
     assert policy.workload == WorkloadPolicy(True, frozenset({"demo"}), frozenset({image}))
-    empty = compiled(snp_policy_yaml(workload={"names": [], "approved_images": []}))
-    assert empty.workload == WorkloadPolicy(False, frozenset(), frozenset())
+    assert compiled(snp_policy_yaml()).workload == WorkloadPolicy(False, None, None)
+    with pytest.raises(Malformed, match=r"workload\.names"):
+        compiled(snp_policy_yaml(workload={"names": []}))
 
 
 @pytest.mark.parametrize(

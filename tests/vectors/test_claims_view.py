@@ -64,7 +64,7 @@ def _snp_vector_claims() -> list[SnpClaims]:
     for report, collateral, when in SNP_VECTORS:
         store = CollateralStore.load([V / "sev-snp" / c for c in collateral])
         out.append(SnpVerifier(AmdTrustStore.pinned(), store).verify(
-            (V / "sev-snp" / report).read_bytes(), b"", at=at(when)))
+            (V / "sev-snp" / report).read_bytes(), b"", at=at(when), allow_missing_crl=True))
     return out
 
 
@@ -77,7 +77,9 @@ def _simulated_snp_claims(tmp: Path) -> list[SnpClaims]:
                            host_data=hashlib.sha256(b"init").digest())
         report, table = sim.attest(b"\x44" * 64)
         trust = AmdTrustStore.pinned().with_simulator_roots([tmp / product / "ark.pem"])
-        out.append(SnpVerifier(trust, CollateralStore.empty()).verify(
+        crl = ca.write_collateral(tmp / product / "collateral",
+                                  now=datetime(2026, 1, 1, tzinfo=UTC))
+        out.append(SnpVerifier(trust, CollateralStore.load([crl])).verify(
             report, table, at=datetime(2026, 1, 1, tzinfo=UTC)))
     return out
 
@@ -319,3 +321,13 @@ def test_sample_activation_is_fresh() -> None:
     first["platform"] = "changed"
     assert sample_activation("sev-snp")["platform"] == "sev-snp"
     assert claims_view(sample_claims("sgx")[0], NO_WORKLOAD)["workload"] == NO_WORKLOAD.as_dict()
+
+
+def test_snp_claims_recorded_before_collateral_warnings_still_load() -> None:
+    """SNP claims recorded before ``collateral_warnings`` existed load with no warning; an
+    unknown key is still refused."""
+    doc = sample_snp_claims().as_dict()
+    del doc["collateral_warnings"]
+    assert platform_claims_from_dict(doc).collateral_warnings == ()  # type: ignore[union-attr]
+    with pytest.raises(Malformed, match="unknown claim"):
+        platform_claims_from_dict({**doc, "collateral_warning": []})

@@ -124,28 +124,103 @@ def lookup(claims: dict[str, object], dotted: str) -> object:
     return value
 
 
-@pytest.mark.parametrize("name", sorted(GOOD))
-def test_vector_verifies_through_cli(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Each real SNP vector verifies via `keybroker verify` with the README's expected claims."""
-    report, collateral, when, expected = GOOD[name]
-    argv = [str(SNP_VECTORS / report), "--tee", "snp", "--at", when]
+CRL_DIR = SNP_VECTORS / "amd-crl"
+MILAN_CRL = CRL_DIR / "milan_vcek_crl_2026-06-22.der"
+GENOA_CRL = CRL_DIR / "genoa_vcek_crl_2026-07-28.der"
+# Vectors whose endorsement key is valid inside a real AMD CRL's window: (CRL, time).
+IN_CRL_WINDOW = {
+    "gosev-milan-v2": (MILAN_CRL, "2026-07-01T00:00:00Z"),
+    "trustee-milan-v2-idblock": (MILAN_CRL, "2026-07-01T00:00:00Z"),
+    "teekit-gcp-milan-v5": (MILAN_CRL, "2026-07-01T00:00:00Z"),
+    "trustee-e2e-genoa-v3": (GENOA_CRL, "2026-08-01T00:00:00Z"),
+}
+
+
+def vector_argv(name: str, *extra: str, when: str | None = None) -> list[str]:
+    report, collateral, default_when, _ = GOOD[name]
+    argv = [str(SNP_VECTORS / report), "--tee", "snp", "--at", when or default_when, *extra]
     for c in collateral:
         argv += ["--collateral", str(SNP_VECTORS / c)]
-    code, doc = cli_json(capsys, argv)
+    return argv
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_vector_verifies_through_cli(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each real SNP vector verifies via `keybroker verify --allow-missing-crl` with the
+    README's expected claims, and the missing ARK CRL named as a warning."""
+    _, _, _, expected = GOOD[name]
+    code, doc = cli_json(capsys, vector_argv(name, "--allow-missing-crl"))
     assert code == 0, doc
     assert doc["verdict"] == "verified" and doc["category"] is None
     claims = doc["claims"]
     assert isinstance(claims, dict)
     assert claims["insecure_root"] is False
+    product = claims["product"]
+    assert claims["collateral_warnings"] == [f"ARK-{product} CRL missing"]
     for key, value in expected.items():
         assert lookup(claims, key) == value, key
 
 
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_vector_without_crl_is_collateral_stale_naming_it(
+        name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without an AMD CRL and without --allow-missing-crl every vector is COLLATERAL_STALE,
+    and the message names the missing CRL (issue 10: SNP revocation no longer fails open)."""
+    code, doc = cli_json(capsys, vector_argv(name))
+    assert code == 1 and doc["verdict"] == "rejected"
+    assert doc["category"] == "COLLATERAL_STALE" and doc["rule"] == "crl-missing"
+    assert "ARK-" in str(doc["reason"]) and "CRL" in str(doc["reason"])
+
+
+@pytest.mark.parametrize("name", sorted(IN_CRL_WINDOW))
+def test_vector_with_real_amd_crl_verifies_without_warning(
+        name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the real AMD CRL of its product, inside that CRL's window, a vector verifies with
+    no flag and no collateral warning (the pinned ASK/ASVK is not listed)."""
+    crl, when = IN_CRL_WINDOW[name]
+    code, doc = cli_json(capsys, vector_argv(name, "--collateral", str(crl), when=when))
+    assert code == 0, doc
+    claims = doc["claims"]
+    assert isinstance(claims, dict) and claims["collateral_warnings"] == []
+
+
+def test_real_amd_crl_past_next_update_is_stale(capsys: pytest.CaptureFixture[str]) -> None:
+    """The real Milan CRL after its nextUpdate is COLLATERAL_STALE (crl-window); with
+    --allow-missing-crl it verifies and says the CRL is stale."""
+    argv = vector_argv("gosev-milan-v2", "--collateral", str(MILAN_CRL),
+                       when="2026-09-01T00:00:00Z")
+    code, doc = cli_json(capsys, argv)
+    assert (code, doc["category"], doc["rule"]) == (1, "COLLATERAL_STALE", "crl-window")
+    code, doc = cli_json(capsys, [*argv, "--allow-missing-crl"])
+    assert code == 0 and doc["claims"]["collateral_warnings"] == ["ARK-Milan CRL stale"]
+
+
+def test_real_crl_of_another_product_is_forged_not_missing(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The real Genoa CRL re-labelled with ARK-Milan's name cannot verify under ARK-Milan:
+    CHAIN_UNTRUSTED even with --allow-missing-crl (a bad CRL is never "missing")."""
+    crl = x509.load_der_x509_crl(GENOA_CRL.read_bytes())
+    milan = x509.load_der_x509_crl(MILAN_CRL.read_bytes())
+    raw = bytearray(GENOA_CRL.read_bytes())
+    genoa_name = crl.issuer.public_bytes()
+    milan_name = milan.issuer.public_bytes()
+    assert len(genoa_name) == len(milan_name) and raw.count(genoa_name) == 1
+    start = raw.index(genoa_name)
+    raw[start:start + len(genoa_name)] = milan_name
+    forged = tmp_path / "forged.crl"
+    forged.write_bytes(bytes(raw))
+    argv = vector_argv("gosev-milan-v2", "--collateral", str(forged), "--allow-missing-crl",
+                       when="2026-08-01T00:00:00Z")
+    code, doc = cli_json(capsys, argv)
+    assert (code, doc["category"], doc["rule"]) == (1, "CHAIN_UNTRUSTED", "crl-signature")
+
+
 def test_vector_collateral_directory_and_human_output(capsys: pytest.CaptureFixture[str]) -> None:
-    """A collateral directory is scanned by content; the human output ends with the verdict."""
+    """Collateral directories are scanned by content (the VCEK in one, the real Genoa CRL in
+    another); the human output ends with the verdict."""
     code = main(["verify", str(SNP_VECTORS / "trustee-e2e-genoa-v3/report.bin"), "--tee", "snp",
                  "--collateral", str(SNP_VECTORS / "trustee-e2e-genoa-v3"),
-                 "--at", "2026-01-01T00:00:00Z"])
+                 "--collateral", str(CRL_DIR), "--at", "2026-08-01T00:00:00Z"])
     out = capsys.readouterr().out
     assert code == 0
     assert "product: Genoa" in out
@@ -158,7 +233,8 @@ def test_vector_vcek_from_cert_table(tmp_path: Path) -> None:
     table.write_bytes(build_cert_table([(GUID_VCEK,
                                          (SNP_VECTORS / "gosev-milan-v2/vcek.der").read_bytes())]))
     code = main(["verify", str(SNP_VECTORS / "gosev-milan-v2/attestation.bin"), "--tee", "snp",
-                 "--cert-table", str(table), "--at", "2022-09-24T01:00:00Z"])
+                 "--cert-table", str(table), "--at", "2022-09-24T01:00:00Z",
+                 "--allow-missing-crl"])
     assert code == 0
 
 
@@ -170,12 +246,13 @@ def test_vector_subprocess_console_script() -> None:
         [*command, "verify", str(SNP_VECTORS / "trustee-aws-milan-vlek-v3/test-vlek-report.bin"),
          "--tee", "snp", "--collateral",
          str(SNP_VECTORS / "trustee-aws-milan-vlek-v3/test-vlek.der"),
-         "--at", "2025-06-01T00:00:00Z", "--json"],
+         "--at", "2025-06-01T00:00:00Z", "--allow-missing-crl", "--json"],
         capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["verdict"] == "verified"
     assert doc["claims"]["signing_key"] == "vlek"
+    assert "ARK-Milan CRL missing" in proc.stderr
 
 
 def test_turin_vcek_extensions() -> None:
@@ -198,8 +275,9 @@ def test_turin_vcek_chains_to_turin_ask_and_ark() -> None:
     validator = ChainValidator(AmdTrustStore.pinned(), CollateralStore.empty())
     leaf = Certificate.from_der((SNP_VECTORS / "virtee-turin-vcek/vcek_turin.der").read_bytes())
     key = validator.validate(leaf, kind="vcek", product="Turin", evidence_certs=[],
-                             at=at("2025-01-01T00:00:00Z"))
+                             at=at("2025-01-01T00:00:00Z"), allow_missing_crl=True)
     assert key.product == "Turin" and not key.insecure
+    assert key.crl_warning == "ARK-Turin CRL missing"
     assert key.intermediate.cert.subject.rfc4514_string().startswith("CN=SEV-Turin,")
     with pytest.raises(KeybrokerError) as exc:
         validator.validate(leaf, kind="vcek", product="Milan", evidence_certs=[],
@@ -256,7 +334,8 @@ def test_azure_embedded_report_with_forced_foreign_vcek(
     table = tmp_path / "table.bin"
     table.write_bytes(build_cert_table([(GUID_ASK, ask), (GUID_VCEK, vcek)]))
     code, doc = cli_json(capsys, [str(_azure_embedded(tmp_path)), "--tee", "snp",
-                                  "--cert-table", str(table), "--at", "2024-01-01T00:00:00Z"])
+                                  "--cert-table", str(table), "--at", "2024-01-01T00:00:00Z",
+                                  "--allow-missing-crl"])
     assert code == 1 and doc["category"] == "CHAIN_UNTRUSTED"
     assert doc["rule"] == "hwid"
 
@@ -286,14 +365,15 @@ def test_real_chain_cache_reuses_signatures() -> None:
     verifier = SnpVerifier(AmdTrustStore.pinned(), CollateralStore.load(
         [SNP_VECTORS / "teekit-gcp-milan-v5/sev-gcp-vcek.pem"]))
     when = at("2026-01-01T00:00:00Z")
-    verifier.verify((SNP_VECTORS / "teekit-gcp-milan-v5/sev-gcp.bin").read_bytes(), at=when)
+    verifier.verify((SNP_VECTORS / "teekit-gcp-milan-v5/sev-gcp.bin").read_bytes(), at=when,
+                    allow_missing_crl=True)
     first = verifier.cache_stats
     verifier.verify((SNP_VECTORS / "teekit-gcp-milan-v5/sev-gcp-reportdata.bin").read_bytes(),
-                    at=when)
+                    at=when, allow_missing_crl=True)
     second = verifier.cache_stats
     assert first.misses == 3
     assert second.misses == first.misses and second.hits > first.hits
     with pytest.raises(KeybrokerError) as exc:  # windows are still checked on a cache hit
         verifier.verify((SNP_VECTORS / "teekit-gcp-milan-v5/sev-gcp.bin").read_bytes(),
-                        at=at("2033-01-01T00:00:00Z"))
+                        at=at("2033-01-01T00:00:00Z"), allow_missing_crl=True)
     assert exc.value.category is Category.CHAIN_UNTRUSTED

@@ -13,7 +13,9 @@ Invariants:
   first), whether the signing certificate is valid and not revoked by the current Root CA CRL.
 - A CRL or document counts only under this anchor's root: CRLs must be signed by the expected
   CA of this chain, documents by a TCB Signing certificate that this root signed. A CRL whose
-  signature fails is ignored (logged): revocation status then counts as unknown (missing). A
+  signature fails is ignored (logged) when a verified CRL of that issuer is present (another
+  root's CRL under the same name); when every CRL of that issuer fails, the call is
+  ``ChainUntrusted`` (forged, never "missing", whatever ``allow_missing`` says). A
   document signed by a TCB Signing certificate of another root in the store is another root's
   collateral and not a candidate. Any other document whose signature fails is forged: never
   used; if only forged documents cover ``at`` the call is ``ChainUntrusted``, if no document
@@ -77,7 +79,7 @@ class Anchor:
         self.documents = CollateralVerifier(trust, chains=self.chains, cache_limit=cache_limit)
         self._store = store
         self._cache_limit = cache_limit
-        self._crls: dict[str, tuple[VerifiedCrl, ...]] = {}
+        self._crls: dict[str, tuple[tuple[VerifiedCrl, ...], int]] = {}
         self._signers: tuple[Certificate, ...] | None = None
         self._docs: dict[tuple[str, str, bytes], _Candidates[TcbInfo] | _Candidates[
             EnclaveIdentity]] = {}
@@ -95,23 +97,32 @@ class Anchor:
     # --- CRLs ---------------------------------------------------------------------------------
 
     def crls(self, issuer: Certificate) -> tuple[VerifiedCrl, ...]:
-        """Signature-verified CRLs of ``issuer`` in the store, newest thisUpdate first."""
+        """Signature-verified CRLs of ``issuer`` in the store, newest thisUpdate first;
+        ``ChainUntrusted`` when the store holds CRLs in its name and none verifies."""
         cached = self._crls.get(issuer.fingerprint)
-        if cached is not None:
-            return cached
-        good: list[VerifiedCrl] = []
-        for entry in self._store.crls_by_issuer(issuer.cert.subject):
-            self.crl_signatures += 1
-            try:
-                good.append(verify_crl_signature(entry.crl, entry.der, issuer,
-                                                 what=f"CRL of {common_name(issuer.cert.subject)}"))
-            except KeybrokerError as exc:
-                _log.warning("ignoring a CRL that claims issuer %s: %s",
-                             issuer.cert.subject.rfc4514_string(), exc.detail)
-        result = tuple(sorted(good, key=lambda c: c.this_update, reverse=True))
-        if len(self._crls) >= self._cache_limit:
-            self._crls.clear()
-        self._crls[issuer.fingerprint] = result
+        if cached is None:
+            good: list[VerifiedCrl] = []
+            forged = 0
+            for entry in self._store.crls_by_issuer(issuer.cert.subject):
+                self.crl_signatures += 1
+                try:
+                    good.append(verify_crl_signature(
+                        entry.crl, entry.der, issuer,
+                        what=f"CRL of {common_name(issuer.cert.subject)}"))
+                except KeybrokerError as exc:
+                    forged += 1
+                    _log.warning("ignoring a CRL that claims issuer %s: %s",
+                                 issuer.cert.subject.rfc4514_string(), exc.detail)
+            cached = (tuple(sorted(good, key=lambda c: c.this_update, reverse=True)), forged)
+            if len(self._crls) >= self._cache_limit:
+                self._crls.clear()
+            self._crls[issuer.fingerprint] = cached
+        result, forged = cached
+        if forged and not result:
+            raise ChainUntrusted(f"every CRL named for {common_name(issuer.cert.subject)} fails "
+                                 "its signature", rule="crl-signature",
+                                 expected=f"signed by {issuer.fingerprint}",
+                                 actual=f"{forged} CRL(s) with a bad signature")
         return result
 
     def current_crl(self, issuer: Certificate, name: str, at: datetime, *,

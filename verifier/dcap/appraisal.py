@@ -174,11 +174,8 @@ def _check_td_platform(claims: TdxClaims, tdx: TdxPolicy) -> None:
             actual=f"XFAM={claims.xfam:016x}")
 
 
-def _in_set(value: bytes, accepted: frozenset[bytes] | None, name: str, key: str, *,
-            check_empty: bool = False) -> None:
-    if accepted is None:
-        return
-    if (accepted or check_empty) and value not in accepted:
+def _in_set(value: bytes, accepted: frozenset[bytes] | None, name: str, key: str) -> None:
+    if accepted is not None and value not in accepted:
         raise MeasurementMismatch(f"{name} is not in the accepted list", rule=f"tdx.{key}",
                                   expected=f"one of {len(accepted)} accepted values",
                                   actual=value.hex())
@@ -187,7 +184,7 @@ def _in_set(value: bytes, accepted: frozenset[bytes] | None, name: str, key: str
 def _check_td_module(claims: TdxClaims, tdx: TdxPolicy) -> None:
     for name, value, accepted in (("MRSEAM", claims.mr_seam, tdx.mrseam),
                                   ("MRSIGNERSEAM", claims.mr_signer_seam, tdx.mrsignerseam)):
-        if accepted and value not in accepted:
+        if accepted is not None and value not in accepted:
             raise TcbPolicyViolation(f"TDX module {name} is not in the accepted list",
                                      rule=f"tdx.{name.lower()}",
                                      expected=f"one of {len(accepted)} accepted values",
@@ -195,7 +192,7 @@ def _check_td_module(claims: TdxClaims, tdx: TdxPolicy) -> None:
 
 
 def _check_td_measurements(claims: TdxClaims, tdx: TdxPolicy) -> None:
-    _in_set(claims.mr_td, tdx.mrtd, "MRTD", "mrtd", check_empty=True)
+    _in_set(claims.mr_td, tdx.mrtd, "MRTD", "mrtd")
     for i, accepted in enumerate(tdx.rtmrs):
         _in_set(claims.rtmrs[i], accepted, f"RTMR{i}", f"rtmr{i}")
     _in_set(claims.mr_owner, tdx.mrowner, "MROWNER", "mrowner")
@@ -237,7 +234,7 @@ def appraise_tdx(
     _check_td_module(claims, tdx)
     _check_td_measurements(claims, tdx)
     images_checked = bool(tdx.required_images) or tdx.allowed_images is not None
-    runtime = (claims.events is not None and images_checked) or bool(tdx.rtmrs[3])
+    runtime = (claims.events is not None and images_checked) or tdx.rtmrs[3] is not None
     return _appraisal(policy, hardware=hardware, configuration=configuration,
                       executables=APPROVED if runtime else APPROVED_BOOT_ONLY,
                       warnings=warnings)

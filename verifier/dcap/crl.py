@@ -3,8 +3,9 @@
 Invariants:
 - A CRL counts only after its issuer name equals the expected CA's subject, its
   ECDSA-P256-SHA256 signature verifies under that CA's key, and thisUpdate <= at < nextUpdate
-  (a CRL without nextUpdate never counts). Any of these failing is ``CollateralStale``: the
-  revocation status is unknown, so the right, current CRL is missing.
+  (a CRL without nextUpdate never counts). A wrong issuer name or window is ``CollateralStale``
+  (the right, current CRL is missing); a signature that fails is ``ChainUntrusted`` (a forged
+  CRL is an attack, never "missing").
 - A certificate listed in a verified CRL is ``ChainUntrusted``.
 - Input is DER or one PEM "X509 CRL" block; anything else is ``Malformed``.
 """
@@ -23,8 +24,8 @@ from verifier.pki import Certificate, VerifiedCrl, common_name, load_crl
 
 def verify_crl_signature(crl: x509.CertificateRevocationList, der: bytes,
                          issuer: Certificate, *, what: str) -> VerifiedCrl:
-    """Issuer name and ECDSA-P256-SHA256 signature of a parsed CRL (no window check);
-    ``CollateralStale`` if either is wrong."""
+    """Issuer name (``CollateralStale``) and ECDSA-P256-SHA256 signature (``ChainUntrusted``)
+    of a parsed CRL; no window check."""
     cn = common_name(issuer.cert.subject)
     if crl.issuer != issuer.cert.subject:
         raise CollateralStale(f"{what} is not issued by {cn}", rule="crl-issuer",
@@ -34,9 +35,9 @@ def verify_crl_signature(crl: x509.CertificateRevocationList, der: bytes,
         verify_p256_signature(issuer, algorithm_oid=crl.signature_algorithm_oid.dotted_string,
                               signature=crl.signature, tbs=crl.tbs_certlist_bytes, what=what)
     except ChainUntrusted as exc:
-        raise CollateralStale(f"{what} is not signed by {cn}", rule="crl-signature",
-                              expected=issuer.fingerprint,
-                              actual=hashlib.sha256(der).hexdigest()) from exc
+        raise ChainUntrusted(f"{what} is not signed by {cn}", rule="crl-signature",
+                             expected=issuer.fingerprint,
+                             actual=hashlib.sha256(der).hexdigest()) from exc
     return VerifiedCrl(crl=crl, der=der, issuer=issuer, this_update=crl.last_update_utc,
                        next_update=crl.next_update_utc)
 

@@ -10,10 +10,10 @@ Invariants:
   OutOfDate / OutOfDateConfigurationNeeded must carry a time zone.
 - Fail closed: ``mrtd`` is required unless a reference binding covers ``evidence.mr_td`` (then
   it may be absent and compiles to None: not checked by the typed appraiser, the binding is);
-  an empty list matches nothing; ``allowed_advisories`` defaults to none; ``allowed_xfam`` and
-  ``allowed_images`` are allow-lists when present (present but empty allows nothing) and
-  unchecked when absent. The optional reference sets ``rtmr0``..``rtmr3``, ``mrseam``,
-  ``mrsignerseam``, ``mrowner`` and ``mrownerconfig`` are not checked when absent or empty.
+  ``allowed_advisories`` defaults to none. Every other list (``rtmr0``..``rtmr3``, ``mrseam``,
+  ``mrsignerseam``, ``mrowner``, ``mrownerconfig``, ``allowed_xfam``, ``allowed_images``) is an
+  allow-list when present and unchecked (None) when absent. An empty list is refused at load
+  (``keybroker.document_reader``); a compiled empty set would match nothing.
 - An SGX policy names MRENCLAVE values, or the whole MRSIGNER + ISVPRODID + minimum ISVSVN
   triple (or both); anything else is refused at load, except that neither is required when a
   reference binding covers ``evidence.mr_enclave`` or ``evidence.mr_signer``. A partial signer
@@ -69,17 +69,16 @@ class DcapTcbPolicy:
 
 @dataclass(frozen=True)
 class TdxPolicy:
-    """Compiled ``tdx:`` section (an empty frozenset = that register is not checked, except
-    ``mrtd``; ``None`` = that allow-list is not checked; ``mrtd`` None = covered by a reference
-    binding instead)."""
+    """Compiled ``tdx:`` section: ``None`` = that allow-list is not checked (``mrtd`` None =
+    covered by a reference binding instead); an empty set matches nothing."""
 
     mrtd: frozenset[bytes] | None
     tcb: DcapTcbPolicy = DcapTcbPolicy()
-    rtmrs: tuple[frozenset[bytes], ...] = (frozenset(),) * 4
-    mrseam: frozenset[bytes] = frozenset()
-    mrsignerseam: frozenset[bytes] = frozenset()
-    mrowner: frozenset[bytes] = frozenset()
-    mrownerconfig: frozenset[bytes] = frozenset()
+    rtmrs: tuple[frozenset[bytes] | None, ...] = (None,) * 4
+    mrseam: frozenset[bytes] | None = None
+    mrsignerseam: frozenset[bytes] | None = None
+    mrowner: frozenset[bytes] | None = None
+    mrownerconfig: frozenset[bytes] | None = None
     allowed_xfam: frozenset[int] | None = None
     allow_migratable: bool = False
     allow_perfmon: bool = False
@@ -126,6 +125,10 @@ def _compile_tcb(section: DocumentReader) -> DcapTcbPolicy:
     )
 
 
+def _optional_set(tdx: DocumentReader, key: str) -> frozenset[bytes] | None:
+    return tdx.hex_values(key, TD_MEASUREMENT_SIZE) if tdx.has(key) else None
+
+
 def compile_tdx(tdx: DocumentReader, mrtd_referenced: bool = False) -> TdxPolicy:
     """Compile a ``tdx:`` mapping; ``mrtd_referenced``: a reference binding covers
     ``evidence.mr_td``, so ``mrtd`` may be absent."""
@@ -138,11 +141,11 @@ def compile_tdx(tdx: DocumentReader, mrtd_referenced: bool = False) -> TdxPolicy
     return TdxPolicy(
         mrtd=tdx.hex_values("mrtd", size) if tdx.has("mrtd") else None,
         tcb=_compile_tcb(tdx),
-        rtmrs=tuple(tdx.hex_values(f"rtmr{i}", size) for i in range(4)),
-        mrseam=tdx.hex_values("mrseam", size),
-        mrsignerseam=tdx.hex_values("mrsignerseam", size),
-        mrowner=tdx.hex_values("mrowner", size),
-        mrownerconfig=tdx.hex_values("mrownerconfig", size),
+        rtmrs=tuple(_optional_set(tdx, f"rtmr{i}") for i in range(4)),
+        mrseam=_optional_set(tdx, "mrseam"),
+        mrsignerseam=_optional_set(tdx, "mrsignerseam"),
+        mrowner=_optional_set(tdx, "mrowner"),
+        mrownerconfig=_optional_set(tdx, "mrownerconfig"),
         allowed_xfam=tdx.u64_values("allowed_xfam") if tdx.has("allowed_xfam") else None,
         allow_migratable=tdx.boolean("allow_migratable", False),
         allow_perfmon=tdx.boolean("allow_perfmon", False),

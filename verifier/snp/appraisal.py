@@ -11,8 +11,10 @@ Invariants:
   debug, VMPL, migration agent, SMT (guest policy bit or platform SMT_EN) -> PLATFORM_POLICY;
   reported/committed TCB below the floor, committed != current (or > current when provisional
   firmware is allowed) -> TCB_POLICY;
-  MEASUREMENT not accepted (an empty list accepts nothing), HOST_DATA not allowed ->
-  MEASUREMENT. ``measurements`` None means a reference-value binding covers MEASUREMENT: the
+  MEASUREMENT not accepted (an empty set accepts nothing), HOST_DATA not allowed ->
+  MEASUREMENT; a revocation list the verification went without (``collateral_warnings``) ->
+  COLLATERAL_STALE unless ``allow_missing_crl``, then a warning and hardware "unsafe".
+  ``measurements`` None means a reference-value binding covers MEASUREMENT: the
   decision engine (``verifier.policy.decision``) checks it, this module does not.
 - Init-data, workload rules, reference values, conditions and the TCB early warning are the
   decision engine's steps; this module is the typed, per-platform step only. ``tcb_debt``
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 
 from keybroker.errors import (
     ChainUntrusted,
+    CollateralStale,
     MeasurementMismatch,
     PlatformPolicyViolation,
     TcbPolicyViolation,
@@ -33,7 +36,7 @@ from verifier.snp.claims import FirmwareVersion, SnpClaims
 from verifier.snp.policy import SnpPolicy, snp_section
 from verifier.snp.tcb import TcbVersion
 from verifier.tee import TcbEarlyWarning
-from verifier.verdict import TRUST_VECTOR_AFFIRMING, Appraisal, PolicyRef, passed
+from verifier.verdict import TRUST_VECTOR_AFFIRMING, UNSAFE, Appraisal, PolicyRef, passed
 
 
 def _check_root(claims: SnpClaims, allow_insecure_root: bool) -> None:
@@ -107,7 +110,7 @@ def _check_measurement(claims: SnpClaims, snp: SnpPolicy) -> None:
             "launch MEASUREMENT is not in the accepted list", rule="snp.measurements",
             expected=f"one of {len(snp.measurements)} accepted measurements",
             actual=claims.measurement.hex())
-    if snp.host_data and claims.host_data not in snp.host_data:
+    if snp.host_data is not None and claims.host_data not in snp.host_data:
         raise MeasurementMismatch("HOST_DATA is not in the accepted list", rule="snp.host_data",
                                   expected=f"one of {len(snp.host_data)} accepted values",
                                   actual=claims.host_data.hex())
@@ -126,7 +129,15 @@ def appraise_snp(
     _check_platform(claims, snp)
     _check_tcb(claims, snp)
     _check_measurement(claims, snp)
-    return passed(policy, TRUST_VECTOR_AFFIRMING)
+    if not claims.collateral_warnings:
+        return passed(policy, TRUST_VECTOR_AFFIRMING)
+    if not snp.allow_missing_crl:
+        raise CollateralStale("revocation list missing and the policy does not allow that",
+                              rule="snp.allow_missing_crl", expected="the ARK CRL present",
+                              actual=", ".join(claims.collateral_warnings))
+    return passed(policy, {**TRUST_VECTOR_AFFIRMING, "hardware": UNSAFE},
+                  ("collateral incomplete (allowed by the policy): "
+                   + ", ".join(claims.collateral_warnings),))
 
 
 def tcb_debt(claims: SnpClaims, warning: TcbEarlyWarning) -> tuple[str, ...]:

@@ -6,13 +6,17 @@ Invariants:
   right name; the leaf verifies under the intermediate. Names chain by exact equality.
 - Signatures are verified explicitly: RSASSA-PSS with SHA-384, MGF1-SHA-384 and salt 48 for
   AMD anchors; ECDSA-SHA384 is accepted only below an anchor marked insecure (simulator).
-- Subject/issuer CNs, CA flags and key usage (where present), P-384 leaf keys, the key type
+- Subject/issuer CNs, basicConstraints CA:TRUE and keyUsage keyCertSign on the ARK and the
+  ASK/ASVK (both required, ``ChainUntrusted`` when absent), P-384 leaf keys, the key type
   (VCEK via ASK only, VLEK via ASVK only), productName/structVersion and the validity window of
   every certificate at the caller's ``at`` are checked on every call.
 - Signature results are cached by (insecure, issuer DER digest, subject DER digest), and
   decoded certificates/extensions by DER digest; nothing time-dependent is cached.
-- A CRL issued under the ARK's name must verify under the ARK and one must cover ``at``
-  (else ``CollateralStale``); an intermediate listed in any of them is ``ChainUntrusted``.
+- Revocation: CRLs issued under the ARK's name count only if they verify under the ARK. None
+  in the collateral is a *missing* CRL, none covering ``at`` a *stale* one: ``CollateralStale``
+  unless the caller allows it, and then the key carries ``crl_warning`` so claims and token
+  warn. CRLs in the ARK's name of which none verifies are forged: ``ChainUntrusted``, never
+  "missing". An intermediate listed in any verified CRL is ``ChainUntrusted``.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class EndorsementKey:
     public_key: ec.EllipticCurvePublicKey
     intermediate: Certificate
     anchor: TrustAnchor
+    crl_warning: str = ""  # "ARK-<product> CRL missing|stale" when the caller allowed that
 
     @property
     def insecure(self) -> bool:
@@ -107,19 +112,24 @@ def _check_name(cert: x509.Certificate, name: str) -> None:
 
 
 def _check_ca(cert: x509.Certificate, what: str) -> None:
+    """basicConstraints CA:TRUE and keyUsage keyCertSign, both required (every AMD ARK, ASK
+    and ASVK carries them; a CA certificate without them is not one)."""
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if not bc.ca:
-            raise ChainUntrusted(f"{what} is not a CA certificate", expected="CA:TRUE",
-                                 actual="CA:FALSE")
     except x509.ExtensionNotFound:
-        pass
+        raise ChainUntrusted(f"{what} has no basicConstraints", rule="ca-constraints",
+                             expected="basicConstraints CA:TRUE", actual="absent") from None
+    if not bc.ca:
+        raise ChainUntrusted(f"{what} is not a CA certificate", rule="ca-constraints",
+                             expected="CA:TRUE", actual="CA:FALSE")
     try:
         ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.key_cert_sign:
-            raise ChainUntrusted(f"{what} may not sign certificates", expected="keyCertSign")
     except x509.ExtensionNotFound:
-        pass
+        raise ChainUntrusted(f"{what} has no keyUsage", rule="ca-key-usage",
+                             expected="keyUsage keyCertSign", actual="absent") from None
+    if not ku.key_cert_sign:
+        raise ChainUntrusted(f"{what} may not sign certificates", rule="ca-key-usage",
+                             expected="keyCertSign", actual="keyUsage without keyCertSign")
 
 
 class ChainValidator:
@@ -158,9 +168,11 @@ class ChainValidator:
         return cached
 
     def validate(self, leaf: Certificate, *, kind: KeyKind, product: str | None,
-                 evidence_certs: Sequence[Certificate], at: datetime) -> EndorsementKey:
+                 evidence_certs: Sequence[Certificate], at: datetime,
+                 allow_missing_crl: bool = False) -> EndorsementKey:
         """Chain ``leaf`` to a trust anchor. ``product`` comes from the report's CPUID (None
-        for v2 reports: productName decides). Raises ChainUntrusted or CollateralStale."""
+        for v2 reports: productName decides). Raises ChainUntrusted or CollateralStale; a
+        missing ARK CRL is accepted only with ``allow_missing_crl`` (then named in the key)."""
         ext = self.extensions(leaf)
         public_key = self._check_leaf(leaf, ext, kind, at)
         line = ext.product_line
@@ -191,7 +203,7 @@ class ChainValidator:
                 intermediate = self._find_intermediate(anchor, leaf, kind, line,
                                                        evidence_certs=evidence_certs, at=at)
                 stage = 2
-                self._check_crls(anchor, intermediate, at)
+                missing = self._check_crls(anchor, intermediate, at, allow_missing_crl)
             except KeybrokerError as exc:
                 if best is None or stage > best[0]:
                     best = (stage, exc)
@@ -200,7 +212,7 @@ class ChainValidator:
                        anchor.ark.fingerprint, anchor.insecure)
             return EndorsementKey(kind=kind, product=line, leaf=leaf, extensions=ext,
                                   public_key=public_key, intermediate=intermediate,
-                                  anchor=anchor)
+                                  anchor=anchor, crl_warning=missing)
         assert best is not None
         raise best[1]
 
@@ -288,14 +300,27 @@ class ChainValidator:
             self._signed.clear()
         self._signed.add(key)
 
-    def _check_crls(self, anchor: TrustAnchor, intermediate: Certificate, at: datetime) -> None:
-        crls = self._collateral.crls_by_issuer(anchor.ark.cert.subject)
+    def _check_crls(self, anchor: TrustAnchor, intermediate: Certificate, at: datetime,
+                    allow_missing: bool) -> str:
+        """Revocation of ``intermediate``; returns the warning for an allowed missing or stale
+        CRL ("" when a current one was checked)."""
+        name = f"ARK-{anchor.product} CRL"
+        claimed = self._collateral.crls_by_issuer(anchor.ark.cert.subject)
+        if not claimed:
+            if not allow_missing:
+                raise CollateralStale(f"the {name} is not available", rule="crl-missing",
+                                      expected=f"a CRL issued by ARK-{anchor.product} "
+                                               "(collateral)", actual="none")
+            return f"{name} missing"
+        crls = [entry for entry in claimed if self._crl_signed(anchor, entry)]
         if not crls:
-            return
-        for entry in crls:
-            self._check_crl_signature(anchor, entry)
+            raise ChainUntrusted(f"every CRL named for ARK-{anchor.product} fails its signature",
+                                 rule="crl-signature", expected=anchor.ark.fingerprint,
+                                 actual=", ".join(hashlib.sha256(c.der).hexdigest()[:16]
+                                                  for c in claimed))
         windows = [(c.crl.last_update_utc, c.crl.next_update_utc) for c in crls]
-        if not any(nu is not None and lu <= at <= nu for lu, nu in windows):
+        current = any(nu is not None and lu <= at <= nu for lu, nu in windows)
+        if not current and not allow_missing:
             raise CollateralStale(f"no CRL of ARK-{anchor.product} covers the verification time",
                                   rule="crl-window",
                                   expected=" | ".join(f"{lu.isoformat()} .. {nu.isoformat()}"
@@ -307,20 +332,24 @@ class ChainValidator:
                 raise ChainUntrusted(f"{common_name(intermediate.cert.subject)} is revoked",
                                      rule="crl", expected="not listed",
                                      actual=f"serial {serial:#x} listed")
+        return "" if current else f"{name} stale"
 
-    def _check_crl_signature(self, anchor: TrustAnchor, entry: CollateralCrl) -> None:
+    def _crl_signed(self, anchor: TrustAnchor, entry: CollateralCrl) -> bool:
+        """Whether ``entry`` verifies under the ARK (a CRL of another root with the same name,
+        e.g. a simulator's, does not and is ignored when a genuine one is present)."""
         digest = hashlib.sha256(entry.der).hexdigest()
         key = (anchor.insecure, anchor.ark.fingerprint, digest)
         if key in self._signed:
-            return
+            return True
         try:
             verify_signature(anchor.ark.cert.public_key(),
                              algorithm=entry.crl.signature_algorithm_oid,
                              hash_algorithm=_hash_of(entry.crl), signature=entry.crl.signature,
                              tbs=entry.crl.tbs_certlist_bytes, allow_ecdsa=anchor.insecure,
                              what="CRL")
-        except ChainUntrusted as exc:
-            raise CollateralStale(f"a CRL named for ARK-{anchor.product} is not signed by it",
-                                  rule="crl-signature", expected=anchor.ark.fingerprint,
-                                  actual=digest) from exc
+        except ChainUntrusted:
+            _log.warning("ignoring a CRL in the name of ARK-%s that it did not sign (%s)",
+                         anchor.product, digest[:16])
+            return False
         self._signed.add(key)
+        return True

@@ -1,8 +1,10 @@
 """Typed claims of a verified SEV-SNP report.
 
-Invariant: an ``SnpClaims`` value exists only for a report whose signature verified under a
+Invariants: an ``SnpClaims`` value exists only for a report whose signature verified under a
 VCEK/VLEK that chained to a pinned (or, with the insecure flag, simulator) root and whose
 certificate extensions matched the report. Appraisal consumes claims, never raw bytes.
+``collateral_warnings`` names every revocation list the verification was explicitly allowed to
+go without; appraisal refuses such claims unless the policy allows missing CRLs.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ class SnpClaims:
     csp_id: str | None  # VLEK only
     signer_fingerprint: str  # SHA-256 hex of the VCEK/VLEK DER
     insecure_root: bool  # True when the chain ended at a simulator (test) root
+    collateral_warnings: tuple[str, ...] = ()  # e.g. "ARK-Milan CRL missing" (allowed)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-able claims, bytes as lowercase hex (used in tokens and `keybroker verify`)."""
@@ -156,4 +159,5 @@ class SnpClaims:
             "csp_id": self.csp_id,
             "signer_fingerprint": self.signer_fingerprint,
             "insecure_root": self.insecure_root,
+            "collateral_warnings": list(self.collateral_warnings),
         }

@@ -5,11 +5,12 @@ Invariants:
 - Compiling is strict (``keybroker.document_reader``): unknown keys, wrong types (``true`` is
   not an integer), bad hex and out-of-range values are ``Malformed`` naming the file, the line
   and the key. Switches default to the strict setting (no debug, VMPL 0 only, no migration
-  agent, no SMT, no provisional firmware).
+  agent, no SMT, no provisional firmware, no missing CRL).
 - ``measurements`` is required unless a ``reference_values`` binding covers
   ``evidence.measurement``; only then may it be absent (compiled to None: the binding does the
-  check). An empty list matches nothing (fail closed). An empty ``host_data`` list means
-  HOST_DATA is not checked against an allow-list.
+  check). ``host_data`` absent (None) means HOST_DATA is not checked against an allow-list. An
+  empty list is refused at load (``keybroker.document_reader``); a compiled empty set would
+  match nothing.
 - TCB floors name only known components (``verifier.snp.tcb.COMPONENTS``), each 0..255.
 """
 
@@ -32,7 +33,7 @@ EARLY_WARNING_KEY = "snp_min_tcb"
 
 _SNP_OPTIONAL = frozenset({
     "measurements", "allow_debug", "allowed_vmpls", "allow_migration_agent", "allow_smt",
-    "allow_provisional_firmware", "host_data",
+    "allow_provisional_firmware", "host_data", "allow_missing_crl",
 })
 
 
@@ -47,7 +48,8 @@ class SnpPolicy:
     allow_migration_agent: bool = False
     allow_smt: bool = False
     allow_provisional_firmware: bool = False
-    host_data: frozenset[bytes] = frozenset()
+    host_data: frozenset[bytes] | None = None
+    allow_missing_crl: bool = False
 
 
 def tcb_floor(reader: DocumentReader, key: str) -> Mapping[str, int]:
@@ -76,7 +78,9 @@ def compile_snp(snp: DocumentReader, measurement_referenced: bool) -> SnpPolicy:
         allow_migration_agent=snp.boolean("allow_migration_agent", False),
         allow_smt=snp.boolean("allow_smt", False),
         allow_provisional_firmware=snp.boolean("allow_provisional_firmware", False),
-        host_data=snp.hex_values("host_data", HOST_DATA_SIZE),
+        host_data=(snp.hex_values("host_data", HOST_DATA_SIZE) if snp.has("host_data")
+                   else None),
+        allow_missing_crl=snp.boolean("allow_missing_crl", False),
     )
 
 

@@ -5,8 +5,11 @@ Invariants:
 - Structural problems (report or certificate table) are ``Malformed``; an unsigned report
   (SIGNING_KEY NONE or MASK_CHIP_KEY) and a signature that does not verify are
   ``SignatureInvalid``; chain, certificate, extension, product and key-type problems are
-  ``ChainUntrusted``; a VCEK/VLEK that is not in the evidence or the collateral cache (or a
-  stale CRL) is ``CollateralStale``.
+  ``ChainUntrusted``; a VCEK/VLEK that is not in the evidence or the collateral cache, a stale
+  CRL, or a missing ARK CRL without ``allow_missing_crl`` is ``CollateralStale``. With
+  ``allow_missing_crl`` a missing CRL is named in ``SnpClaims.collateral_warnings`` (the
+  policy's ``allow_missing_crl`` then decides); a CRL that fails its signature never counts
+  as missing (``ChainUntrusted``).
 - An ARK carried in the certificate table is accepted only if it is byte-equal to a configured
   ARK; roots are never taken from evidence.
 - The endorsement key's SPLs equal REPORTED_TCB (layout of its product), a VCEK's hwID equals
@@ -56,7 +59,8 @@ class SnpVerifier:
         """Counters of the chain cache (certificate signatures verified vs reused)."""
         return self._chains.stats
 
-    def verify(self, report: bytes, cert_table: bytes = b"", *, at: datetime) -> SnpClaims:
+    def verify(self, report: bytes, cert_table: bytes = b"", *, at: datetime,
+               allow_missing_crl: bool = False) -> SnpClaims:
         """Verify ``report`` (1184 bytes) with an optional GHCB certificate table at time
         ``at`` (timezone-aware); returns the claims or raises a typed error."""
         if at.tzinfo is None:
@@ -82,7 +86,8 @@ class SnpVerifier:
         for leaf in leaves:
             try:
                 key = self._chains.validate(leaf, kind=kind, product=product,
-                                            evidence_certs=evidence_certs, at=at)
+                                            evidence_certs=evidence_certs, at=at,
+                                            allow_missing_crl=allow_missing_crl)
                 _match_report(key, parsed)
                 _check_signature(key.public_key, parsed)
             except KeybrokerError as exc:
@@ -194,4 +199,5 @@ def _claims(report: SnpReport, key: EndorsementKey) -> SnpClaims:
         csp_id=key.extensions.csp_id,
         signer_fingerprint=key.leaf.fingerprint,
         insecure_root=key.insecure,
+        collateral_warnings=(key.crl_warning,) if key.crl_warning else (),
     )

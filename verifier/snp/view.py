@@ -37,6 +37,8 @@ _SNP_KEYS = frozenset({
     "author_key_digest", "author_key_en", "report_id", "report_id_ma", "current_firmware",
     "committed_firmware", "launch_mit_vector", "current_mit_vector", "cpuid", "csp_id",
     "signer_fingerprint", "insecure_root"})
+# Claims added after the first recorded release (absent in older records: neutral value).
+_SNP_ADDED = frozenset({"collateral_warnings"})
 
 
 def _guest_policy(fields: ClaimFields) -> GuestPolicy:
@@ -95,7 +97,7 @@ def _cpuid(fields: ClaimFields) -> tuple[int, int, int] | None:
 
 def snp_claims_from_dict(evidence: Mapping[str, object]) -> SnpClaims:
     """The exact inverse of ``SnpClaims.as_dict()`` (see the module invariants)."""
-    f = ClaimFields(evidence, "evidence", _SNP_KEYS)
+    f = ClaimFields(evidence, "evidence", _SNP_KEYS, _SNP_ADDED)
     f.string("platform", choices=(PLATFORM_SNP,))
     product = f.string("product", choices=PRODUCTS)
     tcb_keys = _tcb_keys(product)
@@ -132,6 +134,7 @@ def snp_claims_from_dict(evidence: Mapping[str, object]) -> SnpClaims:
         signer_fingerprint=f.string("signer_fingerprint", pattern=_FINGERPRINT_RE,
                                     what="64 lowercase hex digits"),
         insecure_root=f.boolean("insecure_root"),
+        collateral_warnings=f.strings("collateral_warnings"),
     )
 
 
@@ -151,4 +154,5 @@ def sample_snp_claims() -> SnpClaims:
         current_firmware=FirmwareVersion(1, 55, 40), committed_firmware=FirmwareVersion(1, 55, 40),
         launch_mit_vector=0x0B, current_mit_vector=0x0B, cpuid=(0x19, 0x11, 0x01),
         csp_id="keybroker-simulator", signer_fingerprint="5c" * 32, insecure_root=False,
+        collateral_warnings=("ARK-Genoa CRL missing",),
     )
