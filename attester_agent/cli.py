@@ -43,6 +43,13 @@ from attester_agent.simulator_options import (
 )
 from keybroker.errors import KeybrokerError, Malformed
 from keybroker.rpc_errors import denial_from_rpc
+from keybroker.tls import (
+    certificate_digest,
+    check_pin,
+    check_plaintext,
+    client_credentials,
+    load_certificates,
+)
 from keybroker.wrapping import Suite
 
 logger = logging.getLogger(__name__)
@@ -85,9 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT,
                      help="per-RPC deadline in seconds")
     tls = get.add_argument_group("TLS")
-    tls.add_argument("--ca", type=Path, help="PEM CA bundle that signed the broker certificate")
-    tls.add_argument("--cert", type=Path, help="PEM client certificate (mutual TLS)")
-    tls.add_argument("--key", type=Path, help="PEM client private key (mutual TLS)")
+    tls.add_argument("--ca", type=Path,
+                     help="PEM CA bundle that signed the broker certificate (required unless "
+                          "--insecure-plaintext)")
+    tls.add_argument("--pin-sha256", metavar="HEX",
+                     help="also require the broker certificate's SHA-256 (hex) to be this")
+    tls.add_argument("--cert", type=Path,
+                     help="PEM client certificate (mutual TLS; the challenge and the evidence "
+                          "binding then cover it)")
+    tls.add_argument("--key", type=Path, help="PEM client private key (with --cert)")
+    tls.add_argument("--insecure-plaintext", action="store_true",
+                     help="INSECURE: talk to a loopback broker without TLS (local experiments "
+                          "only)")
     sim = get.add_argument_group("INSECURE simulator")
     sim.add_argument("--insecure-simulator", action="store_true",
                      help="use the SEV-SNP simulator under a TEST CA (never in production)")
@@ -156,12 +172,12 @@ def cmd_get_secret(args: argparse.Namespace) -> int:
     for out in outs:
         check_secret_target(out)  # refuse before attesting, so no challenge is wasted
     suite = _suite(args.suite)
-    credentials = _credentials(args)
+    credentials, channel = _credentials(args)
     init_data = _read_file(args.init_data, "--init-data") if args.init_data else b""
     collector = _collector(args, init_data)
     secrets = client.get_secrets(args.broker, key_ids, collector, suite=suite,
                                  init_data=init_data, timeout=args.timeout,
-                                 credentials=credentials)
+                                 credentials=credentials, channel_binding=channel)
     try:
         if outs:
             for key_id, out in zip(key_ids, outs, strict=True):
@@ -182,16 +198,30 @@ def _suite(value: str | None) -> Suite | None:
         raise UsageError(f"unknown --suite {value!r}; expected {exc.expected}") from exc
 
 
-def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
-    if args.ca is None and args.cert is None and args.key is None:
-        return None
-    if (args.cert is None) != (args.key is None):
-        raise UsageError("--cert and --key go together")
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read_file(args.ca, "--ca") if args.ca else None,
-        private_key=_read_file(args.key, "--key") if args.key else None,
-        certificate_chain=_read_file(args.cert, "--cert") if args.cert else None,
-    )
+def _credentials(args: argparse.Namespace) -> tuple[grpc.ChannelCredentials | None, bytes]:
+    """(channel credentials, channel binding); (None, b"") only with --insecure-plaintext."""
+    if args.insecure_plaintext:
+        if args.ca or args.cert or args.key or args.pin_sha256:
+            raise UsageError("--insecure-plaintext conflicts with --ca/--cert/--key/--pin-sha256")
+        try:
+            check_plaintext(args.broker, flag="--insecure-plaintext")
+        except Malformed as exc:
+            raise UsageError(exc.reason) from None
+        logger.warning("INSECURE: talking to the broker WITHOUT TLS (--insecure-plaintext)")
+        return None, b""
+    if args.ca is None:
+        raise UsageError("--ca is required (the CA that signed the broker's certificate); "
+                         "--insecure-plaintext only for a loopback experiment")
+    try:
+        credentials = client_credentials(args.ca, args.cert, args.key)
+        if args.pin_sha256:
+            check_pin(args.broker, args.ca, args.pin_sha256, cert=args.cert, key=args.key,
+                      timeout=args.timeout)
+        channel = (certificate_digest(load_certificates(args.cert, "client certificate")[0])
+                   if args.cert else b"")
+    except Malformed as exc:
+        raise UsageError(exc.detail) from None
+    return credentials, channel
 
 
 def _collector(args: argparse.Namespace, init_data: bytes) -> Collector:

@@ -4,7 +4,9 @@ Invariants:
 - Every request uses a fresh ephemeral HPKE key pair; its private key lives only inside
   ``get_secrets`` and the reference is dropped right after the wrapped keys are opened.
 - The evidence is collected for exactly ``binding.report_data(nonce, suite id, public key,
-  init-data digest)`` of this challenge.
+  init-data digest[, channel])`` of this challenge; ``channel`` is the SHA-256 of the client
+  certificate this agent presents over mutual TLS (empty without one), so evidence relayed
+  through another TLS client fails the broker's binding check.
 - A suite is used only if the broker offers it (when it lists any).
 - Every requested key must come back exactly once and open under
   ``release_info(key_id, version, challenge_id)``; anything else is an error, never a partial
@@ -72,8 +74,10 @@ def get_secrets(
     init_data: bytes = b"",
     timeout: float = DEFAULT_TIMEOUT,
     credentials: grpc.ChannelCredentials | None = None,
+    channel_binding: bytes = b"",
 ) -> dict[str, bytes]:
-    """Attest with ``collector`` and return key id -> secret for every key in ``key_ids``."""
+    """Attest with ``collector`` and return key id -> secret for every key in ``key_ids``;
+    ``credentials`` None is plaintext (the caller's insecure flag)."""
     wanted = list(dict.fromkeys(key_ids))
     if not wanted:
         raise ValueError("at least one key id is required")
@@ -100,7 +104,7 @@ def get_secrets(
         try:
             report_data = binding.report_data(
                 challenge.nonce, chosen.value, keypair.public_bytes,
-                binding.init_data_digest(init_data),
+                binding.init_data_digest(init_data), channel_binding,
             )
             evidence = collector.collect(report_data)
             request_id = str(uuid.uuid4())

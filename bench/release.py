@@ -10,7 +10,13 @@ verifies, the QE report and the quote), one ES256 sign (the result token), one E
 
     floor_ratio = server CPU seconds per release / floor seconds
 
+Transport is the demo's: each release is a new agent connection with a mutual-TLS handshake
+(as a real agent makes one connection per boot), and the broker keeps one mutual-TLS channel to
+the verifier. ``--insecure-plaintext`` runs the same on plaintext loopback, to show what TLS
+costs in the same session.
+
 Usage: python bench/release.py [--agents N] [--seconds S] [--suite SUITE_ID] [--tee snp|tdx|sgx]
+       [--insecure-plaintext]
 """
 
 from __future__ import annotations
@@ -68,24 +74,26 @@ def crypto_floor(suite: Suite, tee: str) -> dict[str, float]:
     }
 
 
-def agent_worker(args: tuple[str, str, float, str, str]) -> list[float]:
+def agent_worker(args: tuple[str, str, float, str, str, bool]) -> list[float]:
     """One agent process: release back to back until the deadline; returns latencies (s)."""
-    broker, root, deadline, suite_id, tee = args
+    broker, root, deadline, suite_id, tee, plaintext = args
     import logging
 
     from attester_agent.client import get_secrets
     from keybroker_cli.demo import demo_collector, demo_init_data
-    from keybroker_cli.demo_setup import DEMO_KEY_ID, DemoLayout
+    from keybroker_cli.demo_setup import DEMO_KEY_ID, DemoLayout, agent_channel
 
     logging.disable(logging.WARNING)
     layout = DemoLayout(Path(root))
     init_data = demo_init_data(layout, tee)  # type: ignore[arg-type]
     collector = demo_collector(layout, tee)  # type: ignore[arg-type]
     suite = Suite.from_id(suite_id)
+    credentials, channel = (None, b"") if plaintext else agent_channel(layout)
     latencies: list[float] = []
     while time.time() < deadline:
         start = time.perf_counter()
-        got = get_secrets(broker, [DEMO_KEY_ID], collector, suite=suite, init_data=init_data)
+        got = get_secrets(broker, [DEMO_KEY_ID], collector, suite=suite, init_data=init_data,
+                          credentials=credentials, channel_binding=channel)
         latencies.append(time.perf_counter() - start)
         assert DEMO_KEY_ID in got
     return latencies
@@ -97,7 +105,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--suite", default=Suite.X25519_HKDFSHA256_AES256GCM.value)
     parser.add_argument("--tee", default="snp", choices=["snp", "tdx", "sgx"])
+    parser.add_argument("--insecure-plaintext", action="store_true",
+                        help="no TLS anywhere (loopback), for comparison")
     args = parser.parse_args()
+    transport = ["--insecure-plaintext"] if args.insecure_plaintext else []
     suite = Suite.from_id(args.suite)
 
     from keybroker_cli.demo_setup import DemoLayout, prepare, write_broker_config
@@ -112,23 +123,25 @@ def main() -> int:
     verifier = ServiceProcess.start(
         "verifier", keybroker_command("--log-level", "WARNING", "verifier", "serve",
                                       "--config", str(layout.verifier_config),
-                                      "--insecure-simulator"),
+                                      "--insecure-simulator", *transport),
         log_path=layout.verifier / "verifier.log")
     write_broker_config(layout, verifier.address)
     broker = ServiceProcess.start(
         "broker", keybroker_command("--log-level", "WARNING", "broker", "serve", "--config",
-                                    str(layout.broker_config), "--insecure-simulator"),
+                                    str(layout.broker_config), "--insecure-simulator",
+                                    *transport),
         log_path=layout.broker / "broker.log")
     try:
         # Warm-up (chain caches, connections), not measured.
         agent_worker((broker.address, str(layout.root), time.time() + 1.0, suite.value,
-                      args.tee))
+                      args.tee, args.insecure_plaintext))
         v0, b0 = cpu_seconds(verifier.pid), cpu_seconds(broker.pid)
         deadline = time.time() + args.seconds
         start = time.perf_counter()
         with mp.get_context("spawn").Pool(args.agents) as pool:
             results = pool.map(agent_worker, [
-                (broker.address, str(layout.root), deadline, suite.value, args.tee)
+                (broker.address, str(layout.root), deadline, suite.value, args.tee,
+                 args.insecure_plaintext)
                 for _ in range(args.agents)])
         wall = time.perf_counter() - start
         v_cpu, b_cpu = cpu_seconds(verifier.pid) - v0, cpu_seconds(broker.pid) - b0
@@ -144,7 +157,7 @@ def main() -> int:
     per_release_cpu = cpu / count
     p99 = latencies[min(count - 1, int(count * 0.99))]
     print(f"tee={args.tee} suite={suite.value} agents={args.agents} seconds={args.seconds:.0f} "
-          f"cores={os.cpu_count()}")
+          f"cores={os.cpu_count()} transport={'PLAINTEXT' if args.insecure_plaintext else 'mTLS'}")
     print(f"releases={count} releases_per_s={count / wall:.1f}")
     print(f"latency_ms p50={statistics.median(latencies) * 1000:.2f} p99={p99 * 1000:.2f}")
     print(f"server_cpu_ms_per_release={per_release_cpu * 1000:.3f} "

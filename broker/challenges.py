@@ -11,6 +11,12 @@ Invariants:
   TEE type, is FRESHNESS too (the challenge is spent either way).
 - Time is the injected wall clock (seconds since the epoch), shared by replicas through the
   store; it is never read from the request.
+- A challenge remembers who asked (``Peer``: the caller's address and, over mutual TLS, the
+  SHA-256 of its client certificate). Consuming it from another client certificate is
+  FRESHNESS (hostile-evidence row 26), and the certificate digest joins the binding (row 30).
+- Outstanding (unconsumed, unexpired) challenges are bounded in total and per peer address:
+  past either bound ``issue`` is ``Exhausted`` (RESOURCE_EXHAUSTED) and stores nothing.
+  Expired challenges are deleted by ``purge_expired`` (the service runs it periodically).
 """
 
 from __future__ import annotations
@@ -23,14 +29,32 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from keybroker.database import Database
-from keybroker.errors import FreshnessError, Malformed
+from keybroker.database import Database, immediate
+from keybroker.errors import Exhausted, FreshnessError, Malformed
 
 NONCE_SIZE = 32
 MAX_KEY_IDS = 64
 MAX_KEY_ID_LEN = 256
 
 Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who asked for a challenge: address (without port) and client certificate digest."""
+
+    address: str = ""
+    channel: bytes = b""  # SHA-256 of the mutual-TLS client certificate, empty without one
+
+    @classmethod
+    def from_grpc(cls, peer: str, channel: bytes) -> Peer:
+        """From gRPC's ``context.peer()`` (``ipv4:1.2.3.4:5678``, ``ipv6:[::1]:5``, ...)."""
+        kind, _, rest = peer.partition(":")
+        address = rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else peer
+        return cls(address=address.strip("[]")[:64], channel=channel)
+
+
+NO_PEER = Peer()  # in-process callers and tests without a channel
 
 
 @dataclass(frozen=True)
@@ -43,6 +67,7 @@ class Challenge:
     key_ids: tuple[str, ...]
     issued_at: float
     expires_at: float
+    peer: Peer = NO_PEER
 
 
 def challenge_schema(db: sqlite_utils.Database) -> None:
@@ -55,9 +80,16 @@ def challenge_schema(db: sqlite_utils.Database) -> None:
         " key_ids TEXT NOT NULL,"
         " issued_at REAL NOT NULL,"
         " expires_at REAL NOT NULL,"
-        " consumed_at REAL)"
+        " consumed_at REAL,"
+        " peer TEXT NOT NULL DEFAULT '',"
+        " channel BLOB NOT NULL DEFAULT x'')"
     )
+    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(challenges)").fetchall()}
+    if "peer" not in columns:  # a database from before peer binding
+        db.execute("ALTER TABLE challenges ADD COLUMN peer TEXT NOT NULL DEFAULT ''")
+        db.execute("ALTER TABLE challenges ADD COLUMN channel BLOB NOT NULL DEFAULT x''")
     db.execute("CREATE INDEX IF NOT EXISTS challenges_expiry ON challenges (expires_at)")
+    db.execute("CREATE INDEX IF NOT EXISTS challenges_peer ON challenges (peer, expires_at)")
 
 
 def validate_key_ids(key_ids: Sequence[str]) -> tuple[str, ...]:
@@ -75,13 +107,17 @@ def validate_key_ids(key_ids: Sequence[str]) -> tuple[str, ...]:
 class ChallengeStore:
     """Issues and atomically consumes challenges in the broker database."""
 
-    def __init__(self, db: Database, *, ttl_seconds: int, clock: Clock) -> None:
+    def __init__(self, db: Database, *, ttl_seconds: int, clock: Clock,
+                 max_outstanding: int = 100_000, max_per_peer: int = 64) -> None:
         self._db = db
         self.ttl_seconds = ttl_seconds
         self._clock = clock
+        self.max_outstanding = max_outstanding
+        self.max_per_peer = max_per_peer
 
-    def issue(self, tee: int, key_ids: Sequence[str]) -> Challenge:
-        """Create and store a fresh challenge for ``tee`` and ``key_ids``."""
+    def issue(self, tee: int, key_ids: Sequence[str], peer: Peer = NO_PEER) -> Challenge:
+        """Create and store a fresh challenge for ``tee`` and ``key_ids`` asked by ``peer``;
+        ``Exhausted`` past the bounds on outstanding challenges."""
         ids = validate_key_ids(key_ids)
         now = self._clock()
         challenge = Challenge(
@@ -91,28 +127,45 @@ class ChallengeStore:
             key_ids=ids,
             issued_at=now,
             expires_at=now + self.ttl_seconds,
+            peer=peer,
         )
 
         def op(db: sqlite_utils.Database) -> None:
-            db.execute(
-                "INSERT INTO challenges (challenge_id, nonce, tee, key_ids, issued_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [challenge.challenge_id, challenge.nonce, tee, json.dumps(list(ids)), now,
-                 challenge.expires_at],
-            )
+            with immediate(db):
+                total = db.execute("SELECT COUNT(*) FROM challenges WHERE consumed_at IS NULL"
+                                   " AND expires_at > ?", [now]).fetchone()[0]
+                if total >= self.max_outstanding:
+                    raise Exhausted("too many outstanding challenges", rule="challenge.limit",
+                                    expected=f"< {self.max_outstanding} outstanding",
+                                    actual=str(total))
+                mine = db.execute("SELECT COUNT(*) FROM challenges WHERE peer = ? AND"
+                                  " consumed_at IS NULL AND expires_at > ?",
+                                  [peer.address, now]).fetchone()[0]
+                if mine >= self.max_per_peer:
+                    raise Exhausted("too many outstanding challenges for this peer",
+                                    rule="challenge.peer-limit",
+                                    expected=f"< {self.max_per_peer} per peer",
+                                    actual=f"{mine} for {peer.address or 'unknown peer'}")
+                db.execute(
+                    "INSERT INTO challenges (challenge_id, nonce, tee, key_ids, issued_at,"
+                    " expires_at, peer, channel) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [challenge.challenge_id, challenge.nonce, tee, json.dumps(list(ids)), now,
+                     challenge.expires_at, peer.address, peer.channel],
+                )
 
         self._db.run(op)
         return challenge
 
-    def consume(self, challenge_id: str) -> Challenge:
-        """Atomically mark the challenge consumed and return it; otherwise FRESHNESS."""
+    def consume(self, challenge_id: str, peer: Peer = NO_PEER) -> Challenge:
+        """Atomically mark the challenge consumed and return it; otherwise FRESHNESS (also
+        when it was issued to another client certificate: the challenge is spent)."""
         now = self._clock()
 
-        def op(db: sqlite_utils.Database) -> tuple[bytes, int, str, float, float] | None:
+        def op(db: sqlite_utils.Database) -> Challenge | None:
             cursor = db.execute(
                 "UPDATE challenges SET consumed_at = ?"
                 " WHERE challenge_id = ? AND consumed_at IS NULL AND expires_at > ?"
-                " RETURNING nonce, tee, key_ids, issued_at, expires_at",
+                " RETURNING nonce, tee, key_ids, issued_at, expires_at, peer, channel",
                 [now, challenge_id, now],
             )
             row = cursor.fetchone()
@@ -120,22 +173,27 @@ class ChallengeStore:
             db.commit()
             if row is None:
                 return None
-            return bytes(row[0]), int(row[1]), str(row[2]), float(row[3]), float(row[4])
+            return Challenge(challenge_id, bytes(row[0]), int(row[1]), tuple(json.loads(row[2])),
+                             float(row[3]), float(row[4]), Peer(str(row[5]), bytes(row[6])))
 
-        row = self._db.run(op)
-        if row is None:
+        found = self._db.run(op)
+        if found is None:
             raise FreshnessError("challenge unknown, expired or already used",
                                  rule="challenge.single-use", expected="unused, unexpired",
                                  actual=f"challenge {challenge_id[:64]!r} not consumable")
-        nonce, tee, key_ids, issued_at, expires_at = row
-        return Challenge(challenge_id, nonce, tee, tuple(json.loads(key_ids)), issued_at,
-                         expires_at)
+        if found.peer.channel != peer.channel:
+            raise FreshnessError("challenge was issued to another client",
+                                 rule="challenge.peer",
+                                 expected="the client certificate it was issued to",
+                                 actual="another client certificate" if peer.channel
+                                 else "no client certificate")
+        return found
 
     def close(self) -> None:
         """Close the underlying database connections."""
         self._db.close()
 
-    def purge_expired(self, *, older_than_seconds: float = 3600.0) -> int:
+    def purge_expired(self, *, older_than_seconds: float = 0.0) -> int:
         """Delete challenges that expired more than ``older_than_seconds`` ago."""
         cutoff = self._clock() - older_than_seconds
 

@@ -8,18 +8,29 @@ Invariants:
 - ``admins`` maps identities to roles (``keybroker.roles``; the broker honours
   ``policy-admin`` for release rules); ``policy_poll_seconds`` (0.1..60) is how often the
   service looks for newly applied release rules in ``database``.
+- Transport: ``tls_cert`` + ``tls_key`` (the agents' TLS server certificate) come together;
+  ``agent_client_ca``, when set, requires every agent to present a client certificate under it
+  (challenges and bindings then cover that certificate). ``verifier_ca``,
+  ``verifier_client_cert`` and ``verifier_client_key`` come together: mutual TLS to the
+  verifier (``verifier_server_name`` overrides the name checked in its certificate). Without
+  them the config describes a plaintext broker, run only with ``--insecure-plaintext``.
+- ``max_challenges`` (total) and ``max_challenges_per_peer`` bound the outstanding challenges
+  (RESOURCE_EXHAUSTED past them); expired ones are purged every ``challenge_purge_seconds``.
 - ``accept_insecure_results`` is only read here; refusing to start with it (unless the operator
   passed the explicit insecure flag) is the CLI's start-up guard.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from keybroker.errors import Malformed
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
+from keybroker.tls import TlsFiles
 
 ALGORITHMS = ("ES256", "ES384")
 
@@ -44,6 +55,12 @@ class BrokerConfig:
     max_request_bytes: int
     admins: Admins = field(default_factory=lambda: NO_ADMINS)
     policy_poll_seconds: float = 1.0
+    tls: TlsFiles | None = None  # agent-facing server certificate (+ agent client CA)
+    verifier_tls: TlsFiles | None = None  # client certificate + the verifier's CA
+    verifier_server_name: str = ""
+    max_challenges: int = 100_000
+    max_challenges_per_peer: int = 64
+    challenge_purge_seconds: float = 30.0
 
 
 _DEFAULTS: dict[str, object] = {
@@ -63,10 +80,22 @@ _DEFAULTS: dict[str, object] = {
     "max_request_bytes": 1024 * 1024,
     "admins": {},
     "policy_poll_seconds": 1.0,
+    "tls_cert": "",
+    "tls_key": "",
+    "agent_client_ca": "",
+    "verifier_ca": "",
+    "verifier_client_cert": "",
+    "verifier_client_key": "",
+    "verifier_server_name": "",
+    "max_challenges": 100_000,
+    "max_challenges_per_peer": 64,
+    "challenge_purge_seconds": 30.0,
 }
 
 _PATHS = ("database", "audit_database", "kek_file", "verifier_jwks", "release_rules")
 _STRINGS = ("listen", "verifier", "verifier_alg", "audience")
+_OPTIONAL_PATHS = ("tls_cert", "tls_key", "agent_client_ca", "verifier_ca",
+                   "verifier_client_cert", "verifier_client_key")
 
 
 def _typed(path: Path, key: str, value: object, kind: type | tuple[type, ...]) -> None:
@@ -94,8 +123,11 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
                         actual=", ".join(unknown))
     merged: dict[str, object] = {**_DEFAULTS, **table}
     base = path.parent
-    for key in _PATHS + _STRINGS:
+    for key in _PATHS + _STRINGS + _OPTIONAL_PATHS + ("verifier_server_name",):
         _typed(path, key, merged[key], str)
+    for key in ("max_challenges", "max_challenges_per_peer"):
+        _typed(path, key, merged[key], int)
+    _typed(path, "challenge_purge_seconds", merged["challenge_purge_seconds"], (int, float))
     _typed(path, "verifier_timeout_seconds", merged["verifier_timeout_seconds"], (int, float))
     for key in ("challenge_ttl_seconds", "token_leeway_seconds", "max_request_bytes"):
         _typed(path, key, merged[key], int)
@@ -129,7 +161,7 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
     if not 4096 <= max_bytes <= 16 * 1024 * 1024:
         raise Malformed(f"{path}: max_request_bytes out of range",
                         expected="4096..16777216", actual=str(max_bytes))
-    return BrokerConfig(
+    config = BrokerConfig(
         listen=str(merged["listen"]),
         database=p("database"),
         audit_database=p("audit_database"),
@@ -147,6 +179,52 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
         admins=parse_admins(merged["admins"], path, "broker.admins"),
         policy_poll_seconds=poll,
     )
+    return dataclasses.replace(config, **_transport(path, merged))
+
+
+def _together(path: Path, merged: dict[str, object], keys: tuple[str, ...],
+              why: str) -> tuple[Path, ...] | None:
+    given = [k for k in keys if merged[k]]
+    if not given:
+        return None
+    if len(given) != len(keys):
+        missing = next(k for k in keys if not merged[k])
+        raise Malformed(f"{path}: [broker].{missing} is missing ({why})",
+                        rule=f"broker.{missing}", expected=", ".join(keys) + " together",
+                        actual="given: " + ", ".join(given))
+    return tuple(path.parent / str(merged[k]) for k in keys)
+
+
+def _transport(path: Path, merged: dict[str, object]) -> dict[str, Any]:
+    server = _together(path, merged, ("tls_cert", "tls_key"), "the agents' TLS certificate")
+    client_ca = path.parent / str(merged["agent_client_ca"]) if merged["agent_client_ca"] \
+        else None
+    if client_ca is not None and server is None:
+        raise Malformed(f"{path}: [broker].agent_client_ca needs tls_cert and tls_key",
+                        rule="broker.agent_client_ca", expected="tls_cert, tls_key",
+                        actual="absent")
+    verifier = _together(path, merged, ("verifier_ca", "verifier_client_cert",
+                                        "verifier_client_key"), "mutual TLS to the verifier")
+    limits = {k: int(merged[k]) for k in ("max_challenges",  # type: ignore[call-overload]
+                                          "max_challenges_per_peer")}
+    if not 1 <= limits["max_challenges_per_peer"] <= limits["max_challenges"] <= 10_000_000:
+        raise Malformed(f"{path}: challenge limits out of range", rule="broker.max_challenges",
+                        expected="1 <= max_challenges_per_peer <= max_challenges <= 10000000",
+                        actual=f"{limits['max_challenges_per_peer']}, "
+                               f"{limits['max_challenges']}")
+    purge = float(merged["challenge_purge_seconds"])  # type: ignore[arg-type]
+    if not 1 <= purge <= 3600:
+        raise Malformed(f"{path}: challenge_purge_seconds out of range",
+                        rule="broker.challenge_purge_seconds", expected="1..3600",
+                        actual=str(purge))
+    return {
+        "tls": TlsFiles(cert=server[0], key=server[1], ca=client_ca) if server else None,
+        "verifier_tls": (TlsFiles(cert=verifier[1], key=verifier[2], ca=verifier[0])
+                         if verifier else None),
+        "verifier_server_name": str(merged["verifier_server_name"]),
+        "challenge_purge_seconds": purge,
+        **limits,
+    }
 
 
 def load_config(path: Path) -> BrokerConfig:

@@ -11,8 +11,10 @@ Invariants:
   BINDING / PLATFORM_POLICY), decrypt the secrets, write the audit intent durably, seal each
   secret to the agent's key with ``release_info(key_id, version, challenge_id)``, write the
   outcome, respond. No verdict is cached or reused.
-- The expected binding is computed here from the challenge nonce, suite, public key and
-  init-data digest; the evidence must carry it (checked by the verifier and again via the
+- The expected binding is computed here from the challenge nonce, suite, public key,
+  init-data digest and, over mutual TLS, the agent's client certificate digest (from the
+  channel, never the request; the challenge must be consumed from that same certificate);
+  the evidence must carry it (checked by the verifier and again via the
   token's ``keybroker.report-data``).
 - Blocking SQLite work runs in worker threads, never on the event loop.
 """
@@ -31,7 +33,7 @@ from typing import Protocol
 import grpc
 
 from broker.audit import AuditEntry, AuditLog
-from broker.challenges import Challenge, ChallengeStore, Clock, validate_key_ids
+from broker.challenges import NO_PEER, Challenge, ChallengeStore, Clock, Peer, validate_key_ids
 from broker.rules import ReleaseRules, Requirement
 from broker.secrets import MAX_VERSION, SecretStore, SecretVersion
 from broker.token import TokenVerifier, evidence_digest
@@ -65,18 +67,41 @@ class Appraiser(Protocol):
 
 
 class GrpcAppraiser:
-    """The keybroker.v1.Verifier service over gRPC, with a deadline on every call."""
+    """The keybroker.v1.Verifier service over gRPC (mutual TLS unless ``credentials`` is None,
+    the insecure plaintext mode), with a deadline on every call."""
 
-    def __init__(self, target: str, *, timeout_seconds: float) -> None:
+    def __init__(self, target: str, *, timeout_seconds: float,
+                 credentials: Callable[[], grpc.ChannelCredentials] | None = None,
+                 server_name: str = "") -> None:
         self.target = target
         self._timeout = timeout_seconds
+        self._credentials = credentials
+        self._options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         self._channel: grpc.aio.Channel | None = None
+        self._retired: list[grpc.aio.Channel] = []
 
     def _stub(self) -> verifier_pb2_grpc.VerifierAsyncStub:
         # Created lazily so the channel belongs to the event loop that serves requests.
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target)
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.target)
+            else:
+                self._channel = grpc.aio.secure_channel(self.target, self._credentials(),
+                                                        options=self._options)
         return verifier_pb2_grpc.VerifierStub(self._channel)
+
+    def reconnect(self) -> None:
+        """Re-read the client certificate: the next call opens a new channel (the old one is
+        closed at ``close``, letting calls in flight finish). A bad file keeps the old one."""
+        if self._credentials is None or self._channel is None:
+            return
+        try:
+            self._credentials()
+        except KeybrokerError as exc:
+            _log.error("verifier client certificate not reloaded: %s", exc.detail)
+            return
+        self._retired.append(self._channel)
+        self._channel = None
 
     async def appraise(self, request: verifier_pb2.AppraiseRequest) -> str:
         """Call Appraise; failures without a Denial (refused, deadline) are Unavailable."""
@@ -89,10 +114,11 @@ class GrpcAppraiser:
         return response.result_token
 
     async def close(self) -> None:
-        """Close the channel."""
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        """Close the channel (and any retired by ``reconnect``)."""
+        for channel in [*self._retired, *([self._channel] if self._channel else [])]:
+            await channel.close()
+        self._retired.clear()
+        self._channel = None
 
 
 @dataclass
@@ -185,17 +211,21 @@ class Broker:
         self.suites = tuple(Suite)
         self.watched_rules: Watched[ReleaseRules] | None = None
 
-    async def get_challenge(self, tee: int, key_ids: Sequence[str]) -> Challenge:
-        """Issue a challenge for ``tee`` (a TeeType with an Evidence variant) and ``key_ids``."""
+    async def get_challenge(self, tee: int, key_ids: Sequence[str],
+                            peer: Peer = NO_PEER) -> Challenge:
+        """Issue a challenge for ``tee`` (a TeeType with an Evidence variant) and ``key_ids``
+        to ``peer``."""
         if tee not in TEE_EVIDENCE:
             raise Malformed("unsupported TEE type",
                             expected=", ".join(str(t) for t in TEE_EVIDENCE), actual=str(tee))
-        return await asyncio.to_thread(self.challenges.issue, tee, list(key_ids))
+        return await asyncio.to_thread(self.challenges.issue, tee, list(key_ids), peer)
 
     async def release(
-        self, request: broker_pb2.ReleaseKeyRequest, *, request_id: str | None = None
+        self, request: broker_pb2.ReleaseKeyRequest, *, request_id: str | None = None,
+        peer: Peer = NO_PEER,
     ) -> broker_pb2.ReleaseKeyResponse:
-        """Decide ``request``; return the sealed keys or raise the (audited) typed error.
+        """Decide ``request`` from ``peer``; return the sealed keys or raise the (audited)
+        typed error.
 
         ``request_id`` is ``effective_request_id(request.request_id)`` unless given.
         """
@@ -209,7 +239,7 @@ class Broker:
                        keys=tuple(f"{k.key_id[:256]}@{k.version or 'latest'}"
                                   for k in request.keys[:64]))
         try:
-            return await self._decide(request, trail, bad_id)
+            return await self._decide(request, trail, bad_id, peer)
         except KeybrokerError as err:
             await self._deny(trail, err)
             raise
@@ -229,13 +259,13 @@ class Broker:
 
     async def _decide(
         self, request: broker_pb2.ReleaseKeyRequest, trail: _Trail,
-        bad_id: KeybrokerError | None,
+        bad_id: KeybrokerError | None, peer: Peer,
     ) -> broker_pb2.ReleaseKeyResponse:
         if bad_id is not None:
             raise bad_id
         valid = _validate(request)
         trail.evidence_digest = evidence_digest(request.evidence)
-        challenge = await asyncio.to_thread(self.challenges.consume, request.challenge_id)
+        challenge = await asyncio.to_thread(self.challenges.consume, request.challenge_id, peer)
         if challenge.tee != valid.tee:
             raise FreshnessError("evidence is for another TEE than the challenge",
                                  rule="challenge.tee", expected=str(challenge.tee),
@@ -245,7 +275,7 @@ class Broker:
             raise FreshnessError("keys not announced in the challenge", rule="challenge.keys",
                                  expected=", ".join(challenge.key_ids), actual=", ".join(outside))
         expected = report_data(challenge.nonce, valid.suite.value, valid.public_key,
-                               init_data_digest(request.init_data))
+                               init_data_digest(request.init_data), peer.channel)
         rules = self._rules()
         key_ids = [k for k, _ in valid.keys]
         requirements: tuple[Requirement, ...] = rules.requirements(key_ids)

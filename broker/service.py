@@ -10,6 +10,12 @@ Invariants:
   letting in-flight requests finish within the grace period.
 - The broker is assembled from configuration once at start-up (``build_broker``); a KEK file
   with wrong permissions, an unreadable JWKS or rules file stops start-up.
+- Transport: agents reach the broker over TLS (mutual when ``agent_client_ca`` is set) and the
+  broker reaches the verifier over mutual TLS; plaintext for both only with the insecure
+  plaintext flag, on loopback, logged as INSECURE. SIGHUP re-reads every certificate file.
+  The caller's identity for a challenge (address, client certificate digest) is read from the
+  channel in this module, never from the request.
+- Expired challenges are purged every ``challenge_purge_seconds`` while serving.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from broker.audit import AuditLog
-from broker.challenges import ChallengeStore, Clock, challenge_schema
+from broker.challenges import ChallengeStore, Clock, Peer, challenge_schema
 from broker.config import BrokerConfig
 from broker.kek import FileKek, KekProvider
 from broker.release import Appraiser, Broker, GrpcAppraiser, effective_request_id
@@ -38,10 +44,17 @@ from broker.rules import ReleaseRules, load_rules, parse_rules
 from broker.secrets import SecretStore, secret_schema
 from broker.token import TokenVerifier, load_jwks
 from keybroker.database import Database
-from keybroker.errors import KeybrokerError, Unavailable
+from keybroker.errors import KeybrokerError, Malformed, Unavailable
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
+from keybroker.tls import (
+    ServerTls,
+    certificate_digest,
+    check_plaintext,
+    client_credentials,
+    peer_certificate,
+)
 from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
 
 _log = logging.getLogger(__name__)
@@ -69,8 +82,10 @@ def build_broker(
     clock: Clock = time.time,
     appraiser: Appraiser | None = None,
     kek: KekProvider | None = None,
+    plaintext: bool = False,
 ) -> Broker:
-    """Assemble a Broker from ``config`` (stores, KEK, rules, pinned JWKS, verifier client)."""
+    """Assemble a Broker from ``config`` (stores, KEK, rules, pinned JWKS, verifier client);
+    ``plaintext`` is the insecure flag (a plaintext channel to a loopback verifier)."""
     kek = kek if kek is not None else FileKek.load(config.kek_file)
     rules = watch_rules(config, clock)
     tokens = TokenVerifier(load_jwks(config.verifier_jwks, config.verifier_alg),
@@ -82,7 +97,9 @@ def build_broker(
     dangling = audit.reconcile()
     if dangling:
         _log.warning("audit: %d release intents without outcome marked unknown", dangling)
-    challenges = ChallengeStore(db, ttl_seconds=config.challenge_ttl_seconds, clock=clock)
+    challenges = ChallengeStore(db, ttl_seconds=config.challenge_ttl_seconds, clock=clock,
+                                max_outstanding=config.max_challenges,
+                                max_per_peer=config.max_challenges_per_peer)
     challenges.purge_expired()
     built = Broker(
         challenges=challenges,
@@ -90,12 +107,53 @@ def build_broker(
         rules=lambda: rules.current,
         tokens=tokens,
         audit=audit,
-        appraiser=appraiser if appraiser is not None else GrpcAppraiser(
-            config.verifier, timeout_seconds=config.verifier_timeout_seconds),
+        appraiser=appraiser if appraiser is not None else verifier_client(config, plaintext),
         clock=clock,
     )
     built.watched_rules = rules
     return built
+
+
+def verifier_client(config: BrokerConfig, plaintext: bool) -> GrpcAppraiser:
+    """The verifier channel: mutual TLS from the config, or plaintext to a loopback verifier
+    with the insecure flag; a config without verifier TLS refuses to start otherwise."""
+    if plaintext:
+        check_plaintext(config.verifier, flag="--insecure-plaintext")
+        return GrpcAppraiser(config.verifier, timeout_seconds=config.verifier_timeout_seconds)
+    files = config.verifier_tls
+    if files is None or files.ca is None:
+        raise Malformed("no mutual TLS to the verifier configured", rule="broker.verifier_ca",
+                        expected="verifier_ca, verifier_client_cert and verifier_client_key "
+                                 "(see `keybroker tls init`), or --insecure-plaintext",
+                        actual="absent")
+    ca = files.ca
+
+    def credentials() -> grpc.ChannelCredentials:
+        return client_credentials(ca, files.cert, files.key)
+
+    credentials()  # check the files now: a bad one stops start-up, naming the file
+    return GrpcAppraiser(config.verifier, timeout_seconds=config.verifier_timeout_seconds,
+                         credentials=credentials, server_name=config.verifier_server_name)
+
+
+def agent_tls(config: BrokerConfig, plaintext: bool) -> ServerTls | None:
+    """The agents' TLS credentials, or None with the insecure flag (loopback only)."""
+    if plaintext:
+        check_plaintext(config.listen, flag="--insecure-plaintext")
+        _log.warning("INSECURE: broker listening WITHOUT TLS on %s and calling the verifier "
+                     "in plaintext (--insecure-plaintext). NEVER USE IN PRODUCTION.",
+                     config.listen)
+        return None
+    if config.tls is None:
+        raise Malformed("no TLS configured for agents", rule="broker.tls_cert",
+                        expected="tls_cert and tls_key (see `keybroker tls init`), or "
+                                 "--insecure-plaintext on loopback", actual="absent")
+    return ServerTls(config.tls, what="broker")
+
+
+def _peer(context: Context) -> Peer:
+    cert = peer_certificate(context)
+    return Peer.from_grpc(context.peer(), certificate_digest(cert) if cert else b"")
 
 
 def watch_rules(config: BrokerConfig, clock: Clock) -> Watched[ReleaseRules]:
@@ -140,7 +198,8 @@ class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
     ) -> broker_pb2.Challenge:
         """Issue a single-use challenge."""
         try:
-            challenge = await self._broker.get_challenge(int(request.tee), list(request.key_ids))
+            challenge = await self._broker.get_challenge(int(request.tee), list(request.key_ids),
+                                                         _peer(context))
         except KeybrokerError as err:
             _log.warning("GetChallenge denied: %s", err)
             await abort(context, err, "", with_detail=False)
@@ -161,7 +220,8 @@ class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
         """Run the release decision; denials carry only category and safe message."""
         request_id = effective_request_id(request.request_id)
         try:
-            return await self._broker.release(request, request_id=request_id)
+            return await self._broker.release(request, request_id=request_id,
+                                              peer=_peer(context))
         except KeybrokerError as err:
             await abort(context, err, request_id, with_detail=False)
         except Exception as exc:  # release() types everything; this is a last resort
@@ -199,9 +259,11 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 async def start_server(
-    broker: Broker, listen: str, *, max_request_bytes: int = 1024 * 1024
+    broker: Broker, listen: str, *, tls: ServerTls | None,
+    max_request_bytes: int = 1024 * 1024
 ) -> RunningServer:
-    """Start the KeyBroker gRPC server (plus health and reflection) on ``listen``.
+    """Start the KeyBroker gRPC server (plus health and reflection) on ``listen``; ``tls``
+    None is plaintext (loopback only).
 
     ``listen`` may use port 0; the bound port is in the result.
     """
@@ -218,7 +280,11 @@ async def start_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            check_plaintext(listen, flag="--insecure-plaintext")
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, tls.credentials())
     except RuntimeError as exc:
         raise Unavailable(f"cannot listen on {listen}", actual=str(exc)) from exc
     if port == 0:
@@ -227,6 +293,19 @@ async def start_server(
     await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, health, host, port)
+
+
+async def purge_challenges(broker: Broker, every_seconds: float) -> None:
+    """Delete expired challenges every ``every_seconds`` until cancelled."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            purged = await asyncio.to_thread(broker.challenges.purge_expired)
+        except KeybrokerError as exc:
+            _log.warning("challenge purge failed: %s", exc.detail)
+            continue
+        if purged:
+            _log.debug("purged %d expired challenges", purged)
 
 
 async def close_broker(broker: Broker) -> None:
@@ -242,25 +321,38 @@ async def serve(
     *,
     ready: Callable[[str], None],
     clock: Clock = time.time,
+    plaintext: bool = False,
 ) -> None:
-    """Run the broker until SIGTERM/SIGINT; call ``ready(address)`` once serving."""
-    broker = build_broker(config, clock=clock)
+    """Run the broker until SIGTERM/SIGINT; call ``ready(address)`` once serving; SIGHUP
+    re-reads the certificate files."""
+    broker = build_broker(config, clock=clock, plaintext=plaintext)
+    tls = agent_tls(config, plaintext)
     if broker.watched_rules is not None:
         broker.watched_rules.start(config.policy_poll_seconds)
-    running = await start_server(broker, config.listen,
+    running = await start_server(broker, config.listen, tls=tls,
                                  max_request_bytes=config.max_request_bytes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def reload() -> None:
+        if tls is not None:
+            tls.reload()
+        if isinstance(broker.appraiser, GrpcAppraiser):
+            broker.appraiser.reconnect()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    purger = asyncio.create_task(purge_challenges(broker, config.challenge_purge_seconds))
     _log.info("broker serving on %s (verifier %s)", running.address, config.verifier)
     ready(running.address)
     try:
         await stop.wait()
         _log.info("broker shutting down")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        purger.cancel()
         await running.stop()
         if broker.watched_rules is not None:
             await broker.watched_rules.stop()

@@ -142,6 +142,11 @@ class Unavailable(KeybrokerError):
     category = Category.UNAVAILABLE
 
 
+class Exhausted(Unavailable):
+    """A bounded resource is full (e.g. outstanding challenges): category UNAVAILABLE, sent
+    as gRPC RESOURCE_EXHAUSTED so the caller backs off."""
+
+
 _BY_CATEGORY: dict[Category, type[KeybrokerError]] = {
     cls.category: cls
     for cls in (

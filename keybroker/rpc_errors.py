@@ -1,7 +1,8 @@
 """The one place where error categories meet gRPC status codes (architecture section 7).
 
 Invariants:
-- Each category maps to exactly one status code (``STATUS_FOR``).
+- Each category maps to exactly one status code (``STATUS_FOR``); the one refinement is
+  ``Exhausted`` (category UNAVAILABLE), sent as RESOURCE_EXHAUSTED.
 - A rejection travels as that status code plus a serialized ``keybroker.v1.Denial`` in the
   binary trailing metadata entry ``keybroker-denial-bin``; ``error_from_rpc`` turns it back
   into the typed error on the client side.
@@ -15,7 +16,7 @@ from typing import NoReturn
 
 import grpc
 
-from keybroker.errors import Category, KeybrokerError, Unavailable, error_for
+from keybroker.errors import Category, Exhausted, KeybrokerError, Unavailable, error_for
 from keybroker.v1 import errors_pb2
 
 DENIAL_KEY = "keybroker-denial-bin"
@@ -64,7 +65,9 @@ async def abort(
     """Abort the current RPC with the status code and Denial for ``err``."""
     denial = to_denial(err, request_id, with_detail=with_detail)
     context.set_trailing_metadata(((DENIAL_KEY, denial.SerializeToString()),))
-    await context.abort(STATUS_FOR[err.category], denial.message)
+    status = (grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(err, Exhausted)
+              else STATUS_FOR[err.category])
+    await context.abort(status, denial.message)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 

@@ -83,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"broker listening on {address}", flush=True)
 
     try:
-        asyncio.run(serve(config, ready=ready))
+        asyncio.run(serve(config, ready=ready, plaintext=bool(args.insecure_plaintext)))
     except KeybrokerError as err:
         print(f"error: broker failed: {err}", file=sys.stderr)
         return EXIT_FAIL
@@ -185,6 +185,9 @@ def register(sub: Subparsers) -> None:
     srv.add_argument("--insecure-simulator", action="store_true",
                      help="allow accept_insecure_results (simulator test roots; NEVER in "
                           "production)")
+    srv.add_argument("--insecure-plaintext", action="store_true",
+                     help="INSECURE: serve agents and call the verifier without TLS (loopback "
+                          "addresses only). For local experiments, never production")
     srv.set_defaults(func=_serve)
 
     secret = commands.add_parser("secret", help="manage stored secrets")

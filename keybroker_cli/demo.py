@@ -29,12 +29,15 @@ from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
 from keybroker.errors import KeybrokerError
 from keybroker_cli.demo_setup import (
+    DEMO_AGENT,
     DEMO_IMAGE,
     DEMO_KEY_ID,
     DEMO_TEES,
     TEES,
     DemoLayout,
     Tee,
+    agent_channel,
+    agent_tls_args,
     prepare,
     run_cli,
     write_broker_config,
@@ -78,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
             "broker", "serve", "--config", str(layout.broker_config), "--insecure-simulator",
         ))
         say(f"broker process pid={broker.pid} on {broker.address}")
+        say(f"transport: TLS for agents (mutual TLS: agents present a {DEMO_AGENT} "
+            "certificate, bound into the evidence) and mTLS between broker and verifier; "
+            f"throwaway CA {layout.tls.ca}")
+        refused = plaintext_refused(broker.address, layout, tee)
         released = release_with_agent(layout, broker.address, secret, tee)
         # The demo already warned about the simulator; keep per-request agent logs quiet.
         logging.getLogger("attester_agent").setLevel(logging.ERROR)
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if timings:
         say(f"timings: {len(timings)} in-process releases, p50 {statistics.median(timings):.1f} ms,"
             f" max {max(timings):.1f} ms (challenge + simulated evidence + appraisal + sealing)")
-    ok = released and denied
+    ok = released and denied and refused
     say("demo: OK (1 release, 1 denial)" if ok else "demo: FAILED")
     return 0 if ok else 1
 
@@ -149,7 +156,7 @@ def release_with_agent(layout: DemoLayout, broker: str, secret: bytes, tee: Tee 
     start = time.perf_counter()
     done = subprocess.run(
         agent_command("get-secret", "--broker", broker, "--key-id", DEMO_KEY_ID, "--out",
-                      str(out), *agent_sim_args(layout, tee)),
+                      str(out), *agent_tls_args(layout), *agent_sim_args(layout, tee)),
         capture_output=True, text=True, check=False,
     )
     elapsed = ms(start)
@@ -182,10 +189,12 @@ def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int,
     """Repeat the release in-process to show steady-state latency."""
     init_data = demo_init_data(layout, tee)
     collector = demo_collector(layout, tee)
+    credentials, channel = agent_channel(layout)
     timings: list[float] = []
     for _ in range(count):
         start = time.perf_counter()
-        got = get_secrets(broker, [DEMO_KEY_ID], collector, init_data=init_data)
+        got = get_secrets(broker, [DEMO_KEY_ID], collector, init_data=init_data,
+                          credentials=credentials, channel_binding=channel)
         timings.append((time.perf_counter() - start) * 1000)
         if got.get(DEMO_KEY_ID) != secret:
             say("timed release returned the wrong secret")
@@ -197,14 +206,28 @@ def denied_request(layout: DemoLayout, broker: str, tee: Tee = "snp") -> bool:
     """A guest with a different launch measurement asks for the same key and is refused."""
     wrong = DEMO_TEES[tee].wrong_measurement
     collector = demo_collector(layout, tee, wrong=True)
+    credentials, channel = agent_channel(layout)
     start = time.perf_counter()
     try:
-        get_secrets(broker, [DEMO_KEY_ID], collector, init_data=demo_init_data(layout, tee))
+        get_secrets(broker, [DEMO_KEY_ID], collector, init_data=demo_init_data(layout, tee),
+                    credentials=credentials, channel_binding=channel)
     except KeybrokerError as err:
         say(f"DENIED {DEMO_KEY_ID} to a guest with launch measurement {wrong.hex()[:16]}...:"
             f" category {err.category.value}, reason: {err.reason} ({ms(start)} ms)")
         return err.category.value == "MEASUREMENT"
     say("UNEXPECTED: the tampered guest received the secret")
+    return False
+
+
+def plaintext_refused(broker: str, layout: DemoLayout, tee: Tee) -> bool:
+    """A client without TLS gets no challenge from the demo broker."""
+    try:
+        get_secrets(broker, [DEMO_KEY_ID], demo_collector(layout, tee), timeout=5.0,
+                    init_data=demo_init_data(layout, tee))
+    except KeybrokerError as err:
+        say(f"plaintext client refused by the broker ({err.category.value})")
+        return err.category.value == "UNAVAILABLE"
+    say("UNEXPECTED: the broker answered a plaintext client")
     return False
 
 

@@ -13,6 +13,9 @@ Invariants:
 - ``DEMO_INIT_DATA`` is an init-data document (TOML ``[workload]`` name and images) whose
   image is ``DEMO_IMAGE``.
 - Admin actions go through the real CLI in child processes (``run_cli``), as an operator would.
+- Transport is TLS everywhere with a throwaway CA in ``<root>/tls`` (``keybroker tls init``
+  layout): agents present the ``demo-agent`` client certificate to the broker (mutual TLS),
+  the broker presents ``broker-client`` to the verifier, which accepts only that name.
 """
 
 from __future__ import annotations
@@ -27,17 +30,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import grpc
+
 from attester_agent.collectors.base import Collector
 from attester_agent.collectors.simulator import SimulatorCollector
 from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
 from attester_agent.simulator.dcap import DcapTestCa
 from attester_agent.simulator.snp import SnpTestCa
 from keybroker.strict_yaml import dump_yaml
+from keybroker.tls import certificate_digest, client_credentials, load_certificates
 from keybroker_cli.launcher import keybroker_command
+from keybroker_cli.tls_cmd import DEFAULT_CLIENTS, TlsDir, init_tls
 
 Tee = Literal["snp", "tdx", "sgx"]
 TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx")
 DEMO_KEY_ID = "demo/db-password"
+DEMO_AGENT = "demo-agent"  # client certificate name of the demo's agents
 DEMO_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1").digest()
 WRONG_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1 (tampered)").digest()
 DEMO_MRTD = hashlib.sha384(b"keybroker demo TD firmware v1").digest()
@@ -87,6 +95,11 @@ class DemoLayout:
     def dcap_root(self) -> Path:
         return self.sim / "dcap" / "root.pem"
 
+    @property
+    def tls(self) -> TlsDir:
+        """The throwaway CA and certificates (``keybroker tls init`` layout)."""
+        return TlsDir(self.root / "tls")
+
 
 @dataclass(frozen=True)
 class PolicySpec:
@@ -135,6 +148,7 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
     (and their rules); the first policy is the demo policy of ``tee``."""
     for path in (layout.sim, layout.verifier, layout.broker, layout.verifier / "policies"):
         path.mkdir(parents=True, exist_ok=True)
+    init_tls(layout.tls.root, clients=(*DEFAULT_CLIENTS, DEMO_AGENT))
     snp = SnpTestCa.generate()
     snp.save(layout.sim)
     snp.write_collateral(layout.collateral, now=datetime.now(UTC))
@@ -157,6 +171,10 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
         'audience = "keybroker-broker"\n'
         f'simulator_roots = ["{layout.sim / "ark.pem"}"]\n'
         f'simulator_intel_roots = ["{layout.dcap_root}"]\n'
+        f'tls_cert = "{layout.tls.cert("verifier")}"\n'
+        f'tls_key = "{layout.tls.key("verifier")}"\n'
+        f'tls_client_ca = "{layout.tls.ca}"\n'
+        'allowed_clients = ["broker-client"]\n'
     )
     (layout.broker / "release-rules.yaml").write_text(
         "kind: ReleaseRules\nname: release-rules\nrules:\n" + "".join(
@@ -280,7 +298,9 @@ def put_secret(layout: DemoLayout, key_id: str, secret: bytes) -> None:
 
 def write_broker_config(layout: DemoLayout, verifier_address: str, *,
                         challenge_ttl: int = 60) -> None:
-    """(Re)write the broker config pointing at the verifier's address."""
+    """(Re)write the broker config pointing at the verifier's address (TLS to agents, which
+    must present a certificate of the demo CA; mutual TLS to the verifier)."""
+    tls = layout.tls
     layout.broker_config.write_text(
         "[broker]\n"
         'listen = "127.0.0.1:0"\n'
@@ -294,4 +314,25 @@ def write_broker_config(layout: DemoLayout, verifier_address: str, *,
         'audience = "keybroker-broker"\n'
         'release_rules = "release-rules.yaml"\n'
         "accept_insecure_results = true\n"
+        f'tls_cert = "{tls.cert("broker")}"\n'
+        f'tls_key = "{tls.key("broker")}"\n'
+        f'agent_client_ca = "{tls.ca}"\n'
+        f'verifier_ca = "{tls.ca}"\n'
+        f'verifier_client_cert = "{tls.cert("broker-client")}"\n'
+        f'verifier_client_key = "{tls.key("broker-client")}"\n'
     )
+
+
+def agent_tls_args(layout: DemoLayout) -> list[str]:
+    """``attester-agent get-secret`` flags for the demo CA and the demo agent's certificate."""
+    tls = layout.tls
+    return ["--ca", str(tls.ca), "--cert", str(tls.cert(DEMO_AGENT)),
+            "--key", str(tls.key(DEMO_AGENT))]
+
+
+def agent_channel(layout: DemoLayout) -> tuple[grpc.ChannelCredentials, bytes]:
+    """In-process agent credentials (mutual TLS as ``demo-agent``) and the channel binding."""
+    tls = layout.tls
+    cert, key = tls.cert(DEMO_AGENT), tls.key(DEMO_AGENT)
+    return (client_credentials(tls.ca, cert, key),
+            certificate_digest(load_certificates(cert, "client certificate")[0]))

@@ -12,7 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from keybroker_cli import broker_cmd, demo, verifier_cmd, verify
+from keybroker_cli import broker_cmd, demo, tls_cmd, verifier_cmd, verify
 from keybroker_cli.admin import command as admin_command
 
 # Each registration function adds its subparsers and sets ``func`` on them.
@@ -22,6 +22,7 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     verify.register,
     demo.register,
     admin_command.register,
+    tls_cmd.register,
 )
 
 

@@ -55,6 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(Path(args.config))
         asyncio.run(serve(config, insecure=bool(args.insecure_simulator),
+                          plaintext=bool(args.insecure_plaintext),
                           on_ready=_print_ready))
     except KeybrokerError as err:
         print(f"verifier: refusing to start: {err}", file=sys.stderr)
@@ -88,6 +89,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--insecure-simulator", action="store_true",
                        help="trust simulator test roots: simulator_roots (AMD) and "
                             "simulator_intel_roots (Intel DCAP) (NEVER in production)")
+    serve.add_argument("--insecure-plaintext", action="store_true",
+                       help="INSECURE: listen without TLS (loopback addresses only; no caller "
+                            "is authenticated). For local experiments, never production")
     serve.set_defaults(func=_serve)
 
     policy = commands.add_parser("policy", help="appraisal policy tools")

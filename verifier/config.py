@@ -12,6 +12,11 @@ Invariants:
   ``policy_poll_seconds`` 0.1..60. ``admins`` maps identities to roles
   (``keybroker.roles``); each ``[[verifier.reference_providers]]`` names a provider, its
   PEM public key (path) and the fnmatch patterns of the reference-value sets it may publish.
+- Transport: ``tls_cert``, ``tls_key`` and ``tls_client_ca`` come together (mutual TLS: the
+  broker must present a certificate under ``tls_client_ca``); ``allowed_clients`` (CN or SAN
+  values) narrows which of those certificates are served. Without them the config describes a
+  plaintext verifier, which ``keybroker verifier serve`` runs only with
+  ``--insecure-plaintext`` on loopback.
 - The configuration only names trust-anchor files; each TEE folder loads its own
   (``verifier.dcap.trust.load_simulator_roots`` for ``simulator_intel_roots``).
 """
@@ -30,6 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from keybroker.errors import Malformed
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
+from keybroker.tls import TlsFiles
 from verifier.pki import certificates_in
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
@@ -42,7 +48,9 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "simulator_intel_roots": list, "max_request_bytes": int,
     "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
     "admins": dict, "reference_providers": list,
+    "tls_cert": str, "tls_key": str, "tls_client_ca": str, "allowed_clients": list,
 }
+_TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
 _PROVIDER_KEYS = ("name", "key", "sets")
 _PROVIDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _REQUIRED = ("policies", "result_key")
@@ -80,6 +88,8 @@ class VerifierConfig:
     policy_poll_seconds: float = 1.0
     admins: Admins = field(default_factory=lambda: NO_ADMINS)
     reference_providers: tuple[ReferenceProvider, ...] = ()
+    tls: TlsFiles | None = None  # None: plaintext, only with --insecure-plaintext on loopback
+    allowed_clients: frozenset[str] = frozenset()
 
 
 def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
@@ -164,7 +174,33 @@ def load_config(path: Path) -> VerifierConfig:
         policy_poll_seconds=float(poll),
         admins=parse_admins(table.get("admins", {}), path, "verifier.admins"),
         reference_providers=_providers(path, table.get("reference_providers", [])),
+        tls=_tls(path, table),
+        allowed_clients=_allowed_clients(path, table, table.get("allowed_clients", [])),
     )
+
+
+def _tls(path: Path, table: dict[str, object]) -> TlsFiles | None:
+    given = [k for k in _TLS_KEYS if k in table]
+    if not given:
+        return None
+    if len(given) != len(_TLS_KEYS):
+        missing = next(k for k in _TLS_KEYS if k not in given)
+        raise _fail(path, missing, "missing key (mutual TLS needs all three)",
+                    ", ".join(_TLS_KEYS), "absent")
+    cert, key, ca = (_paths(path, k, [table[k]])[0] for k in _TLS_KEYS)
+    return TlsFiles(cert=cert, key=key, ca=ca)
+
+
+def _allowed_clients(path: Path, table: dict[str, object], value: object) -> frozenset[str]:
+    assert isinstance(value, list)
+    if "allowed_clients" in table and not value:
+        raise _fail(path, "allowed_clients", "empty list",
+                    "at least one name (leave the key out to accept every certificate under "
+                    "tls_client_ca)", "[]")
+    if not all(isinstance(v, str) and v for v in value):
+        raise _fail(path, "allowed_clients", "wrong element type",
+                    "non-empty strings (certificate CN or SAN)", repr(value)[:120])
+    return frozenset(str(v) for v in value)
 
 
 def _providers(path: Path, value: object) -> tuple[ReferenceProvider, ...]:

@@ -8,6 +8,9 @@ Invariants:
 - Every family of the registry is opened once (``open_verifiers``), so the service can verify
   every evidence kind the registry lists; the verifiers live as long as the servicer.
 - Started with the insecure switch, a loud warning is logged (and every token says so).
+- The listening socket is mutual TLS (``keybroker.tls``); plaintext only with
+  ``--insecure-plaintext``, on loopback, logged as INSECURE. SIGHUP re-reads the certificate
+  files (they are also re-read when they change).
 - Shutdown reports NOT_SERVING first, then lets in-flight RPCs finish within a grace period,
   then stops the policy watcher and flushes the recorded appraisals.
 """
@@ -27,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 from keybroker.errors import Malformed, Unavailable
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
+from keybroker.tls import ServerTls, check_plaintext
 from keybroker.v1 import verifier_pb2_grpc
 from verifier import registry
 from verifier.collateral.cache import CollateralStore
@@ -55,7 +59,8 @@ def open_verifiers(setup: VerifierSetup) -> dict[str, EvidenceVerifier]:
 
 
 def build_servicer(
-    config: VerifierConfig, *, insecure: bool, clock: Clock = utc_now
+    config: VerifierConfig, *, insecure: bool, clock: Clock = utc_now,
+    plaintext: bool = False,
 ) -> VerifierServicer:
     """Load trust anchors, collateral, policies and the result key once (start-up)."""
     ensure_secure(config, insecure=insecure)
@@ -89,9 +94,26 @@ def build_servicer(
     servicer = VerifierServicer(verifiers=verifiers,
                                 state=lambda: watched.current, records=records, signer=signer,
                                 insecure=insecure, max_request_bytes=config.max_request_bytes,
-                                clock=clock)
+                                clock=clock,
+                                clients=None if plaintext else config.allowed_clients)
     servicer.watched = watched
     return servicer
+
+
+def server_tls(config: VerifierConfig, *, plaintext: bool) -> ServerTls | None:
+    """The verifier's mutual-TLS credentials, or None with the insecure plaintext flag
+    (loopback only, logged loudly); a config without TLS files refuses to start otherwise."""
+    if plaintext:
+        check_plaintext(config.listen, flag="--insecure-plaintext")
+        logger.warning("INSECURE: verifier listening WITHOUT TLS on %s (--insecure-plaintext); "
+                       "no client is authenticated. NEVER USE IN PRODUCTION.", config.listen)
+        return None
+    if config.tls is None:
+        raise Malformed(f"{config.source}: no TLS configured", rule="config.tls",
+                        expected="tls_cert, tls_key and tls_client_ca (see `keybroker tls "
+                                 "init`), or the --insecure-plaintext flag on loopback",
+                        actual="absent")
+    return ServerTls(config.tls, what="verifier")
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -119,9 +141,11 @@ class VerifierServer:
 
     @classmethod
     async def start(
-        cls, servicer: VerifierServicer, listen: str, *, max_request_bytes: int = 1 << 20
+        cls, servicer: VerifierServicer, listen: str, *, tls: ServerTls | None,
+        max_request_bytes: int = 1 << 20
     ) -> VerifierServer:
-        """Bind ``listen`` (port 0 picks a free port), register services, start serving."""
+        """Bind ``listen`` (port 0 picks a free port), register services, start serving;
+        ``tls`` None is plaintext (loopback only)."""
         host, port = _split_listen(listen)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", max_request_bytes),
@@ -132,7 +156,11 @@ class VerifierServer:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if tls is None:
+            check_plaintext(listen, flag="--insecure-plaintext")
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = server.add_secure_port(f"{host}:{port}", tls.credentials())
         if bound == 0:
             raise Unavailable("cannot bind listen address", rule="config.listen",
                               expected="a free address", actual=listen)
@@ -157,22 +185,27 @@ async def serve(
     insecure: bool,
     on_ready: Callable[[str], None],
     clock: Clock = utc_now,
+    plaintext: bool = False,
 ) -> None:
-    """Run the verifier until SIGTERM/SIGINT, then shut down gracefully."""
-    servicer = build_servicer(config, insecure=insecure, clock=clock)
-    server = await VerifierServer.start(servicer, config.listen,
+    """Run the verifier until SIGTERM/SIGINT, then shut down gracefully; SIGHUP re-reads the
+    TLS certificate files."""
+    servicer = build_servicer(config, insecure=insecure, clock=clock, plaintext=plaintext)
+    tls = server_tls(config, plaintext=plaintext)
+    server = await VerifierServer.start(servicer, config.listen, tls=tls,
                                         max_request_bytes=config.max_request_bytes)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     servicer.start_background(config.policy_poll_seconds)
     logger.info("verifier serving on %s", server.address)
     on_ready(server.address)
     try:
         await stop.wait()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         logger.info("verifier shutting down")
         await server.stop()

@@ -24,6 +24,9 @@ Invariants:
   (``verifier.server.build_servicer``) and lives as long as the servicer. Policies and
   reference values come from the state database (config files seed it) and are reloaded whole
   when ``keybroker admin`` changes them (``keybroker.reload``).
+- With ``clients`` set (mutual TLS), a call whose channel has no verified client certificate,
+  or one whose names are not among ``clients`` (when non-empty), is refused before any work
+  (PERMISSION_DENIED, no detail to the caller).
 - Logs carry the request id and the SHA-256 of the evidence, never the evidence itself.
 - Started with the insecure switch, every token says ``keybroker.insecure = true``.
 """
@@ -43,6 +46,7 @@ import grpc
 from keybroker.errors import KeybrokerError, Malformed, Unavailable, error_for
 from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
+from keybroker.tls import require_peer
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
 from verifier import registry
 from verifier.policy.decision import appraise_claims, evidence_workload
@@ -135,6 +139,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         records: RecordWriter | None = None,
         max_request_bytes: int = 1 << 20,
         clock: Clock = utc_now,
+        clients: frozenset[str] | None = None,
     ) -> None:
         fixed = PolicyState.static(policies or {})
         self._state: Callable[[], PolicyState] = state if state is not None else fixed.itself
@@ -144,6 +149,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self._insecure = insecure
         self._max_request_bytes = max_request_bytes
         self._clock = clock
+        self._clients = clients
         self.watched: Watched[PolicyState] | None = None
 
     def start_background(self, poll_seconds: float) -> None:
@@ -264,6 +270,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> verifier_pb2.AppraiseResponse:
         """gRPC entry point: token or typed denial (fail closed)."""
         request_id = request.request_id[:MAX_REQUEST_ID_CHARS]
+        if self._clients is not None:
+            try:
+                require_peer(context, self._clients, service="the verifier")
+            except KeybrokerError as err:
+                logger.warning("appraisal refused request_id=%s peer=%s: %s", request_id,
+                               context.peer(), err)
+                await abort(context, err, request_id, with_detail=False)
         digest = hashlib.sha256(request.evidence.SerializeToString(deterministic=True)).hexdigest()
         try:
             token = self.appraise(request, digest)

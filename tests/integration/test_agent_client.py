@@ -42,6 +42,7 @@ from keybroker.errors import (
 )
 from keybroker.evidence.snp_report import build_report, parse_report
 from keybroker.rpc_errors import abort
+from keybroker.tls import certificate_digest, peer_certificate
 from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
 from keybroker.wrapping import Suite, load_public_key, release_info, seal
 
@@ -105,8 +106,10 @@ class TestBroker(broker_pb2_grpc.KeyBrokerServicer):
                         request.request_id)
         nonce, key_ids = self.challenges.pop(request.challenge_id)
         suite = Suite.from_wire(request.suite)
+        peer = peer_certificate(context)
         expected = binding.report_data(nonce, suite.value, request.public_key,
-                                       binding.init_data_digest(request.init_data))
+                                       binding.init_data_digest(request.init_data),
+                                       certificate_digest(peer) if peer else b"")
         if parse_report(request.evidence.snp.report).report_data != expected:
             await abort(context, BindingMismatch("report_data does not match"),
                         request.request_id)
@@ -277,7 +280,8 @@ def sim_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(broker: RunningBroker, sim_dir: Path, *extra: str) -> list[str]:
-    return ["get-secret", "--broker", broker.addr, "--insecure-simulator",
+    transport = [] if "--ca" in extra else ["--insecure-plaintext"]
+    return ["get-secret", "--broker", broker.addr, *transport, "--insecure-simulator",
             "--simulator-dir", str(sim_dir), "--timeout", "10", *extra]
 
 

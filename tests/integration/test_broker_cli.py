@@ -131,9 +131,10 @@ def test_bad_config_is_usage_error(tmp_path: Path) -> None:
 
 
 def _serve(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``broker serve`` in plaintext on loopback (lifecycle tests; TLS: test_tls_processes)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-c", DRIVER, "broker", "serve", "--config",
-                             str(config), *extra], stdout=subprocess.PIPE,
+                             str(config), "--insecure-plaintext", *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)
 
 
@@ -174,7 +175,8 @@ def test_insecure_config_refused_without_flag(tmp_path: Path) -> None:
     write_config(tmp_path, verifier="127.0.0.1:1", signer=EarSigner(), insecure=True)
     config = tmp_path / "broker.toml"
     done = subprocess.run([sys.executable, "-c", DRIVER, "broker", "serve", "--config",
-                           str(config)], capture_output=True, timeout=60, check=False)
+                           str(config), "--insecure-plaintext"], capture_output=True, timeout=60,
+                          check=False)
     assert done.returncode == 2
     assert b"REFUSING TO START" in done.stderr
     assert done.stdout == b""
@@ -197,7 +199,8 @@ def test_serve_refuses_loose_kek(config: Path) -> None:
     cli("broker", "init", "--config", str(config))
     (config.parent / "kek.bin").chmod(0o640)
     done = subprocess.run([sys.executable, "-c", DRIVER, "broker", "serve", "--config",
-                           str(config)], capture_output=True, timeout=60, check=False)
+                           str(config), "--insecure-plaintext"], capture_output=True, timeout=60,
+                          check=False)
     assert done.returncode == 1
     assert done.stdout == b""
     assert b"kek" in done.stderr.lower()

@@ -398,3 +398,20 @@ def test_health_serving(tmp_path: Path) -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     run(tmp_path, scenario)
+
+
+def test_too_many_outstanding_challenges_is_resource_exhausted(tmp_path: Path) -> None:
+    """Past the per-peer bound GetChallenge fails with RESOURCE_EXHAUSTED (category
+    UNAVAILABLE); once a challenge is spent the peer may ask again."""
+    async def scenario(stack: Stack, stub: broker_pb2_grpc.KeyBrokerAsyncStub) -> None:
+        stack.broker.challenges.max_per_peer = 2
+        _, _, first = await _request(stub)
+        await _request(stub)
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await _request(stub)
+        assert exc.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_from_rpc(exc.value, "broker").category is Category.UNAVAILABLE
+        await stub.ReleaseKey(first)
+        await _request(stub)
+
+    run(tmp_path, scenario)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.agent_tls import channel_binding, secure_channel, tls_kwargs
+from support.demo_stack import demo_services
 
 from attester_agent.client import get_secrets
 from attester_agent.collectors.simulator import SimulatorCollector
@@ -35,9 +37,9 @@ from keybroker_cli.demo_setup import (
     DEMO_MEASUREMENT,
     DemoLayout,
     PolicySpec,
+    agent_tls_args,
     prepare,
     put_secret,
-    write_broker_config,
 )
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
@@ -67,27 +69,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     secret = prepare(layout, challenge_ttl=CHALLENGE_TTL, extra_policies=[strict])
     strict_secret = b"strict-secret-value"
     put_secret(layout, STRICT_KEY, strict_secret)
-    verifier = ServiceProcess.start(
-        "verifier",
-        keybroker_command("verifier", "serve", "--config", str(layout.verifier_config),
-                          "--insecure-simulator"),
-        log_path=layout.verifier / "verifier.log",
-    )
-    write_broker_config(layout, verifier.address, challenge_ttl=CHALLENGE_TTL)
-    broker = ServiceProcess.start(
-        "broker",
-        keybroker_command("broker", "serve", "--config", str(layout.broker_config),
-                          "--insecure-simulator"),
-        log_path=layout.broker / "broker.log",
-    )
-    channel = grpc.insecure_channel(broker.address)
-    try:
-        yield Env(layout, secret, strict_secret, verifier, broker, SnpTestCa.load(layout.sim),
-                  channel, broker_pb2_grpc.KeyBrokerStub(channel))
-    finally:
-        channel.close()
-        broker.stop()
-        verifier.stop()
+    with demo_services(layout, challenge_ttl=CHALLENGE_TTL) as (verifier, broker):
+        channel = secure_channel(layout, broker.address)
+        try:
+            yield Env(layout, secret, strict_secret, verifier, broker,
+                      SnpTestCa.load(layout.sim), channel, broker_pb2_grpc.KeyBrokerStub(channel))
+        finally:
+            channel.close()
 
 
 def audit_records(env: Env) -> list[dict[str, object]]:
@@ -125,7 +113,8 @@ def build_attempt(
     keypair = AgentKeyPair.generate(suite)
     bound = bind_key or keypair
     report_data = binding.report_data(challenge.nonce, suite.value, bound.public_bytes,
-                                      binding.init_data_digest(DEMO_INIT_DATA))
+                                      binding.init_data_digest(DEMO_INIT_DATA),
+                                      channel_binding(env.layout))
     sim = simulator or SnpSimulator(env.ca, measurement=DEMO_MEASUREMENT,
                                     host_data=hashlib.sha256(DEMO_INIT_DATA).digest())
     report = sim.report(report_data)
@@ -168,6 +157,7 @@ def test_release_through_agent_process(env: Env) -> None:
     out = env.layout.root / "agent-secret"
     done = subprocess.run(
         [sys.executable, "-m", "attester_agent.cli", "get-secret", "--broker", env.broker.address,
+         *agent_tls_args(env.layout),
          "--key-id", DEMO_KEY_ID, "--out", str(out), "--init-data", str(env.layout.init_data),
          "--insecure-simulator", "--simulator-dir", str(env.layout.sim),
          "--sim-measurement", DEMO_MEASUREMENT.hex()],
@@ -185,7 +175,7 @@ def test_release_all_suites_and_audit(env: Env) -> None:
                                    init_data=DEMO_INIT_DATA)
     for suite in Suite:
         got = get_secrets(env.broker.address, [DEMO_KEY_ID], collector, suite=suite,
-                          init_data=DEMO_INIT_DATA)
+                          init_data=DEMO_INIT_DATA, **tls_kwargs(env.layout))  # type: ignore[arg-type]
         assert got == {DEMO_KEY_ID: env.secret}
     attempt = build_attempt(env)
     response = send(env, attempt.request)

@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
+from support.agent_tls import channel_binding, secure_channel
+from support.demo_stack import demo_services
 
 from attester_agent.simulator.snp import DEFAULT_TCB, SnpSimulator, SnpTestCa
 from keybroker import binding
@@ -34,7 +36,6 @@ from keybroker_cli.demo_setup import (
     PolicySpec,
     prepare,
     put_secret,
-    write_broker_config,
 )
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
@@ -82,25 +83,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         put_secret(layout, key, secret)
     with layout.verifier_config.open("a") as out:
         out.write(ADMINS + POLL)
-    verifier = ServiceProcess.start(
-        "verifier", keybroker_command("verifier", "serve", "--config",
-                                      str(layout.verifier_config), "--insecure-simulator"),
-        log_path=layout.verifier / "verifier.log")
-    write_broker_config(layout, verifier.address)
-    with layout.broker_config.open("a") as out:
-        out.write(ADMINS + POLL)
-    broker = ServiceProcess.start(
-        "broker", keybroker_command("broker", "serve", "--config", str(layout.broker_config),
-                                    "--insecure-simulator"),
-        log_path=layout.broker / "broker.log")
-    channel = grpc.insecure_channel(broker.address)
-    try:
-        yield Env(layout, secret, verifier, broker, SnpTestCa.load(layout.sim), channel,
-                  broker_pb2_grpc.KeyBrokerStub(channel))
-    finally:
-        channel.close()
-        broker.stop()
-        verifier.stop()
+    def admins() -> None:
+        with layout.broker_config.open("a") as out:
+            out.write(ADMINS + POLL)
+
+    with demo_services(layout, broker_extra=admins) as (verifier, broker):
+        channel = secure_channel(layout, broker.address)
+        try:
+            yield Env(layout, secret, verifier, broker, SnpTestCa.load(layout.sim), channel,
+                      broker_pb2_grpc.KeyBrokerStub(channel))
+        finally:
+            channel.close()
 
 
 def admin(*args: str) -> subprocess.CompletedProcess[str]:
@@ -142,7 +135,8 @@ def release(env: Env, key_id: str, sim: SnpSimulator | None = None,
     suite = Suite.X25519_HKDFSHA256_AES256GCM
     keypair = AgentKeyPair.generate(suite)
     report_data = binding.report_data(challenge.nonce, suite.value, keypair.public_bytes,
-                                      binding.init_data_digest(init_data))
+                                      binding.init_data_digest(init_data),
+                                      channel_binding(env.layout))
     request_id = str(uuid.uuid4())
     request = broker_pb2.ReleaseKeyRequest(
         challenge_id=challenge.challenge_id,

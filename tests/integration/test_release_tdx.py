@@ -21,6 +21,8 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
+from support.agent_tls import channel_binding, secure_channel, tls_kwargs
+from support.demo_stack import demo_services
 
 from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
@@ -38,9 +40,9 @@ from keybroker_cli.demo_setup import (
     DEMO_MRTD,
     DemoLayout,
     PolicySpec,
+    agent_tls_args,
     prepare,
     put_secret,
-    write_broker_config,
 )
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
@@ -81,23 +83,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     done = agent("measure", "--image", DEMO_IMAGE, "--insecure-simulator",
                  "--simulator-dir", str(layout.sim))
     assert done.returncode == 0, done.stderr
-    verifier = ServiceProcess.start(
-        "verifier", keybroker_command("verifier", "serve", "--config",
-                                      str(layout.verifier_config), "--insecure-simulator"),
-        log_path=layout.verifier / "verifier.log")
-    write_broker_config(layout, verifier.address)
-    broker = ServiceProcess.start(
-        "broker", keybroker_command("broker", "serve", "--config", str(layout.broker_config),
-                                    "--insecure-simulator"),
-        log_path=layout.broker / "broker.log")
-    channel = grpc.insecure_channel(broker.address)
-    try:
-        yield Env(layout, secret, verifier, broker, channel,
-                  broker_pb2_grpc.KeyBrokerStub(channel))
-    finally:
-        channel.close()
-        broker.stop()
-        verifier.stop()
+    with demo_services(layout) as (verifier, broker):
+        channel = secure_channel(layout, broker.address)
+        try:
+            yield Env(layout, secret, verifier, broker, channel,
+                      broker_pb2_grpc.KeyBrokerStub(channel))
+        finally:
+            channel.close()
 
 
 def tdx(env: Env, sim_dir: Path | None = None, **kwargs: object) -> TdxSimulatorCollector:
@@ -131,7 +123,8 @@ def build_attempt(env: Env, collector: Collector, *, key_id: str = DEMO_KEY_ID,
     suite = Suite.X25519_HKDFSHA256_AES256GCM
     keypair = AgentKeyPair.generate(suite)
     digest = binding.init_data_digest(init_data) if init_data else b""
-    report_data = binding.report_data(challenge.nonce, suite.value, keypair.public_bytes, digest)
+    report_data = binding.report_data(challenge.nonce, suite.value, keypair.public_bytes, digest,
+                                      channel_binding(env.layout))
     evidence = collector.collect(report_data)
     if mutate is not None:
         mutate(evidence)
@@ -173,7 +166,8 @@ def test_release_through_agent_process_with_measured_image(env: Env) -> None:
     """The agent CLI on the TDX simulator receives the secret after `measure` put the image
     its policy requires into RTMR3 (the runtime log replays in the verifier)."""
     out = env.layout.root / "agent-secret"
-    done = agent("get-secret", "--broker", env.broker.address, "--key-id", DEMO_KEY_ID,
+    done = agent("get-secret", "--broker", env.broker.address, *agent_tls_args(env.layout),
+                 "--key-id", DEMO_KEY_ID,
                  "--out", str(out), "--init-data", str(env.layout.init_data),
                  "--insecure-simulator", "--simulator-dir", str(env.layout.sim),
                  "--sim-tee", "tdx", "--sim-mrtd", DEMO_MRTD.hex())
@@ -257,7 +251,8 @@ def test_tampered_runtime_log_denied(env: Env) -> None:
 def test_sgx_release_and_debug_enclave_denied(env: Env) -> None:
     """An SGX enclave with the accepted MRENCLAVE gets its key; a debug enclave does not."""
     collector = SgxSimulatorCollector(env.layout.sim, insecure=True, mr_enclave=DEMO_MRENCLAVE)
-    got = get_secrets(env.broker.address, [SGX_KEY], collector)
+    got = get_secrets(env.broker.address, [SGX_KEY], collector,
+                      **tls_kwargs(env.layout))  # type: ignore[arg-type]
     assert got == {SGX_KEY: b"sgx-secret"}
     debug = SgxSimulatorCollector(env.layout.sim, insecure=True, mr_enclave=DEMO_MRENCLAVE,
                                   debug=True)

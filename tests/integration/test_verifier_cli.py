@@ -93,7 +93,8 @@ def _config(tmp_path: Path, extra: str = "") -> Path:
 
 def _serve(config: Path, *flags: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", RUNNER, "verifier", "serve", "--config", str(config), *flags],
+        [sys.executable, "-c", RUNNER, "verifier", "serve", "--config", str(config),
+         "--insecure-plaintext", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -83,7 +83,8 @@ def _servicer(env: Env, *, insecure: bool = True,
 
 @asynccontextmanager
 async def serving(servicer: VerifierServicer) -> AsyncIterator[tuple[str, grpc.aio.Channel]]:
-    server = await VerifierServer.start(servicer, "127.0.0.1:0", max_request_bytes=MAX_BYTES)
+    server = await VerifierServer.start(servicer, "127.0.0.1:0", tls=None,
+                                        max_request_bytes=MAX_BYTES)
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             yield server.address, channel

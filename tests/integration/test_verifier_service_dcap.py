@@ -122,7 +122,8 @@ def _servicer(env: Env, *, insecure: bool = True, collateral: Path | None = None
 
 @asynccontextmanager
 async def serving(servicer: VerifierServicer) -> AsyncIterator[grpc.aio.Channel]:
-    server = await VerifierServer.start(servicer, "127.0.0.1:0", max_request_bytes=MAX_BYTES)
+    server = await VerifierServer.start(servicer, "127.0.0.1:0", tls=None,
+                                        max_request_bytes=MAX_BYTES)
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
             yield channel
@@ -417,7 +418,7 @@ def test_build_servicer_with_simulator_intel_roots(env: Env, tmp_path: Path) -> 
     with pytest.raises(Malformed) as exc:
         build_servicer(config, insecure=False)
     assert exc.value.rule == "startup.insecure_guard"
-    servicer = build_servicer(config, insecure=True, clock=lambda: NOW)
+    servicer = build_servicer(config, insecure=True, clock=lambda: NOW, plaintext=True)
 
     async def go() -> None:
         async with serving(servicer) as channel:

@@ -233,6 +233,8 @@ async def start_stack(tmp: Path, *, verifier_up: bool = True, ttl: int = 60,
         vaddr = "127.0.0.1:1"  # nothing listens there: connection refused
     config = write_config(tmp, verifier=vaddr, signer=signer, ttl=ttl, timeout=timeout,
                           rules=rules)
-    broker = build_broker(config, clock=clock)
-    running = await start_server(broker, config.listen)
+    # The release logic under test here runs on loopback in plaintext (the explicit insecure
+    # mode); transport security has its own tests through real processes (test_tls_*).
+    broker = build_broker(config, clock=clock, plaintext=True)
+    running = await start_server(broker, config.listen, tls=None)
     return Stack(broker, running, fake, vserver, clock, config)

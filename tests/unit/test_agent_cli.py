@@ -9,7 +9,7 @@ import pytest
 
 from attester_agent.cli import main
 
-BROKER = ["--broker", "127.0.0.1:1"]
+BROKER = ["--broker", "127.0.0.1:1", "--insecure-plaintext"]
 SIM = ["--insecure-simulator", "--simulator-dir", "/tmp"]
 
 
@@ -41,6 +41,12 @@ SIM = ["--insecure-simulator", "--simulator-dir", "/tmp"]
         ["get-secret", *BROKER, "--key-id", "k", "--cert", "/tmp/c.pem"],
         ["get-secret", *BROKER, "--key-id", "k", "--init-data", "/nonexistent/init"],
         ["get-secret", *BROKER, "--key-id", "k", "--timeout", "soon"],
+        # transport: TLS unless the loud flag, which is loopback-only and excludes TLS options
+        ["get-secret", "--broker", "127.0.0.1:1", "--key-id", "k", *SIM],
+        ["get-secret", "--broker", "10.0.0.1:1", "--insecure-plaintext", "--key-id", "k", *SIM],
+        ["get-secret", *BROKER, "--ca", "/tmp/ca.pem", "--key-id", "k", *SIM],
+        ["get-secret", "--broker", "127.0.0.1:1", "--ca", "/nonexistent/ca.pem", "--key-id",
+         "k", *SIM],
         # TDX / SGX simulator options
         ["get-secret", *BROKER, "--key-id", "k", "--sim-tee", "tdx"],
         ["get-secret", *BROKER, "--key-id", "k", "--sim-debug"],
@@ -135,7 +141,8 @@ def test_unreachable_broker_is_an_error_not_a_denial(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = main(["get-secret", "--broker", f"127.0.0.1:{port}", "--key-id", "k",
+    code = main(["get-secret", "--broker", f"127.0.0.1:{port}", "--insecure-plaintext",
+                 "--key-id", "k",
                  "--collector", "sev-guest", "--sev-guest-device", str(tmp_path / "x"),
                  "--timeout", "2"])
     assert code == 1
@@ -181,7 +188,8 @@ def test_dcap_simulator_options_are_accepted(
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = main(["get-secret", "--broker", f"127.0.0.1:{port}", "--key-id", "k",
+    code = main(["get-secret", "--broker", f"127.0.0.1:{port}", "--insecure-plaintext",
+                 "--key-id", "k",
                  "--insecure-simulator", "--simulator-dir", str(tmp_path), *extra,
                  "--timeout", "2"])
     assert code == 1

@@ -62,3 +62,25 @@ def test_distinct_inputs_distinct_bindings(n1: bytes, k1: bytes, n2: bytes, k2: 
     """Different (nonce, key) pairs never bind alike, whatever their boundaries."""
     if (n1, k1) != (n2, k2):
         assert binding.report_data(n1, SUITE, k1, b"") != binding.report_data(n2, SUITE, k2, b"")
+
+
+def test_channel_binding_is_a_fifth_length_prefixed_field() -> None:
+    """Over mutual TLS the client certificate digest follows as a fifth field; without one the
+    input is the four-field form, and the two never coincide (hostile-evidence row 30)."""
+    nonce, pk, init, channel = b"\x01" * 32, b"\x02" * 32, b"", b"\x03" * 32
+    four = binding.report_data(nonce, SUITE, pk, init)
+    five = binding.report_data(nonce, SUITE, pk, init, channel)
+    expected = hashlib.sha512(
+        b"keybroker/v1/binding\x00"
+        + (32).to_bytes(2, "big") + nonce
+        + len(SUITE).to_bytes(2, "big") + SUITE.encode()
+        + (32).to_bytes(2, "big") + pk
+        + (0).to_bytes(2, "big")
+        + (32).to_bytes(2, "big") + channel
+    ).digest()
+    assert five == expected and five != four
+    assert binding.report_data(nonce, SUITE, pk, init, b"") == four
+    # The channel bytes moved into the init-data field do not give the same binding.
+    shifted = (32).to_bytes(2, "big") + channel
+    assert binding.report_data(nonce, SUITE, pk, shifted) != five
+    assert binding.report_data(nonce, SUITE, pk, init, b"\x04" * 32) != five

@@ -7,11 +7,20 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import grpc
 import pytest
 
-from broker.challenges import ChallengeStore, challenge_schema
+from broker.challenges import ChallengeStore, Peer, challenge_schema
 from keybroker.database import Database
-from keybroker.errors import Category, FreshnessError, KeybrokerError, Malformed, Unavailable
+from keybroker.errors import (
+    Category,
+    Exhausted,
+    FreshnessError,
+    KeybrokerError,
+    Malformed,
+    Unavailable,
+)
+from keybroker.rpc_errors import STATUS_FOR
 from keybroker.v1 import evidence_pb2
 
 T0 = 1_750_000_000.0
@@ -166,3 +175,81 @@ def test_purge_removes_only_long_expired(tmp_path: Path) -> None:
     with pytest.raises(FreshnessError):
         store.consume(old.challenge_id)
     assert store.consume(live.challenge_id).nonce == live.nonce
+
+
+def _limited(path: Path, clock: Clock, *, total: int, per_peer: int) -> ChallengeStore:
+    return ChallengeStore(Database(path, schema=challenge_schema), ttl_seconds=60, clock=clock,
+                          max_outstanding=total, max_per_peer=per_peer)
+
+
+def test_outstanding_challenges_are_bounded_per_peer_and_in_total(tmp_path: Path) -> None:
+    """Past the per-peer or the total bound issue() is Exhausted (UNAVAILABLE category, sent
+    as RESOURCE_EXHAUSTED) and stores nothing; consumed or expired ones do not count."""
+    clock = Clock()
+    store = _limited(tmp_path / "b.db", clock, total=4, per_peer=2)
+    a, b = Peer("10.0.0.1"), Peer("10.0.0.2")
+    first = store.issue(SNP, ["k"], a)
+    store.issue(SNP, ["k"], a)
+    with pytest.raises(Exhausted) as exc:
+        store.issue(SNP, ["k"], a)
+    assert exc.value.category is Category.UNAVAILABLE and exc.value.rule == "challenge.peer-limit"
+    store.consume(first.challenge_id, a)
+    store.issue(SNP, ["k"], a)  # a consumed challenge frees its slot
+    store.issue(SNP, ["k"], b)
+    store.issue(SNP, ["k"], b)
+    with pytest.raises(Exhausted) as exc:
+        store.issue(SNP, ["k"], Peer("10.0.0.3"))
+    assert exc.value.rule == "challenge.limit"
+    clock.now += 61  # everything expires: the bounds are about outstanding challenges only
+    store.issue(SNP, ["k"], a)
+    assert isinstance(exc.value, Exhausted)
+    assert STATUS_FOR[exc.value.category] is grpc.StatusCode.UNAVAILABLE  # refined in abort()
+
+
+def test_expired_challenges_are_purged(tmp_path: Path) -> None:
+    """purge_expired deletes every expired challenge (consumed or not) and keeps live ones."""
+    clock = Clock()
+    store = _store(tmp_path / "b.db", clock)
+    old = [store.issue(SNP, ["k"]) for _ in range(3)]
+    store.consume(old[0].challenge_id)
+    clock.now += 61
+    live = store.issue(SNP, ["k"])
+    assert store.purge_expired() == 3
+    assert store.purge_expired() == 0
+    assert store.consume(live.challenge_id).challenge_id == live.challenge_id
+
+
+def test_challenge_is_bound_to_the_client_certificate(tmp_path: Path) -> None:
+    """A challenge issued to one client certificate cannot be consumed from another one, or
+    from a channel without a certificate: FRESHNESS, and it is spent (row 26)."""
+    store = _store(tmp_path / "b.db", Clock())
+    alice, bob = Peer("10.0.0.1", b"\xaa" * 32), Peer("10.0.0.1", b"\xbb" * 32)
+    for thief in (bob, Peer("10.0.0.1")):
+        ch = store.issue(SNP, ["k"], alice)
+        with pytest.raises(FreshnessError) as exc:
+            store.consume(ch.challenge_id, thief)
+        assert exc.value.rule == "challenge.peer"
+        with pytest.raises(FreshnessError):
+            store.consume(ch.challenge_id, alice)
+    ch = store.issue(SNP, ["k"], alice)
+    assert store.consume(ch.challenge_id, alice).peer == alice
+
+
+def test_peer_from_grpc_addresses() -> None:
+    """gRPC peer strings give the address without the port (IPv4, IPv6, Unix)."""
+    assert Peer.from_grpc("ipv4:10.1.2.3:5555", b"").address == "10.1.2.3"
+    assert Peer.from_grpc("ipv6:[::1]:5555", b"").address == "::1"
+    assert Peer.from_grpc("unix:/run/k.sock", b"x").address == "unix:/run/k.sock"
+
+
+def test_database_from_before_peer_binding_is_upgraded(tmp_path: Path) -> None:
+    """A challenges table without the peer columns gains them on open; old rows still work."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE challenges (challenge_id TEXT PRIMARY KEY, nonce BLOB NOT "
+                     "NULL, tee INTEGER NOT NULL, key_ids TEXT NOT NULL, issued_at REAL NOT "
+                     "NULL, expires_at REAL NOT NULL, consumed_at REAL)")
+        conn.execute("INSERT INTO challenges VALUES ('old', x'00', 1, '[\"k\"]', ?, ?, NULL)",
+                     [T0, T0 + 60])
+    store = _store(path, Clock())
+    assert store.consume("old").peer == Peer()

@@ -26,6 +26,10 @@ def test_example_broker_config_loads() -> None:
     assert config.release_rules == CONFIG / "release-rules.yaml"
     assert config.verifier_alg == "ES256"
     assert config.accept_insecure_results is False
+    tls = CONFIG / "tls"
+    assert config.tls is not None and config.tls.cert == tls / "broker.pem"
+    assert config.verifier_tls is not None and config.verifier_tls.ca == tls / "ca.pem"
+    assert config.verifier_tls.cert == tls / "broker-client.pem"
 
 
 def test_example_release_rules_load() -> None:
@@ -63,3 +67,5 @@ def test_example_verifier_config_lists_every_example_policy() -> None:
     config = load_verifier_config(CONFIG / "verifier.toml")
     assert set(config.policies) == set((CONFIG / "policies").glob("*.yaml"))
     assert config.simulator_roots == () and config.simulator_intel_roots == ()
+    assert config.tls is not None and config.tls.ca == CONFIG / "tls" / "ca.pem"
+    assert config.allowed_clients == frozenset({"broker-client"})
