@@ -14,6 +14,9 @@ Invariants:
   ``verifier_client_cert`` and ``verifier_client_key`` come together: mutual TLS to the
   verifier (``verifier_server_name`` overrides the name checked in its certificate). Without
   them the config describes a plaintext broker, run only with ``--insecure-plaintext``.
+- KEK: ``kek_provider`` is ``file`` (``kek_file``) or ``pkcs11`` (``pkcs11_module``,
+  ``pkcs11_token_label``, ``pkcs11_key_label`` and exactly one of ``pkcs11_pin_file`` /
+  ``pkcs11_pin_env``: the PIN never sits in this file).
 - ``max_challenges`` (total) and ``max_challenges_per_peer`` bound the outstanding challenges
   (RESOURCE_EXHAUSTED past them); expired ones are purged every ``challenge_purge_seconds``.
 - ``accept_insecure_results`` is only read here; refusing to start with it (unless the operator
@@ -23,6 +26,8 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,39 @@ from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
 
 ALGORITHMS = ("ES256", "ES384")
+
+
+@dataclass(frozen=True)
+class Pkcs11Settings:
+    """Module path, token label, KEK label and where the user PIN comes from."""
+
+    module: Path
+    token_label: str
+    key_label: str
+    pin_file: Path | None = None
+    pin_env: str = ""
+
+    def pin(self) -> str:
+        """The user PIN (file: mode 0600, one line; env: the named variable)."""
+        if self.pin_file is not None:
+            try:
+                st = self.pin_file.stat()
+                text = self.pin_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise Malformed(f"cannot read the PIN file {self.pin_file}",
+                                rule="kek.pkcs11_pin_file",
+                                actual=exc.strerror or type(exc).__name__) from None
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                raise Malformed(f"PIN file {self.pin_file} is accessible by group or others",
+                                rule="kek.pkcs11_pin_file", expected="0600",
+                                actual=f"{stat.S_IMODE(st.st_mode):04o}")
+            return text
+        value = os.environ.get(self.pin_env, "")
+        if not value:
+            raise Malformed(f"the PIN variable {self.pin_env} is not set",
+                            rule="kek.pkcs11_pin_env", expected="a non-empty PIN",
+                            actual="unset or empty")
+        return value
 
 
 @dataclass(frozen=True)
@@ -58,6 +96,8 @@ class BrokerConfig:
     tls: TlsFiles | None = None  # agent-facing server certificate (+ agent client CA)
     verifier_tls: TlsFiles | None = None  # client certificate + the verifier's CA
     verifier_server_name: str = ""
+    kek_provider: str = "file"
+    pkcs11: Pkcs11Settings | None = None
     max_challenges: int = 100_000
     max_challenges_per_peer: int = 64
     challenge_purge_seconds: float = 30.0
@@ -89,11 +129,19 @@ _DEFAULTS: dict[str, object] = {
     "verifier_server_name": "",
     "max_challenges": 100_000,
     "max_challenges_per_peer": 64,
+    "kek_provider": "file",
+    "pkcs11_module": "",
+    "pkcs11_token_label": "",
+    "pkcs11_key_label": "",
+    "pkcs11_pin_file": "",
+    "pkcs11_pin_env": "",
     "challenge_purge_seconds": 30.0,
 }
 
 _PATHS = ("database", "audit_database", "kek_file", "verifier_jwks", "release_rules")
 _STRINGS = ("listen", "verifier", "verifier_alg", "audience")
+_PKCS11 = ("pkcs11_module", "pkcs11_token_label", "pkcs11_key_label", "pkcs11_pin_file",
+           "pkcs11_pin_env")
 _OPTIONAL_PATHS = ("tls_cert", "tls_key", "agent_client_ca", "verifier_ca",
                    "verifier_client_cert", "verifier_client_key")
 
@@ -123,7 +171,8 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
                         actual=", ".join(unknown))
     merged: dict[str, object] = {**_DEFAULTS, **table}
     base = path.parent
-    for key in _PATHS + _STRINGS + _OPTIONAL_PATHS + ("verifier_server_name",):
+    for key in (*_PATHS, *_STRINGS, *_OPTIONAL_PATHS, *_PKCS11, "verifier_server_name",
+                "kek_provider"):
         _typed(path, key, merged[key], str)
     for key in ("max_challenges", "max_challenges_per_peer"):
         _typed(path, key, merged[key], int)
@@ -179,7 +228,36 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
         admins=parse_admins(merged["admins"], path, "broker.admins"),
         policy_poll_seconds=poll,
     )
-    return dataclasses.replace(config, **_transport(path, merged))
+    return dataclasses.replace(config, **_transport(path, merged), **_kek(path, merged))
+
+
+def _kek(path: Path, merged: dict[str, object]) -> dict[str, Any]:
+    provider = str(merged["kek_provider"])
+    given = [k for k in _PKCS11 if merged[k]]
+    if provider == "file":
+        if given:
+            raise Malformed(f"{path}: [broker].{given[0]} needs kek_provider = \"pkcs11\"",
+                            rule="broker.kek_provider", expected="pkcs11", actual="file")
+        return {"kek_provider": provider, "pkcs11": None}
+    if provider != "pkcs11":
+        raise Malformed(f"{path}: unknown kek_provider", rule="broker.kek_provider",
+                        expected="file | pkcs11", actual=provider)
+    for key in ("pkcs11_module", "pkcs11_token_label", "pkcs11_key_label"):
+        if not merged[key]:
+            raise Malformed(f"{path}: [broker].{key} is missing", rule=f"broker.{key}",
+                            expected="present with kek_provider = \"pkcs11\"", actual="absent")
+    if bool(merged["pkcs11_pin_file"]) == bool(merged["pkcs11_pin_env"]):
+        raise Malformed(f"{path}: the HSM PIN comes from exactly one place",
+                        rule="broker.pkcs11_pin", expected="pkcs11_pin_file or pkcs11_pin_env",
+                        actual="both" if merged["pkcs11_pin_file"] else "neither")
+    settings = Pkcs11Settings(
+        module=path.parent / str(merged["pkcs11_module"]),
+        token_label=str(merged["pkcs11_token_label"]),
+        key_label=str(merged["pkcs11_key_label"]),
+        pin_file=(path.parent / str(merged["pkcs11_pin_file"])
+                  if merged["pkcs11_pin_file"] else None),
+        pin_env=str(merged["pkcs11_pin_env"]))
+    return {"kek_provider": provider, "pkcs11": settings}
 
 
 def _together(path: Path, merged: dict[str, object], keys: tuple[str, ...],

@@ -2,9 +2,12 @@
 
 Invariants:
 - Each secret version has its own random 256-bit data key. The value is AES-256-GCM encrypted
-  under it with AAD = key id + version; the data key is wrapped by the KEK with the same AAD.
+  under it with AAD = key id + version; the data key is wrapped by a KEK version of the ring
+  (``broker.kek_ring``) with the same AAD, and the row names that version (``kek_id``).
   Moving a row to another key id or version, or editing any byte, fails authentication.
-- Versions start at 1 and are immutable: there is no update or delete of a version.
+- Versions start at 1. A version's key id, number, ciphertext and creation time never change
+  (a trigger refuses it) and rows are never deleted; only the wrapped data key and its
+  ``kek_id`` change, when a KEK rotation re-wraps it (compare-and-set on the old ``kek_id``).
 - ``put`` is compare-and-set: with ``expect_version`` given, it succeeds only if that is the
   latest version (0 = the key does not exist yet); of two concurrent writers one gets
   ``VersionConflict``. The write lock is taken before reading the latest version.
@@ -14,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import secrets as _random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -22,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.challenges import MAX_KEY_ID_LEN, Clock
 from broker.kek import KekProvider
+from broker.kek_ring import KekRing
 from keybroker.database import Database, immediate
 from keybroker.errors import Malformed, Unavailable
 
@@ -73,9 +78,15 @@ def secret_schema(db: sqlite_utils.Database) -> None:
         " created_at REAL NOT NULL,"
         " PRIMARY KEY (key_id, version))"
     )
+    db.execute("DROP TRIGGER IF EXISTS secrets_immutable")  # from before KEK rotation
     db.execute(
-        "CREATE TRIGGER IF NOT EXISTS secrets_immutable BEFORE UPDATE ON secrets"
+        "CREATE TRIGGER IF NOT EXISTS secrets_value_immutable"
+        " BEFORE UPDATE OF key_id, version, ciphertext, created_at ON secrets"
         " BEGIN SELECT RAISE(ABORT, 'secret versions are immutable'); END"
+    )
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS secrets_no_delete BEFORE DELETE ON secrets"
+        " BEGIN SELECT RAISE(ABORT, 'secret versions are never deleted'); END"
     )
 
 
@@ -92,9 +103,9 @@ def _check_key_id(key_id: str) -> None:
 class SecretStore:
     """Versioned secrets in the broker database, envelope-encrypted under a KEK."""
 
-    def __init__(self, db: Database, kek: KekProvider, *, clock: Clock) -> None:
+    def __init__(self, db: Database, ring: KekRing, *, clock: Clock) -> None:
         self._db = db
-        self._kek = kek
+        self.ring = ring
         self._clock = clock
 
     def put(self, key_id: str, value: bytes, *, expect_version: int | None = None) -> int:
@@ -119,11 +130,12 @@ class SecretStore:
                 aad = _aad(key_id, version)
                 nonce = _random.token_bytes(_NONCE)
                 ciphertext = nonce + AESGCM(data_key).encrypt(nonce, value, aad)
-                wrapped = self._kek.wrap(data_key, aad)
+                kek = self.ring.for_wrapping()
+                wrapped = kek.wrap(data_key, aad)
                 db.execute(
                     "INSERT INTO secrets (key_id, version, kek_id, wrapped_key, ciphertext,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    [key_id, version, self._kek.kek_id, wrapped, ciphertext, now],
+                    [key_id, version, kek.kek_id, wrapped, ciphertext, now],
                 )
             return version
 
@@ -145,28 +157,28 @@ class SecretStore:
             raise Malformed("version out of range", expected=f"0..{MAX_VERSION}",
                             actual=str(version))
 
-        def op(db: sqlite_utils.Database) -> tuple[int, bytes, bytes] | None:
+        def op(db: sqlite_utils.Database) -> tuple[int, str, bytes, bytes] | None:
             if version == 0:
-                sql = ("SELECT version, wrapped_key, ciphertext FROM secrets WHERE key_id = ?"
-                       " ORDER BY version DESC LIMIT 1")
+                sql = ("SELECT version, kek_id, wrapped_key, ciphertext FROM secrets"
+                       " WHERE key_id = ? ORDER BY version DESC LIMIT 1")
                 params: list[object] = [key_id]
             else:
-                sql = ("SELECT version, wrapped_key, ciphertext FROM secrets"
+                sql = ("SELECT version, kek_id, wrapped_key, ciphertext FROM secrets"
                        " WHERE key_id = ? AND version = ?")
                 params = [key_id, version]
             row = db.execute(sql, params).fetchone()
             if row is None:
                 return None
-            return int(row[0]), bytes(row[1]), bytes(row[2])
+            return int(row[0]), str(row[1]), bytes(row[2]), bytes(row[3])
 
         row = self._db.run(op)
         if row is None:
             raise Malformed("no such secret or version", rule="secrets.exists",
                             expected="a stored key id/version",
                             actual=f"{key_id}@{version or 'latest'}")
-        found, wrapped, ciphertext = row
+        found, kek_id, wrapped, ciphertext = row
         aad = _aad(key_id, found)
-        data_key = self._kek.unwrap(wrapped, aad)
+        data_key = self.ring.provider(kek_id).unwrap(wrapped, aad)
         try:
             value = AESGCM(data_key).decrypt(ciphertext[:_NONCE], ciphertext[_NONCE:], aad)
         except (InvalidTag, ValueError) as exc:
@@ -183,3 +195,35 @@ class SecretStore:
             return [SecretInfo(str(r[0]), int(r[1]), float(r[2]), str(r[3])) for r in rows]
 
         return self._db.run(op)
+
+    def rewrap(self, target: KekProvider, kek: Callable[[str], KekProvider], *,
+               batch: int = 100) -> int:
+        """Re-wrap every data key not under ``target`` (old versions via ``kek``); each row
+        is a compare-and-set on its old ``kek_id``. Returns the number of rows changed."""
+        changed = 0
+        while True:
+            def pending(db: sqlite_utils.Database) -> list[tuple[str, int, str, bytes]]:
+                rows = db.execute(
+                    "SELECT key_id, version, kek_id, wrapped_key FROM secrets"
+                    " WHERE kek_id != ? AND length(wrapped_key) > 0 LIMIT ?",
+                    [target.kek_id, batch]).fetchall()
+                return [(str(r[0]), int(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+
+            rows = self._db.run(pending)
+            if not rows:
+                return changed
+            updates = []
+            for key_id, version, old_id, wrapped in rows:
+                aad = _aad(key_id, version)
+                rewrapped = target.wrap(kek(old_id).unwrap(wrapped, aad), aad)
+                updates.append((target.kek_id, rewrapped, key_id, version, old_id))
+
+            def write(db: sqlite_utils.Database,
+                      updates: list[tuple[str, bytes, str, int, str]] = updates) -> int:
+                with immediate(db):
+                    return sum(db.execute(
+                        "UPDATE secrets SET kek_id = ?, wrapped_key = ?"
+                        " WHERE key_id = ? AND version = ? AND kek_id = ?", list(u)).rowcount
+                        for u in updates)
+
+            changed += self._db.run(write)

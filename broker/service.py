@@ -37,7 +37,8 @@ from grpc_reflection.v1alpha import reflection
 from broker.audit import AuditLog
 from broker.challenges import ChallengeStore, Clock, Peer, challenge_schema
 from broker.config import BrokerConfig
-from broker.kek import FileKek, KekProvider
+from broker.kek import KekBackend
+from broker.keystore import kek_schema, open_backend, open_ring
 from broker.release import Appraiser, Broker, GrpcAppraiser, effective_request_id
 from broker.rules import KIND as RULES_KIND
 from broker.rules import ReleaseRules, load_rules, parse_rules
@@ -66,8 +67,9 @@ Context = grpc.aio.ServicerContext[object, object]
 
 
 def broker_schema(db: sqlite_utils.Database) -> None:
-    """Schema of the main broker database: challenges and secrets."""
+    """Schema of the main broker database: challenges, KEK versions and secrets."""
     challenge_schema(db)
+    kek_schema(db)
     secret_schema(db)
 
 
@@ -81,12 +83,12 @@ def build_broker(
     *,
     clock: Clock = time.time,
     appraiser: Appraiser | None = None,
-    kek: KekProvider | None = None,
+    kek: KekBackend | None = None,
     plaintext: bool = False,
 ) -> Broker:
     """Assemble a Broker from ``config`` (stores, KEK, rules, pinned JWKS, verifier client);
     ``plaintext`` is the insecure flag (a plaintext channel to a loopback verifier)."""
-    kek = kek if kek is not None else FileKek.load(config.kek_file)
+    backend = kek if kek is not None else open_backend(config)
     rules = watch_rules(config, clock)
     tokens = TokenVerifier(load_jwks(config.verifier_jwks, config.verifier_alg),
                            alg=config.verifier_alg, audience=config.audience,
@@ -103,7 +105,7 @@ def build_broker(
     challenges.purge_expired()
     built = Broker(
         challenges=challenges,
-        secrets=SecretStore(db, kek, clock=clock),
+        secrets=SecretStore(db, open_ring(config, db, backend, clock=clock), clock=clock),
         rules=lambda: rules.current,
         tokens=tokens,
         audit=audit,

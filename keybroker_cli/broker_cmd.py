@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 
 from broker.audit import AuditLog
 from broker.config import BrokerConfig, load_config
-from broker.kek import FileKek
+from broker.keystore import initialise, open_backend, open_ring
 from broker.secrets import MAX_SECRET_BYTES, SecretStore, VersionConflict
 from broker.service import open_main_database, serve
 from keybroker.errors import KeybrokerError
+from keybroker_cli import kek_cmd
 
 _log = logging.getLogger(__name__)
 
@@ -50,13 +51,15 @@ def _init(args: argparse.Namespace) -> int:
     try:
         for path in (config.database, config.audit_database, config.kek_file):
             path.parent.mkdir(parents=True, exist_ok=True)
-        if config.kek_file.exists():
-            FileKek.load(config.kek_file)
-            print(f"KEK file {config.kek_file} exists and is valid; kept")
-        else:
-            FileKek.create(config.kek_file)
-            print(f"created KEK file {config.kek_file} (mode 0600)")
-        open_main_database(config).close()
+        backend = open_backend(config)
+        created = initialise(backend)
+        for what in created:
+            print(f"created {what} ({backend.name} KEK provider)")
+        if not created:
+            print(f"KEK and audit key exist in the {backend.name} provider; kept")
+        db = open_main_database(config)
+        open_ring(config, db, backend)
+        db.close()
         AuditLog(config.audit_database, clock=time.time).close()
     except (KeybrokerError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -94,7 +97,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _secret_store(config: BrokerConfig) -> SecretStore:
-    return SecretStore(open_main_database(config), FileKek.load(config.kek_file),
+    db = open_main_database(config)
+    return SecretStore(db, open_ring(config, db),
                        clock=time.time)
 
 
@@ -202,6 +206,8 @@ def register(sub: Subparsers) -> None:
     put.set_defaults(func=_secret_put)
     lst = with_config(secret_cmds.add_parser("list", help="list key ids and versions"))
     lst.set_defaults(func=_secret_list)
+
+    kek_cmd.register(commands, _config)
 
     audit = commands.add_parser("audit", help="inspect the audit log")
     audit_cmds = audit.add_subparsers(dest="audit_command", required=True)

@@ -59,9 +59,11 @@ DEMO_INIT_DATA = (b'[workload]\nname = "demo"\nimages = ["' + DEMO_IMAGE.encode(
 
 @dataclass(frozen=True)
 class DemoLayout:
-    """Where the demo keeps its files."""
+    """Where the demo keeps its files; ``broker_settings`` are extra ``[broker]`` lines (for
+    example a PKCS#11 KEK) written into every broker config of this layout."""
 
     root: Path
+    broker_settings: str = ""
 
     @property
     def sim(self) -> Path:
@@ -320,6 +322,7 @@ def write_broker_config(layout: DemoLayout, verifier_address: str, *,
         f'verifier_ca = "{tls.ca}"\n'
         f'verifier_client_cert = "{tls.cert("broker-client")}"\n'
         f'verifier_client_key = "{tls.key("broker-client")}"\n'
+        + layout.broker_settings
     )
 
 

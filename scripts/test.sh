@@ -4,8 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: none are needed yet (swtpm, SoftHSM2 and PostgreSQL arrive with the
-# issues that use them; they are installed here with apt-get when they do).
+# Debian packages the tests run for real: SoftHSM2 (the PKCS#11 KEK). `apt-get update` once,
+# then only what is missing.
+missing=()
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 . scripts/venv.sh "[test]"
 
 echo "== ruff"

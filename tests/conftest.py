@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.softhsm import SoftHsmToken, create_token
 
 _INTEGRATION = Path(__file__).resolve().parent / "integration"
 
@@ -18,3 +19,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _INTEGRATION in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsmToken:
+    """One SoftHSM2 token per test session (the PKCS#11 library is initialised once per
+    process, so every in-process PKCS#11 test shares it; child processes inherit
+    ``SOFTHSM2_CONF``)."""
+    return create_token(tmp_path_factory.mktemp("softhsm"))

@@ -8,8 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
-from broker.kek import KEK_SIZE, FileKek
+from broker.kek import KEK_SIZE, FileBackend, FileKek
+from broker.kek_ring import KekRing, kek_schema
 from broker.secrets import SecretStore, VersionConflict, secret_schema
 from keybroker.database import Database
 from keybroker.errors import Category, KeybrokerError, Malformed, Unavailable
@@ -17,16 +19,24 @@ from keybroker.errors import Category, KeybrokerError, Malformed, Unavailable
 T0 = 1_750_000_000.0
 
 
-def _store(tmp: Path, kek: FileKek | None = None) -> SecretStore:
+def _schema(db: sqlite_utils.Database) -> None:
+    kek_schema(db)
+    secret_schema(db)
+
+
+def _store(tmp: Path) -> SecretStore:
     kek_path = tmp / "kek.bin"
-    if kek is None:
-        kek = FileKek.load(kek_path) if kek_path.exists() else FileKek.create(kek_path)
-    return SecretStore(Database(tmp / "b.db", schema=secret_schema), kek, clock=lambda: T0)
+    if not kek_path.exists():
+        FileKek.create(kek_path)
+    db = Database(tmp / "b.db", schema=_schema)
+    return SecretStore(db, KekRing(db, FileBackend(kek_path), clock=lambda: T0),
+                       clock=lambda: T0)
 
 
 def _raw(tmp: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(tmp / "b.db"), isolation_level=None)
-    conn.execute("DROP TRIGGER IF EXISTS secrets_immutable")  # an attacker with file access
+    for trigger in ("secrets_value_immutable", "secrets_no_delete"):  # an attacker with file
+        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")  # access drops the guards
     return conn
 
 
@@ -80,12 +90,14 @@ def test_row_moved_to_other_version_detected(tmp_path: Path) -> None:
 
 
 def test_other_kek_cannot_open(tmp_path: Path) -> None:
-    """A different KEK cannot unwrap the data keys (UNAVAILABLE, no fallback)."""
+    """A different KEK file in place of the recorded one opens nothing (UNAVAILABLE, no
+    fallback)."""
     _store(tmp_path).put("demo/db", b"secret")
-    other = FileKek(os.urandom(KEK_SIZE))
+    (tmp_path / "kek.bin").unlink()
+    FileKek.create(tmp_path / "kek.bin")
     with pytest.raises(Unavailable) as exc:
-        _store(tmp_path, other).get("demo/db")
-    assert exc.value.category is Category.UNAVAILABLE
+        _store(tmp_path).get("demo/db")
+    assert (exc.value.category, exc.value.rule) == (Category.UNAVAILABLE, "kek.version")
 
 
 def test_versions_are_immutable(tmp_path: Path) -> None:
