@@ -13,21 +13,36 @@ Invariants:
 - Records never contain secret bytes, tokens or raw evidence: digests, ids, versions and the
   operator reason only.
 - Any failure to write is ``Unavailable`` (so the caller releases nothing).
+- With an audit key (``mac``), a keyed checkpoint (``broker.audit_checkpoint``) covers the
+  records every ``checkpoint_every`` appends and at shutdown (``checkpoint``). It is written in
+  its own transaction after the record: a checkpoint that cannot be written (HSM down) is
+  logged and retried on the next append, and never loses or blocks the record itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
+from broker.audit_checkpoint import (
+    Checkpoint,
+    Mac,
+    checkpoint_schema,
+    read_checkpoints,
+    verify_checkpoints,
+    write_checkpoint,
+)
 from broker.challenges import Clock
 from keybroker.database import Database, immediate
-from keybroker.errors import Malformed
+from keybroker.errors import KeybrokerError, Malformed
+
+_log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 KINDS = ("intent", "released", "denied", "unknown")
@@ -80,7 +95,8 @@ def record_hash(seq: int, time: float, entry: AuditEntry, prev_hash: str) -> str
 
 
 def audit_schema(db: sqlite_utils.Database) -> None:
-    """Create the audit table and its append-only triggers (idempotent)."""
+    """Create the audit and checkpoint tables and their append-only triggers (idempotent)."""
+    checkpoint_schema(db)
     db.execute(
         "CREATE TABLE IF NOT EXISTS audit ("
         " seq INTEGER PRIMARY KEY,"
@@ -145,10 +161,13 @@ def _from_row(row: tuple[Any, ...]) -> AuditRecord:
 class AuditLog:
     """The broker's audit sink."""
 
-    def __init__(self, path: Path, *, clock: Clock, busy_timeout_seconds: float = 2.0) -> None:
+    def __init__(self, path: Path, *, clock: Clock, busy_timeout_seconds: float = 2.0,
+                 mac: Mac | None = None, checkpoint_every: int = 100) -> None:
         self._db = Database(path, schema=audit_schema, synchronous="FULL",
                             busy_timeout_seconds=busy_timeout_seconds)
         self._clock = clock
+        self._mac = mac
+        self._every = checkpoint_every
 
     def close(self) -> None:
         """Close the database connections."""
@@ -176,7 +195,33 @@ class AuditLog:
                 )
             return AuditRecord(seq, now, entry, prev, digest)
 
+        record = self._db.run(op)
+        if self._mac is not None and record.seq % self._every == 0:
+            self._try_checkpoint()
+        return record
+
+    def _try_checkpoint(self) -> None:
+        try:
+            self.checkpoint()
+        except KeybrokerError as exc:
+            _log.error("audit checkpoint not written (retried later): %s", exc.detail)
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Write a keyed checkpoint over the records since the last one (None: nothing new)."""
+        if self._mac is None:
+            return None
+        mac = self._mac
+        now = self._clock()
+
+        def op(db: sqlite_utils.Database) -> Checkpoint | None:
+            with immediate(db):
+                return write_checkpoint(db, mac, now)
+
         return self._db.run(op)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint, oldest first."""
+        return self._db.run(read_checkpoints)
 
     def records(self, *, request_id: str | None = None) -> list[AuditRecord]:
         """All records in order (optionally of one request)."""
@@ -189,11 +234,13 @@ class AuditLog:
 
         return self._db.run(op)
 
-    def verify_chain(self, *, expect_head: str | None = None) -> int:
-        """Check every record's hash and link; return the record count.
+    def verify_chain(self, *, expect_head: str | None = None, mac: Mac | None = None) -> int:
+        """Check every record's hash and link, then (with ``mac``) every checkpoint; return the
+        record count.
 
         Raises Malformed (rule ``audit.chain``) at the first broken record, or when
-        ``expect_head`` (a hash seen earlier) is no longer in the chain (truncation).
+        ``expect_head`` (a hash seen earlier) is no longer in the chain (truncation); rule
+        ``audit.checkpoint`` for a forged checkpoint or a record it no longer matches.
         """
         prev = GENESIS
         seen_head = expect_head is None or expect_head == GENESIS
@@ -214,6 +261,8 @@ class AuditLog:
         if not seen_head:
             raise Malformed("audit chain truncated", rule="audit.chain",
                             expected=f"head {expect_head}", actual=f"last {prev}")
+        if mac is not None:
+            verify_checkpoints(self.checkpoints(), {r.seq: r.hash for r in records}, mac)
         return len(records)
 
     def head(self) -> str:

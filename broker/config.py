@@ -14,6 +14,7 @@ Invariants:
   ``verifier_client_cert`` and ``verifier_client_key`` come together: mutual TLS to the
   verifier (``verifier_server_name`` overrides the name checked in its certificate). Without
   them the config describes a plaintext broker, run only with ``--insecure-plaintext``.
+- ``audit_checkpoint_every`` (1..100000): a keyed audit checkpoint every N records.
 - KEK: ``kek_provider`` is ``file`` (``kek_file``) or ``pkcs11`` (``pkcs11_module``,
   ``pkcs11_token_label``, ``pkcs11_key_label`` and exactly one of ``pkcs11_pin_file`` /
   ``pkcs11_pin_env``: the PIN never sits in this file).
@@ -96,6 +97,7 @@ class BrokerConfig:
     tls: TlsFiles | None = None  # agent-facing server certificate (+ agent client CA)
     verifier_tls: TlsFiles | None = None  # client certificate + the verifier's CA
     verifier_server_name: str = ""
+    audit_checkpoint_every: int = 100
     kek_provider: str = "file"
     pkcs11: Pkcs11Settings | None = None
     max_challenges: int = 100_000
@@ -129,6 +131,7 @@ _DEFAULTS: dict[str, object] = {
     "verifier_server_name": "",
     "max_challenges": 100_000,
     "max_challenges_per_peer": 64,
+    "audit_checkpoint_every": 100,
     "kek_provider": "file",
     "pkcs11_module": "",
     "pkcs11_token_label": "",
@@ -174,8 +177,13 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
     for key in (*_PATHS, *_STRINGS, *_OPTIONAL_PATHS, *_PKCS11, "verifier_server_name",
                 "kek_provider"):
         _typed(path, key, merged[key], str)
-    for key in ("max_challenges", "max_challenges_per_peer"):
+    for key in ("max_challenges", "max_challenges_per_peer", "audit_checkpoint_every"):
         _typed(path, key, merged[key], int)
+    every = int(merged["audit_checkpoint_every"])  # type: ignore[call-overload]
+    if not 1 <= every <= 100_000:
+        raise Malformed(f"{path}: audit_checkpoint_every out of range",
+                        rule="broker.audit_checkpoint_every", expected="1..100000",
+                        actual=str(every))
     _typed(path, "challenge_purge_seconds", merged["challenge_purge_seconds"], (int, float))
     _typed(path, "verifier_timeout_seconds", merged["verifier_timeout_seconds"], (int, float))
     for key in ("challenge_ttl_seconds", "token_leeway_seconds", "max_request_bytes"):
@@ -227,6 +235,7 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
         max_request_bytes=max_bytes,
         admins=parse_admins(merged["admins"], path, "broker.admins"),
         policy_poll_seconds=poll,
+        audit_checkpoint_every=every,
     )
     return dataclasses.replace(config, **_transport(path, merged), **_kek(path, merged))
 

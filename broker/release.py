@@ -278,6 +278,7 @@ class Broker:
                                init_data_digest(request.init_data), peer.channel)
         rules = self._rules()
         key_ids = [k for k, _ in valid.keys]
+        keys = tuple((k, rules.resolve_version(k, v)) for k, v in valid.keys)
         requirements: tuple[Requirement, ...] = rules.requirements(key_ids)
         trail.policy_ids = (*(r.policy for r in requirements), rules.rules_id)
         token = await self.appraiser.appraise(verifier_pb2.AppraiseRequest(
@@ -293,7 +294,7 @@ class Broker:
         if result.insecure:
             _log.warning("release %s: accepting an INSECURE (simulator) attestation result",
                          trail.request_id)
-        secrets = await asyncio.to_thread(self._fetch_and_record_intent, valid.keys, trail)
+        secrets = await asyncio.to_thread(self._fetch_and_record_intent, keys, trail)
         public = load_public_key(valid.suite, valid.public_key)
         wrapped = await asyncio.to_thread(self._seal_and_record, secrets, valid.suite, public,
                                           challenge.challenge_id, trail)

@@ -18,6 +18,9 @@ Invariants:
   matching rule; false, an evaluation error or a missing submod denies (PLATFORM_POLICY, rule
   ``release.<rule name>.when``). Annotated evidence differs per platform: guard fields of
   ``submod["ear.veraison.annotated-evidence"]`` with ``has()`` or ``in``.
+- A rule may pin the secret ``version`` released for its keys; without a pin the latest
+  enabled version is released. Two matching rules pinning different versions, or an agent
+  asking for another version than the pin, is PLATFORM_POLICY (rule ``release.version``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class ReleaseRule:
     name: str = ""
     when: Condition | None = None
     line: int = 0
+    version: int = 0  # a pinned secret version (0: the latest enabled one)
 
     def matches(self, key_id: str) -> bool:
         """Whether this rule applies to ``key_id``."""
@@ -144,6 +148,19 @@ class ReleaseRules:
                 accept[rule.policy] = accept.get(rule.policy, True) and rule.accept_warning
         return tuple(Requirement(name, accept[name]) for name in sorted(accept))
 
+    def resolve_version(self, key_id: str, requested: int) -> int:
+        """The version to release for ``key_id`` when the agent asked for ``requested`` (0 =
+        latest): the pin of the matching rules, if any (module invariants)."""
+        pins = {r.version for r in self.rules if r.version and r.matches(key_id)}
+        if not pins:
+            return requested
+        if len(pins) > 1 or (requested and requested not in pins):
+            raise PlatformPolicyViolation(
+                "requested version is not the one the release rules pin", rule="release.version",
+                expected=" | ".join(f"{key_id}@{v}" for v in sorted(pins)),
+                actual=f"{key_id}@{requested or 'latest'}")
+        return next(iter(pins))
+
     def check_conditions(self, key_ids: Sequence[str],
                          token_claims: Mapping[str, object]) -> None:
         """Evaluate the ``when`` of every rule matching each key against the verified token
@@ -186,9 +203,11 @@ def _compile_rule(doc: Document, index: int, entry: Mapping[str, object],
         except ConditionError as exc:
             raise doc.fail(("rules", index, "when"), f"invalid condition ({exc})",
                            "a CEL boolean over key, submod and result", expression) from None
+    version = entry.get("version", 0)
     return ReleaseRule(keys=keys, policy=policy,
                        accept_warning=entry.get("accept_warning") is True,
-                       name=str(entry["name"]), when=when, line=doc.line(("rules", index)))
+                       name=str(entry["name"]), when=when, line=doc.line(("rules", index)),
+                       version=version if isinstance(version, int) else 0)
 
 
 def compile_rules(doc: Document, version: int = 0) -> ReleaseRules:

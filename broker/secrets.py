@@ -11,7 +11,16 @@ Invariants:
 - ``put`` is compare-and-set: with ``expect_version`` given, it succeeds only if that is the
   latest version (0 = the key does not exist yet); of two concurrent writers one gets
   ``VersionConflict``. The write lock is taken before reading the latest version.
-- Plaintext never reaches logs; listings show ids and versions only.
+- Lifecycle of a version: ``enabled`` -> ``disabled`` <-> ``enabled``; ``enabled`` or
+  ``disabled`` -> ``pending_destruction`` (with a grace period; ``enable`` cancels it) ->
+  ``destroyed`` once the grace period has passed (``destroy_due``), which erases the wrapped
+  data key (the ciphertext then opens under no key). ``destroyed`` is final. Any other
+  transition is ``Malformed`` (rule ``secrets.state``).
+- Only enabled versions are released: version 0 means the latest enabled one; a named
+  version that is not enabled, or a key without an enabled version, is PLATFORM_POLICY.
+- ``generate`` stores random key material made here (``secrets.token_bytes``) of the given
+  length; the value is never returned or logged.
+- Plaintext never reaches logs; listings show ids, versions and states only.
 """
 
 from __future__ import annotations
@@ -28,12 +37,17 @@ from broker.challenges import MAX_KEY_ID_LEN, Clock
 from broker.kek import KekProvider
 from broker.kek_ring import KekRing
 from keybroker.database import Database, immediate
-from keybroker.errors import Malformed, Unavailable
+from keybroker.errors import Malformed, PlatformPolicyViolation, Unavailable
 
 _AAD_LABEL = b"keybroker/v1/secret\x00"
 _NONCE = 12
 MAX_SECRET_BYTES = 64 * 1024
 MAX_VERSION = 0xFFFFFFFF
+MAX_GENERATED_BYTES = 4096
+MAX_GRACE_SECONDS = 365 * 86400
+ENABLED, DISABLED, PENDING, DESTROYED = "enabled", "disabled", "pending_destruction", "destroyed"
+STATES = (ENABLED, DISABLED, PENDING, DESTROYED)
+_INFO = ("SELECT key_id, version, created_at, kek_id, state, destroy_after FROM secrets")
 
 
 class VersionConflict(Exception):
@@ -64,6 +78,13 @@ class SecretInfo:
     version: int
     created_at: float
     kek_id: str
+    state: str = ENABLED
+    destroy_after: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-able metadata."""
+        return {"key_id": self.key_id, "version": self.version, "created_at": self.created_at,
+                "kek_id": self.kek_id, "state": self.state, "destroy_after": self.destroy_after}
 
 
 def secret_schema(db: sqlite_utils.Database) -> None:
@@ -78,6 +99,10 @@ def secret_schema(db: sqlite_utils.Database) -> None:
         " created_at REAL NOT NULL,"
         " PRIMARY KEY (key_id, version))"
     )
+    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(secrets)").fetchall()}
+    if "state" not in columns:  # a database from before the lifecycle
+        db.execute("ALTER TABLE secrets ADD COLUMN state TEXT NOT NULL DEFAULT 'enabled'")
+        db.execute("ALTER TABLE secrets ADD COLUMN destroy_after REAL")
     db.execute("DROP TRIGGER IF EXISTS secrets_immutable")  # from before KEK rotation
     db.execute(
         "CREATE TRIGGER IF NOT EXISTS secrets_value_immutable"
@@ -151,32 +176,37 @@ class SecretStore:
         return self._db.run(op)
 
     def get(self, key_id: str, version: int = 0) -> SecretVersion:
-        """Decrypt ``key_id`` at ``version`` (0 = latest). Unknown -> MALFORMED; tamper ->
-        UNAVAILABLE."""
+        """Decrypt ``key_id`` at ``version`` (0 = the latest enabled one). Unknown -> MALFORMED;
+        not enabled -> PLATFORM_POLICY; tamper -> UNAVAILABLE."""
         if not 0 <= version <= MAX_VERSION:
             raise Malformed("version out of range", expected=f"0..{MAX_VERSION}",
                             actual=str(version))
 
-        def op(db: sqlite_utils.Database) -> tuple[int, str, bytes, bytes] | None:
+        def op(db: sqlite_utils.Database) -> tuple[int, str, bytes, bytes, str] | None:
             if version == 0:
-                sql = ("SELECT version, kek_id, wrapped_key, ciphertext FROM secrets"
-                       " WHERE key_id = ? ORDER BY version DESC LIMIT 1")
+                sql = ("SELECT version, kek_id, wrapped_key, ciphertext, state FROM secrets"
+                       " WHERE key_id = ? ORDER BY state = 'enabled' DESC, version DESC LIMIT 1")
                 params: list[object] = [key_id]
             else:
-                sql = ("SELECT version, kek_id, wrapped_key, ciphertext FROM secrets"
+                sql = ("SELECT version, kek_id, wrapped_key, ciphertext, state FROM secrets"
                        " WHERE key_id = ? AND version = ?")
                 params = [key_id, version]
             row = db.execute(sql, params).fetchone()
             if row is None:
                 return None
-            return int(row[0]), str(row[1]), bytes(row[2]), bytes(row[3])
+            return int(row[0]), str(row[1]), bytes(row[2]), bytes(row[3]), str(row[4])
 
         row = self._db.run(op)
         if row is None:
             raise Malformed("no such secret or version", rule="secrets.exists",
                             expected="a stored key id/version",
                             actual=f"{key_id}@{version or 'latest'}")
-        found, kek_id, wrapped, ciphertext = row
+        found, kek_id, wrapped, ciphertext, state = row
+        if state != ENABLED:
+            raise PlatformPolicyViolation(
+                "key version is not enabled" if version else "key has no enabled version",
+                rule="secrets.state", expected="an enabled version",
+                actual=f"{key_id}@{found} {state}")
         aad = _aad(key_id, found)
         data_key = self.ring.provider(kek_id).unwrap(wrapped, aad)
         try:
@@ -187,12 +217,71 @@ class SecretStore:
                               actual=f"{key_id}@{found} tampered") from exc
         return SecretVersion(key_id, found, value)
 
-    def list(self) -> list[SecretInfo]:
-        """All stored versions, by key id then version (never values)."""
+    def list(self, key_id: str | None = None) -> list[SecretInfo]:
+        """All stored versions (of ``key_id``), by key id then version (never values)."""
         def op(db: sqlite_utils.Database) -> list[SecretInfo]:
-            rows = db.execute("SELECT key_id, version, created_at, kek_id FROM secrets"
-                              " ORDER BY key_id, version").fetchall()
-            return [SecretInfo(str(r[0]), int(r[1]), float(r[2]), str(r[3])) for r in rows]
+            where, params = ("WHERE key_id = ?", [key_id]) if key_id is not None else ("", [])
+            rows = db.execute(f"{_INFO} {where} ORDER BY key_id, version", params).fetchall()
+            return [SecretInfo(str(r[0]), int(r[1]), float(r[2]), str(r[3]), str(r[4]),
+                               None if r[5] is None else float(r[5])) for r in rows]
+
+        return self._db.run(op)
+
+    def generate(self, key_id: str, length: int, *,
+                 expect_version: int | None = None) -> int:
+        """Store ``length`` random bytes made here as a new version (CAS as for ``put``)."""
+        if not 1 <= length <= MAX_GENERATED_BYTES:
+            raise Malformed("generated key length out of range", rule="secrets.generate",
+                            expected=f"1..{MAX_GENERATED_BYTES} bytes", actual=str(length))
+        return self.put(key_id, _random.token_bytes(length), expect_version=expect_version)
+
+    def set_state(self, key_id: str, version: int, target: str, *,
+                  grace_seconds: float = 0.0) -> SecretInfo:
+        """Move one version to ``enabled``, ``disabled`` or ``pending_destruction`` (after
+        ``grace_seconds``); see the module invariants for the allowed moves."""
+        allowed = {ENABLED: (DISABLED, PENDING), DISABLED: (ENABLED,),
+                   PENDING: (ENABLED, DISABLED)}
+        if target not in allowed:
+            raise Malformed("unknown target state", rule="secrets.state",
+                            expected=", ".join(allowed), actual=target)
+        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise Malformed("grace period out of range", rule="secrets.grace",
+                            expected=f"0..{MAX_GRACE_SECONDS} seconds", actual=str(grace_seconds))
+        now = self._clock()
+
+        def op(db: sqlite_utils.Database) -> None:
+            with immediate(db):
+                row = db.execute("SELECT state FROM secrets WHERE key_id = ? AND version = ?",
+                                 [key_id, version]).fetchone()
+                if row is None:
+                    raise Malformed("no such secret or version", rule="secrets.exists",
+                                    expected="a stored key id/version",
+                                    actual=f"{key_id}@{version}")
+                if str(row[0]) not in allowed[target]:
+                    raise Malformed(f"cannot move a {row[0]} version to {target}",
+                                    rule="secrets.state",
+                                    expected=f"a version in state {' or '.join(allowed[target])}",
+                                    actual=f"{key_id}@{version} {row[0]}")
+                db.execute("UPDATE secrets SET state = ?, destroy_after = ?"
+                           " WHERE key_id = ? AND version = ?",
+                           [target, now + grace_seconds if target == PENDING else None,
+                            key_id, version])
+
+        self._db.run(op)
+        return self.list(key_id)[version - 1]
+
+    def destroy_due(self) -> tuple[str, ...]:
+        """Destroy every version whose destruction grace period has passed: the wrapped data
+        key is erased. Returns ``key@version`` of what was destroyed."""
+        now = self._clock()
+
+        def op(db: sqlite_utils.Database) -> tuple[str, ...]:
+            with immediate(db):
+                rows = db.execute("SELECT key_id, version FROM secrets WHERE state = ?"
+                                  " AND destroy_after <= ?", [PENDING, now]).fetchall()
+                db.execute("UPDATE secrets SET state = ?, wrapped_key = x''"
+                           " WHERE state = ? AND destroy_after <= ?", [DESTROYED, PENDING, now])
+                return tuple(f"{r[0]}@{r[1]}" for r in rows)
 
         return self._db.run(op)
 

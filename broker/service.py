@@ -95,7 +95,9 @@ def build_broker(
                            leeway_seconds=config.token_leeway_seconds,
                            accept_insecure=config.accept_insecure_results)
     db = open_main_database(config)
-    audit = AuditLog(config.audit_database, clock=clock)
+    backend.audit_mac(b"keybroker start-up probe")  # the audit key must exist: refuse otherwise
+    audit = AuditLog(config.audit_database, clock=clock, mac=backend.audit_mac,
+                     checkpoint_every=config.audit_checkpoint_every)
     dangling = audit.reconcile()
     if dangling:
         _log.warning("audit: %d release intents without outcome marked unknown", dangling)
@@ -298,22 +300,30 @@ async def start_server(
 
 
 async def purge_challenges(broker: Broker, every_seconds: float) -> None:
-    """Delete expired challenges every ``every_seconds`` until cancelled."""
+    """Every ``every_seconds`` until cancelled: delete expired challenges and destroy secret
+    versions whose destruction grace period has passed."""
     while True:
         await asyncio.sleep(every_seconds)
         try:
             purged = await asyncio.to_thread(broker.challenges.purge_expired)
+            destroyed = await asyncio.to_thread(broker.secrets.destroy_due)
         except KeybrokerError as exc:
-            _log.warning("challenge purge failed: %s", exc.detail)
+            _log.warning("housekeeping failed: %s", exc.detail)
             continue
         if purged:
             _log.debug("purged %d expired challenges", purged)
+        for name in destroyed:
+            _log.warning("secret version %s destroyed (grace period over)", name)
 
 
 async def close_broker(broker: Broker) -> None:
     """Release the broker's resources (verifier channel, database connections)."""
     if isinstance(broker.appraiser, GrpcAppraiser):
         await broker.appraiser.close()
+    try:
+        broker.audit.checkpoint()  # cover the records written since the last checkpoint
+    except KeybrokerError as exc:
+        _log.error("audit checkpoint at shutdown not written: %s", exc.detail)
     broker.audit.close()
     broker.challenges.close()
 

@@ -165,11 +165,36 @@ def _audit_verify(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         log = AuditLog(config.audit_database, clock=time.time)
-        count = log.verify_chain(expect_head=args.expect_head)
+        mac = open_backend(config).audit_mac
+        count = log.verify_chain(expect_head=args.expect_head, mac=mac)
+        covered = log.checkpoints()
     except KeybrokerError as err:
         print(f"audit chain INVALID: {err}", file=sys.stderr)
         return EXIT_FAIL
-    print(f"audit chain OK: {count} records, head {log.head()}")
+    last = covered[-1].to_seq if covered else 0
+    print(f"audit chain OK: {count} records, head {log.head()}; {len(covered)} keyed "
+          f"checkpoint(s) verified, covering records 1..{last}"
+          + ("" if last == count else f" (records {last + 1}..{count}: hash chain only)"))
+    return EXIT_OK
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    """JSON Lines: every record, each checkpoint right after the record it ends on."""
+    config = _config(args)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        log = AuditLog(config.audit_database, clock=time.time)
+        records, checkpoints = log.records(), {c.to_seq: c for c in log.checkpoints()}
+    except KeybrokerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAIL
+    with Path(args.out).open("w", encoding="utf-8") as out:
+        for rec in records:
+            out.write(json.dumps({"type": "record", **rec.as_dict()}, sort_keys=True) + "\n")
+            if rec.seq in checkpoints:
+                out.write(json.dumps(checkpoints[rec.seq].as_dict(), sort_keys=True) + "\n")
+    print(f"exported {len(records)} records and {len(checkpoints)} checkpoints to {args.out}")
     return EXIT_OK
 
 
@@ -218,3 +243,8 @@ def register(sub: Subparsers) -> None:
     verify.add_argument("--expect-head", default=None,
                         help="a head hash recorded earlier (detects truncation)")
     verify.set_defaults(func=_audit_verify)
+    export = with_config(audit_cmds.add_parser(
+        "export", help="write records and keyed checkpoints as JSON Lines (for an external "
+                       "store)"))
+    export.add_argument("--out", required=True, type=Path, help="file to write")
+    export.set_defaults(func=_audit_export)

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -18,8 +19,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.broker import EarSigner, write_config
 
-from broker.audit import AuditEntry, AuditLog
+from broker.audit import AuditEntry, AuditLog, record_hash
 from broker.config import load_config
+from broker.kek import FileBackend
 from keybroker.errors import Category, Malformed
 from keybroker_cli.broker_cmd import register
 
@@ -204,3 +206,41 @@ def test_serve_refuses_loose_kek(config: Path) -> None:
     assert done.returncode == 1
     assert done.stdout == b""
     assert b"kek" in done.stderr.lower()
+
+
+def test_audit_verify_names_tampering_and_export_carries_checkpoints(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`audit verify` passes on an intact log (naming its keyed checkpoints), names the record
+    of an edit re-hashed without the audit key, and `audit export` writes JSON Lines with the
+    checkpoints after the records they end on."""
+    cli("broker", "init", "--config", str(config))
+    loaded = load_config(config)
+    backend = FileBackend(loaded.kek_file)
+    log = AuditLog(loaded.audit_database, clock=time.time, mac=backend.audit_mac,
+                   checkpoint_every=4)
+    for i in range(9):
+        log.append(AuditEntry(request_id=f"r{i}", kind="denied", reason=f"reason {i}"))
+    log.checkpoint()
+    capsys.readouterr()
+    assert cli("broker", "audit", "verify", "--config", str(config)) == 0
+    assert "3 keyed checkpoint(s) verified, covering records 1..9" in capsys.readouterr().out
+    out = tmp_path / "audit.jsonl"
+    assert cli("broker", "audit", "export", "--config", str(config), "--out", str(out)) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [entry["type"] for entry in lines][:5] == ["record"] * 4 + ["checkpoint"]
+    assert lines[4]["to_seq"] == 4 and len(lines) == 9 + 3
+    conn = sqlite3.connect(loaded.audit_database, isolation_level=None)
+    conn.execute("DROP TRIGGER audit_no_update")
+    conn.execute("UPDATE audit SET reason = 'nothing to see' WHERE seq = 6")
+    prev = None
+    for rec in log.records():
+        if rec.seq >= 6:
+            digest = record_hash(rec.seq, rec.time, rec.entry, prev or rec.prev_hash)
+            conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+                         [prev or rec.prev_hash, digest, rec.seq])
+            prev = digest
+        else:
+            prev = rec.hash
+    capsys.readouterr()
+    assert cli("broker", "audit", "verify", "--config", str(config)) == 1
+    assert "audit record seq 6 differs" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from broker.config import BrokerConfig, load_config
-from broker.kek import FileKek
+from broker.kek import FileBackend, FileKek
 from broker.release import Broker
 from broker.service import RunningServer, build_broker, close_broker, start_server
 from keybroker.errors import BindingMismatch, KeybrokerError
@@ -200,6 +200,7 @@ def write_config(tmp: Path, *, verifier: str, signer: EarSigner, rules: str = RU
     )
     if init_kek and not (tmp / "kek.bin").exists():
         FileKek.create(tmp / "kek.bin")
+        FileBackend(tmp / "kek.bin").ensure_audit_key()
     return load_config(tmp / "broker.toml")
 
 
