@@ -32,11 +32,11 @@ from typing import Protocol
 
 import grpc
 
-from broker.audit import AuditEntry, AuditLog
 from broker.challenges import NO_PEER, Challenge, ChallengeStore, Clock, Peer, validate_key_ids
 from broker.rules import ReleaseRules, Requirement
 from broker.secrets import MAX_VERSION, SecretStore, SecretVersion
 from broker.token import TokenVerifier, evidence_digest
+from keybroker.audit_log import AuditEntry, AuditLog
 from keybroker.binding import init_data_digest, report_data
 from keybroker.errors import FreshnessError, KeybrokerError, Malformed, Unavailable
 from keybroker.reload import Watched

@@ -34,7 +34,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from broker.audit import AuditLog
 from broker.challenges import ChallengeStore, Clock, Peer, challenge_schema
 from broker.config import BrokerConfig
 from broker.kek import KekBackend
@@ -44,6 +43,7 @@ from broker.rules import KIND as RULES_KIND
 from broker.rules import ReleaseRules, load_rules, parse_rules
 from broker.secrets import SecretStore, secret_schema
 from broker.token import TokenVerifier, load_jwks
+from keybroker.audit_log import AuditLog
 from keybroker.database import Database
 from keybroker.errors import KeybrokerError, Malformed, Unavailable
 from keybroker.policy_store import PolicyStore

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from broker.audit import AuditLog
 from broker.config import BrokerConfig, load_config
 from broker.keystore import initialise, open_backend, open_ring
 from broker.secrets import MAX_SECRET_BYTES, SecretStore, VersionConflict
 from broker.service import open_main_database, serve
+from keybroker.audit_log import AuditLog
 from keybroker.errors import KeybrokerError
 from keybroker_cli import kek_cmd
 

@@ -19,9 +19,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.broker import EarSigner, write_config
 
-from broker.audit import AuditEntry, AuditLog, record_hash
 from broker.config import load_config
 from broker.kek import FileBackend
+from keybroker.audit_log import AuditEntry, AuditLog, record_hash
 from keybroker.errors import Category, Malformed
 from keybroker_cli.broker_cmd import register
 

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.broker import Stack, snp_evidence, start_stack
 
-from broker.audit import AuditLog
+from keybroker.audit_log import AuditLog
 from keybroker.binding import init_data_digest, report_data
 from keybroker.errors import Category, KeybrokerError, MeasurementMismatch
 from keybroker.rpc_errors import denial_from_rpc, error_from_rpc

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import AuditEntry, AuditLog, record_hash
 from broker.kek import FileBackend, FileKek
+from keybroker.audit_log import AuditEntry, AuditLog, record_hash
 from keybroker.errors import Malformed, Unavailable
 
 EVERY = 10

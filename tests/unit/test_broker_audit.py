@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import GENESIS, AuditEntry, AuditLog, record_hash
+from keybroker.audit_log import GENESIS, AuditEntry, AuditLog, record_hash
 from keybroker.errors import Category, Malformed, Unavailable
 
 T0 = 1_750_000_000.0

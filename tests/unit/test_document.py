@@ -84,7 +84,8 @@ def test_fail_names_file_line_and_path() -> None:
 
 @pytest.mark.parametrize(("old", "new", "line", "what", "expected", "actual"), [
     (b"    policy: snp-demo\n", b"    policy: snp-demo\n    foo: 1\n", 7,
-     "unknown field 'foo' at 'rules[0]'", "one of: accept_warning, keys, name, policy, version, when",
+     "unknown field 'foo' at 'rules[0]'",
+     "one of: accept_warning, keys, name, policy, version, when",
      "foo"),
     (b"accept_warning: true", b"accept_warning: 1", 7, "wrong type at 'rules[0].accept_warning'",
      "boolean", "int 1"),

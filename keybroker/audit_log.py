@@ -13,7 +13,7 @@ Invariants:
 - Records never contain secret bytes, tokens or raw evidence: digests, ids, versions and the
   operator reason only.
 - Any failure to write is ``Unavailable`` (so the caller releases nothing).
-- With an audit key (``mac``), a keyed checkpoint (``broker.audit_checkpoint``) covers the
+- With an audit key (``mac``), a keyed checkpoint (``keybroker.audit_checkpoint``) covers the
   records every ``checkpoint_every`` appends and at shutdown (``checkpoint``). It is written in
   its own transaction after the record: a checkpoint that cannot be written (HSM down) is
   logged and retried on the next append, and never loses or blocks the record itself.
@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from broker.audit_checkpoint import (
+from keybroker.audit_checkpoint import (
     Checkpoint,
     Mac,
     checkpoint_schema,
@@ -38,11 +39,12 @@ from broker.audit_checkpoint import (
     verify_checkpoints,
     write_checkpoint,
 )
-from broker.challenges import Clock
 from keybroker.database import Database, immediate
 from keybroker.errors import KeybrokerError, Malformed
 
 _log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
 
 GENESIS = "0" * 64
 KINDS = ("intent", "released", "denied", "unknown")
