@@ -14,6 +14,9 @@ Invariants:
   ``verifier_client_cert`` and ``verifier_client_key`` come together: mutual TLS to the
   verifier (``verifier_server_name`` overrides the name checked in its certificate). Without
   them the config describes a plaintext broker, run only with ``--insecure-plaintext``.
+- Admin API: ``admin_listen`` (off when empty or when ``admins`` is empty), its callers
+  authenticated by a client certificate under ``admin_client_ca`` and/or a JWT checked with
+  ``admin_jwks``, ``admin_jwt_issuer``, ``admin_jwt_audience`` and ``admin_jwt_alg``.
 - ``audit_checkpoint_every`` (1..100000): a keyed audit checkpoint every N records.
 - KEK: ``kek_provider`` is ``file`` (``kek_file``) or ``pkcs11`` (``pkcs11_module``,
   ``pkcs11_token_label``, ``pkcs11_key_label`` and exactly one of ``pkcs11_pin_file`` /
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from keybroker.admin_auth import ADMIN_KEYS, AdminSettings, admin_settings
 from keybroker.errors import Malformed
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
@@ -100,6 +104,7 @@ class BrokerConfig:
     audit_checkpoint_every: int = 100
     kek_provider: str = "file"
     pkcs11: Pkcs11Settings | None = None
+    admin: AdminSettings = field(default_factory=AdminSettings)
     max_challenges: int = 100_000
     max_challenges_per_peer: int = 64
     challenge_purge_seconds: float = 30.0
@@ -132,6 +137,7 @@ _DEFAULTS: dict[str, object] = {
     "max_challenges": 100_000,
     "max_challenges_per_peer": 64,
     "audit_checkpoint_every": 100,
+    **{key: "" for key in ADMIN_KEYS},
     "kek_provider": "file",
     "pkcs11_module": "",
     "pkcs11_token_label": "",
@@ -237,7 +243,8 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
         policy_poll_seconds=poll,
         audit_checkpoint_every=every,
     )
-    return dataclasses.replace(config, **_transport(path, merged), **_kek(path, merged))
+    return dataclasses.replace(config, **_transport(path, merged), **_kek(path, merged),
+                               admin=admin_settings(merged, path.parent, f"{path} [broker]"))
 
 
 def _kek(path: Path, merged: dict[str, object]) -> dict[str, Any]:

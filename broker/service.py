@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from broker.admin import BrokerAdminServicer
 from broker.challenges import ChallengeStore, Clock, Peer, challenge_schema
 from broker.config import BrokerConfig
 from broker.kek import KekBackend
@@ -43,6 +44,8 @@ from broker.rules import KIND as RULES_KIND
 from broker.rules import ReleaseRules, load_rules, parse_rules
 from broker.secrets import SecretStore, secret_schema
 from broker.token import TokenVerifier, load_jwks
+from keybroker.admin_auth import Authenticator
+from keybroker.admin_gate import AdminGate, admin_enabled, start_admin_server
 from keybroker.audit_log import AuditLog
 from keybroker.database import Database
 from keybroker.errors import KeybrokerError, Malformed, Unavailable
@@ -51,12 +54,13 @@ from keybroker.reload import Watched
 from keybroker.rpc_errors import abort
 from keybroker.tls import (
     ServerTls,
+    TlsFiles,
     certificate_digest,
     check_plaintext,
     client_credentials,
     peer_certificate,
 )
-from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
+from keybroker.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc, evidence_pb2
 
 _log = logging.getLogger(__name__)
 
@@ -299,6 +303,22 @@ async def start_server(
     return RunningServer(server, health, host, port)
 
 
+async def start_broker_admin(config: BrokerConfig, broker: Broker, plaintext: bool
+                             ) -> tuple[grpc.aio.Server, ServerTls] | None:
+    """The BrokerAdmin API on ``admin_listen`` (when enabled: principals configured, TLS)."""
+    if not admin_enabled("broker", config.admin.listen, config.admins, plaintext=plaintext):
+        return None
+    assert config.tls is not None  # TLS is required unless plaintext (checked at start)
+    tls = ServerTls(TlsFiles(config.tls.cert, config.tls.key, config.admin.client_ca),
+                    what="broker admin")
+    gate = AdminGate("broker", Authenticator(config.admins, config.admin.jwt), broker.audit)
+    servicer = BrokerAdminServicer(gate, broker, PolicyStore(config.database))
+    server, _ = await start_admin_server(
+        lambda s: admin_pb2_grpc.add_BrokerAdminServicer_to_server(servicer, s),
+        config.admin.listen, tls)
+    return server, tls
+
+
 async def purge_challenges(broker: Broker, every_seconds: float) -> None:
     """Every ``every_seconds`` until cancelled: delete expired challenges and destroy secret
     versions whose destruction grace period has passed."""
@@ -348,9 +368,12 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    admin = await start_broker_admin(config, broker, plaintext)
+
     def reload() -> None:
-        if tls is not None:
-            tls.reload()
+        for server_tls in (tls, admin[1] if admin else None):
+            if server_tls is not None:
+                server_tls.reload()
         if isinstance(broker.appraiser, GrpcAppraiser):
             broker.appraiser.reconnect()
 
@@ -365,6 +388,8 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         purger.cancel()
+        if admin is not None:
+            await admin[0].stop(GRACE_SECONDS)
         await running.stop()
         if broker.watched_rules is not None:
             await broker.watched_rules.stop()

@@ -47,7 +47,7 @@ _log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 GENESIS = "0" * 64
-KINDS = ("intent", "released", "denied", "unknown")
+KINDS = ("intent", "released", "denied", "unknown", "admin")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class AuditEntry:
     keys: tuple[str, ...] = ()          # "<key id>@<version>"
     agent_key_fingerprint: str = ""     # hex SHA-256 of the agent's raw public key
     challenge_id: str = ""
+    principal: str = ""                 # admin calls: the authenticated principal
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def record_hash(seq: int, time: float, entry: AuditEntry, prev_hash: str) -> str
     body = {"seq": seq, "time": repr(time), "prev_hash": prev_hash, **asdict(entry)}
     body["policy_ids"] = list(entry.policy_ids)
     body["keys"] = list(entry.keys)
+    if not entry.principal:  # records from before admin calls were audited hash as they did
+        del body["principal"]
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
@@ -115,6 +118,9 @@ def audit_schema(db: sqlite_utils.Database) -> None:
         " prev_hash TEXT NOT NULL,"
         " hash TEXT NOT NULL)"
     )
+    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(audit)").fetchall()}
+    if "principal" not in columns:
+        db.execute("ALTER TABLE audit ADD COLUMN principal TEXT NOT NULL DEFAULT ''")
     db.execute("CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id)")
     for op in ("UPDATE", "DELETE"):
         db.execute(
@@ -125,23 +131,24 @@ def audit_schema(db: sqlite_utils.Database) -> None:
 
 _SELECT_ALL = (
     "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
-    " agent_key_fingerprint, challenge_id, prev_hash, hash FROM audit ORDER BY seq"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal FROM audit ORDER BY seq"
 )
 _SELECT_REQUEST = (
     "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
-    " agent_key_fingerprint, challenge_id, prev_hash, hash FROM audit WHERE request_id = ?"
-    " ORDER BY seq"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal FROM audit"
+    " WHERE request_id = ? ORDER BY seq"
 )
 _SELECT_DANGLING = (
     "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
-    " agent_key_fingerprint, challenge_id, prev_hash, hash FROM audit a WHERE kind = 'intent'"
-    " AND NOT EXISTS (SELECT 1 FROM audit b WHERE b.request_id = a.request_id AND b.seq > a.seq"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal FROM audit a"
+    " WHERE kind = 'intent' AND NOT EXISTS (SELECT 1 FROM audit b"
+    " WHERE b.request_id = a.request_id AND b.seq > a.seq"
     " AND b.kind IN ('released', 'denied', 'unknown')) ORDER BY seq"
 )
 _INSERT = (
     "INSERT INTO audit (seq, time, request_id, kind, category, reason, evidence_digest,"
-    " policy_ids, keys, agent_key_fingerprint, challenge_id, prev_hash, hash)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " policy_ids, keys, agent_key_fingerprint, challenge_id, prev_hash, hash, principal)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -156,6 +163,7 @@ def _from_row(row: tuple[Any, ...]) -> AuditRecord:
         keys=tuple(json.loads(str(row[8]))),
         agent_key_fingerprint=str(row[9]),
         challenge_id=str(row[10]),
+        principal=str(row[13]),
     )
     return AuditRecord(int(row[0]), float(row[1]), entry, str(row[11]), str(row[12]))
 
@@ -193,7 +201,7 @@ class AuditLog:
                     [seq, now, entry.request_id, entry.kind, entry.category, entry.reason,
                      entry.evidence_digest, json.dumps(list(entry.policy_ids)),
                      json.dumps(list(entry.keys)), entry.agent_key_fingerprint,
-                     entry.challenge_id, prev, digest],
+                     entry.challenge_id, prev, digest, entry.principal],
                 )
             return AuditRecord(seq, now, entry, prev, digest)
 

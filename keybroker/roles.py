@@ -1,10 +1,13 @@
-"""Administrator roles: who may change policies and reference values (config key ``admins``).
+"""Administrator roles: who may do what through the admin API (config key ``admins``).
 
 Invariants:
-- ``admins`` is a TOML table identity -> list of role strings; the only roles are
-  ``policy-admin`` (apply / roll back appraisal policies and release rules) and
-  ``refvalue-admin`` (import reference values as an administrator and move sets through their
-  lifecycle). Anything else (unknown role, duplicate role, non-string, bad identity) is
+- ``admins`` is a TOML table identity -> list of role strings. An identity is a client
+  certificate name (CN or subjectAltName) or a JWT ``sub``. The roles are ``secret-admin``
+  (secrets: put, generate, list versions, enable/disable, schedule destruction; never read),
+  ``policy-admin`` (validate, apply, roll back, dry-run appraisal policies and release rules),
+  ``refvalue-admin`` (import reference values and move sets through their lifecycle),
+  ``auditor`` (list, verify and export the audit log) and ``operator`` (read-only status and
+  the TCB report). Anything else (unknown role, duplicate role, non-string, bad identity) is
   ``Malformed`` naming the config file and key, so a typo never grants or silently drops a role.
 - An identity absent from the table holds no role: ``require_role`` refuses it with
   PLATFORM_POLICY "not authorised" (expected the role, actual the identity's roles).
@@ -19,10 +22,13 @@ from types import MappingProxyType
 
 from keybroker.errors import Malformed, PlatformPolicyViolation
 
+SECRET_ADMIN = "secret-admin"
+AUDITOR = "auditor"
+OPERATOR = "operator"
 POLICY_ADMIN = "policy-admin"
 REFVALUE_ADMIN = "refvalue-admin"
-ROLES = (POLICY_ADMIN, REFVALUE_ADMIN)
-_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+ROLES = (SECRET_ADMIN, POLICY_ADMIN, REFVALUE_ADMIN, AUDITOR, OPERATOR)
+_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+:/-]{0,127}$")
 
 Admins = Mapping[str, frozenset[str]]
 NO_ADMINS: Admins = MappingProxyType({})

@@ -17,6 +17,8 @@ Invariants:
   values) narrows which of those certificates are served. Without them the config describes a
   plaintext verifier, which ``keybroker verifier serve`` runs only with
   ``--insecure-plaintext`` on loopback.
+- Admin API: ``admin_listen`` and the ``admin_*`` keys as for the broker
+  (``keybroker.admin_auth.admin_settings``); admin calls are recorded in ``audit_database``.
 - The configuration only names trust-anchor files; each TEE folder loads its own
   (``verifier.dcap.trust.load_simulator_roots`` for ``simulator_intel_roots``).
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from keybroker.admin_auth import ADMIN_KEYS, AdminSettings, admin_settings
 from keybroker.errors import Malformed
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
@@ -49,6 +52,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
     "admins": dict, "reference_providers": list,
     "tls_cert": str, "tls_key": str, "tls_client_ca": str, "allowed_clients": list,
+    "audit_database": str, **{key: str for key in ADMIN_KEYS},
 }
 _TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
 _PROVIDER_KEYS = ("name", "key", "sets")
@@ -90,6 +94,8 @@ class VerifierConfig:
     reference_providers: tuple[ReferenceProvider, ...] = ()
     tls: TlsFiles | None = None  # None: plaintext, only with --insecure-plaintext on loopback
     allowed_clients: frozenset[str] = frozenset()
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    audit_database: Path = Path("verifier-audit.db")
 
 
 def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
@@ -175,6 +181,9 @@ def load_config(path: Path) -> VerifierConfig:
         admins=parse_admins(table.get("admins", {}), path, "verifier.admins"),
         reference_providers=_providers(path, table.get("reference_providers", [])),
         tls=_tls(path, table),
+        admin=admin_settings(table, path.parent, f"{path} [verifier]"),
+        audit_database=_paths(path, "audit_database",
+                              [table.get("audit_database", "verifier-audit.db")])[0],
         allowed_clients=_allowed_clients(path, table, table.get("allowed_clients", [])),
     )
 

@@ -20,19 +20,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from keybroker.admin_auth import Authenticator
+from keybroker.admin_gate import AdminGate, admin_enabled, start_admin_server
+from keybroker.audit_log import AuditLog
 from keybroker.errors import Malformed, Unavailable
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
-from keybroker.tls import ServerTls, check_plaintext
-from keybroker.v1 import verifier_pb2_grpc
+from keybroker.tls import ServerTls, TlsFiles, check_plaintext
+from keybroker.v1 import admin_pb2_grpc, verifier_pb2_grpc
 from verifier import registry
+from verifier.admin import VerifierAdminServicer
 from verifier.collateral.cache import CollateralStore
 from verifier.config import VerifierConfig, ensure_secure
 from verifier.policy.model import AppraisalPolicy
@@ -98,6 +103,29 @@ def build_servicer(
                                 clients=None if plaintext else config.allowed_clients)
     servicer.watched = watched
     return servicer
+
+
+async def start_verifier_admin(config: VerifierConfig, servicer: VerifierServicer,
+                               plaintext: bool
+                               ) -> tuple[grpc.aio.Server, ServerTls, AuditLog] | None:
+    """The VerifierAdmin API on ``admin_listen`` (when enabled: principals configured, TLS);
+    its calls are recorded in the verifier's own audit log (``audit_database``)."""
+    if not admin_enabled("verifier", config.admin.listen, config.admins, plaintext=plaintext):
+        return None
+    assert config.tls is not None  # TLS is required unless plaintext (checked at start)
+    tls = ServerTls(TlsFiles(config.tls.cert, config.tls.key, config.admin.client_ca),
+                    what="verifier admin")
+    audit = AuditLog(config.audit_database, clock=time.time)
+    gate = AdminGate("verifier", Authenticator(config.admins, config.admin.jwt), audit)
+
+    def in_force() -> Mapping[str, AppraisalPolicy]:
+        return servicer.watched.current.policies if servicer.watched is not None else {}
+
+    admin = VerifierAdminServicer(gate, config, in_force)
+    server, _ = await start_admin_server(
+        lambda s: admin_pb2_grpc.add_VerifierAdminServicer_to_server(admin, s),
+        config.admin.listen, tls)
+    return server, tls, audit
 
 
 def server_tls(config: VerifierConfig, *, plaintext: bool) -> ServerTls | None:
@@ -197,8 +225,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if tls is not None:
-        loop.add_signal_handler(signal.SIGHUP, tls.reload)
+    admin = await start_verifier_admin(config, servicer, plaintext)
+
+    def reload() -> None:
+        for server_tls in (tls, admin[1] if admin else None):
+            if server_tls is not None:
+                server_tls.reload()
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     servicer.start_background(config.policy_poll_seconds)
     logger.info("verifier serving on %s", server.address)
     on_ready(server.address)
@@ -208,5 +242,8 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         logger.info("verifier shutting down")
+        if admin is not None:
+            await admin[0].stop(SHUTDOWN_GRACE_SECONDS)
+            admin[2].close()
         await server.stop()
         await servicer.close()

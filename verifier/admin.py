@@ -1,0 +1,232 @@
+"""The verifier's admin API (keybroker.v1.VerifierAdmin): appraisal policies, reference values,
+the TCB report, audit and status.
+
+Invariants:
+- Every RPC goes through ``keybroker.admin_gate.AdminGate`` with the role of ``ROLE_OF``; the
+  author stored with a policy or reference-set version is the authenticated principal.
+- Appraisal policies compile before they are stored; reference values are checked as an
+  import (administrator documents need ``refvalue-admin``; a JWS manifest must verify under a
+  configured provider allowed to publish its set). The running service picks up changes
+  through its state poll.
+- Dry-run and the TCB report read recorded appraisals and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from keybroker.admin_auth import Principal
+from keybroker.admin_gate import AdminGate
+from keybroker.document import document_kind
+from keybroker.errors import Malformed
+from keybroker.policy_store import PolicyStore, PolicyVersion
+from keybroker.roles import AUDITOR, OPERATOR, POLICY_ADMIN, REFVALUE_ADMIN
+from keybroker.v1 import admin_pb2, admin_pb2_grpc
+from verifier.config import VerifierConfig
+from verifier.policy.compile import parse_policy
+from verifier.policy.dry_run import dry_run
+from verifier.policy.model import AppraisalPolicy
+from verifier.policy.tcb_report import tcb_report
+from verifier.records import AppraisalRecord, RecordStore
+from verifier.reference.manifest import load_provider
+from verifier.reference.store import ReferenceStore
+from verifier.reference.values import RefSetVersion, RefState
+
+Context = Any  # grpc.aio.ServicerContext (typed by the gate)
+KIND_POLICY = "AppraisalPolicy"
+_MAX_SINCE = 90 * 86400
+
+ROLE_OF = {
+    "Status": OPERATOR, "TcbReport": OPERATOR,
+    "ValidatePolicy": POLICY_ADMIN, "ApplyPolicy": POLICY_ADMIN, "PolicyHistory": POLICY_ADMIN,
+    "RollbackPolicy": POLICY_ADMIN, "DryRunPolicy": POLICY_ADMIN,
+    "ImportReferenceValues": REFVALUE_ADMIN, "SetReferenceState": REFVALUE_ADMIN,
+    "ListReferenceValues": REFVALUE_ADMIN,
+    "ListAudit": AUDITOR, "VerifyAudit": AUDITOR,
+}
+_STATES = {"active": RefState.ACTIVE, "deprecated": RefState.DEPRECATED,
+           "retired": RefState.RETIRED}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _json(value: object) -> admin_pb2.JsonResponse:
+    return admin_pb2.JsonResponse(json=json.dumps(value, sort_keys=True, default=str))
+
+
+def _version(v: PolicyVersion) -> admin_pb2.DocumentVersion:
+    return admin_pb2.DocumentVersion(
+        kind=v.kind, name=v.name, version=v.version, digest=v.digest, author=v.author,
+        comment=v.comment, created_at=v.created_at.isoformat(), action=v.action,
+        rollback_of=v.rollback_of or 0)
+
+
+def _refset(v: RefSetVersion) -> dict[str, object]:
+    return {"name": v.name, "version": v.version, "state": v.state.value,
+            "retire_at": v.retire_at.isoformat() if v.retire_at else None,
+            "provenance": v.provenance, "author": v.author,
+            "created_at": v.created_at.isoformat(), "values": len(v.values)}
+
+
+def _policy(request: admin_pb2.DocumentRequest | admin_pb2.DryRunRequest) -> AppraisalPolicy:
+    source = request.source or "request"
+    raw = bytes(request.document)
+    kind = document_kind(raw, source)
+    if kind != KIND_POLICY:
+        raise Malformed(f"{source}: the verifier stores AppraisalPolicy documents here",
+                        rule="admin.kind", expected=KIND_POLICY, actual=kind)
+    return parse_policy(raw, source)
+
+
+def _since(seconds: int) -> datetime:
+    if not 0 < seconds <= _MAX_SINCE:
+        raise Malformed("since_seconds out of range", rule="admin.since",
+                        expected=f"1..{_MAX_SINCE}", actual=str(seconds))
+    return _now() - timedelta(seconds=seconds)
+
+
+class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
+    """VerifierAdmin over the verifier's state database and one gate."""
+
+    def __init__(self, gate: AdminGate, config: VerifierConfig,
+                 in_force: Callable[[], Mapping[str, AppraisalPolicy]]) -> None:
+        self._gate = gate
+        self._config = config
+        self._in_force = in_force
+        self._policies = PolicyStore(config.state_db)
+        self._references = ReferenceStore(config.state_db)
+
+    def _records(self, seconds: int) -> list[AppraisalRecord]:
+        store = RecordStore(self._config.state_db,
+                            retention=timedelta(days=max(self._config.record_days, 1)))
+        try:
+            return store.since(_since(seconds))
+        finally:
+            store.close()
+
+    async def Status(self, request: admin_pb2.StatusRequest,
+                     context: Context) -> admin_pb2.StatusResponse:
+        def work(p: Principal) -> admin_pb2.StatusResponse:
+            status = {"policies_in_force": sorted(x.policy_id for x in self._in_force().values()),
+                      "reference_sets": sorted({v.name for v in self._references.versions()}),
+                      "audit_head": self._gate.audit.head()}
+            return admin_pb2.StatusResponse(service="verifier", principal=p.name,
+                                            roles=sorted(p.roles), json=json.dumps(status))
+        return await self._gate.call(context, "Status", ROLE_OF["Status"], work)
+
+    async def ValidatePolicy(self, request: admin_pb2.DocumentRequest,
+                             context: Context) -> admin_pb2.ValidateResponse:
+        def work(_: Principal) -> admin_pb2.ValidateResponse:
+            policy = _policy(request)
+            return admin_pb2.ValidateResponse(kind=KIND_POLICY, name=policy.name,
+                                              digest=policy.digest)
+        return await self._gate.call(context, "ValidatePolicy", ROLE_OF["ValidatePolicy"],
+                                     work)
+
+    async def ApplyPolicy(self, request: admin_pb2.DocumentRequest,
+                          context: Context) -> admin_pb2.DocumentVersion:
+        def work(p: Principal) -> admin_pb2.DocumentVersion:
+            policy = _policy(request)
+            return _version(self._policies.apply(KIND_POLICY, policy.name, bytes(request.document),
+                                                 author=p.name, comment=request.comment,
+                                                 now=_now()))
+        return await self._gate.call(context, "ApplyPolicy", ROLE_OF["ApplyPolicy"], work)
+
+    async def PolicyHistory(self, request: admin_pb2.NameRequest,
+                            context: Context) -> admin_pb2.DocumentHistory:
+        def work(_: Principal) -> admin_pb2.DocumentHistory:
+            return admin_pb2.DocumentHistory(versions=[
+                _version(v) for v in self._policies.history(KIND_POLICY, request.name)])
+        return await self._gate.call(context, "PolicyHistory", ROLE_OF["PolicyHistory"], work)
+
+    async def RollbackPolicy(self, request: admin_pb2.RollbackRequest,
+                             context: Context) -> admin_pb2.DocumentVersion:
+        def work(p: Principal) -> admin_pb2.DocumentVersion:
+            old = self._policies.get(KIND_POLICY, request.name, request.to_version)
+            parse_policy(old.document, f"{old.label} (stored)")
+            return _version(self._policies.rollback(
+                KIND_POLICY, request.name, request.to_version, author=p.name,
+                comment=request.comment, now=_now()))
+        return await self._gate.call(context, "RollbackPolicy", ROLE_OF["RollbackPolicy"],
+                                     work, target=f"{request.name[:64]}@{request.to_version}")
+
+    async def DryRunPolicy(self, request: admin_pb2.DryRunRequest,
+                           context: Context) -> admin_pb2.JsonResponse:
+        def work(_: Principal) -> admin_pb2.JsonResponse:
+            report = dry_run(_policy(request), self._records(request.since_seconds or 604800),
+                             self._references.snapshot())
+            return _json({"summary": report.summary(),
+                          "changed": [e.as_dict() for e in report.changed]})
+        return await self._gate.call(context, "DryRunPolicy", ROLE_OF["DryRunPolicy"], work)
+
+    async def ImportReferenceValues(self, request: admin_pb2.DocumentRequest,
+                                    context: Context) -> admin_pb2.JsonResponse:
+        def work(p: Principal) -> admin_pb2.JsonResponse:
+            raw, source = bytes(request.document), request.source or "request"
+            if raw.lstrip()[:1] == b"e":  # a compact JWS manifest ("eyJ...")
+                providers = [load_provider(x.name, x.key, x.sets)
+                             for x in self._config.reference_providers]
+                version = self._references.import_manifest(raw, source, providers,
+                                                           author=p.name,
+                                                           comment=request.comment, now=_now())
+            else:
+                version = self._references.import_admin(raw, source, author=p.name,
+                                                        comment=request.comment, now=_now())
+            return _json(_refset(version))
+        return await self._gate.call(context, "ImportReferenceValues",
+                                     ROLE_OF["ImportReferenceValues"], work)
+
+    async def SetReferenceState(self, request: admin_pb2.ReferenceStateRequest,
+                                context: Context) -> admin_pb2.JsonResponse:
+        def work(p: Principal) -> admin_pb2.JsonResponse:
+            to = _STATES.get(request.state)
+            if to is None:
+                raise Malformed("unknown reference-set state", rule="refvalues.state",
+                                expected=" | ".join(_STATES), actual=request.state[:32])
+            retire_at = (datetime.fromisoformat(request.retire_at.replace("Z", "+00:00"))
+                         if request.retire_at else None)
+            event = self._references.transition(request.name, request.version, to,
+                                                author=p.name, comment=request.comment,
+                                                now=_now(), retire_at=retire_at)
+            return _json({"name": event.name, "version": event.version,
+                          "from": event.from_state.value if event.from_state else None,
+                          "to": event.to_state.value})
+        return await self._gate.call(context, "SetReferenceState", ROLE_OF["SetReferenceState"],
+                                     work, target=f"{request.name[:64]}@{request.version} -> "
+                                                  f"{request.state[:16]}")
+
+    async def ListReferenceValues(self, request: admin_pb2.NameRequest,
+                                  context: Context) -> admin_pb2.JsonResponse:
+        def work(_: Principal) -> admin_pb2.JsonResponse:
+            return _json([_refset(v) for v in self._references.versions(request.name or None)])
+        return await self._gate.call(context, "ListReferenceValues",
+                                     ROLE_OF["ListReferenceValues"], work)
+
+    async def TcbReport(self, request: admin_pb2.TcbReportRequest,
+                        context: Context) -> admin_pb2.JsonResponse:
+        def work(_: Principal) -> admin_pb2.JsonResponse:
+            entries = tcb_report(self._in_force(), self._records(request.since_seconds or 604800),
+                                 self._references.snapshot())
+            return _json([e.as_dict() for e in entries])
+        return await self._gate.call(context, "TcbReport", ROLE_OF["TcbReport"], work)
+
+    async def ListAudit(self, request: admin_pb2.ListAuditRequest,
+                        context: Context) -> admin_pb2.JsonResponse:
+        def work(_: Principal) -> admin_pb2.JsonResponse:
+            records = [r for r in self._gate.audit.records() if r.seq > request.since_seq]
+            records = records[:request.limit] if request.limit else records
+            return admin_pb2.JsonResponse(json="\n".join(
+                json.dumps({"type": "record", **r.as_dict()}, sort_keys=True) for r in records))
+        return await self._gate.call(context, "ListAudit", ROLE_OF["ListAudit"], work)
+
+    async def VerifyAudit(self, request: admin_pb2.VerifyAuditRequest,
+                          context: Context) -> admin_pb2.VerifyAuditResponse:
+        def work(_: Principal) -> admin_pb2.VerifyAuditResponse:
+            count = self._gate.audit.verify_chain(expect_head=request.expect_head or None)
+            return admin_pb2.VerifyAuditResponse(records=count, head=self._gate.audit.head())
+        return await self._gate.call(context, "VerifyAudit", ROLE_OF["VerifyAudit"], work)
