@@ -32,6 +32,7 @@ import argparse
 from keybroker_cli.admin import appraisal as admin_appraisal
 from keybroker_cli.admin import policy as admin_policy
 from keybroker_cli.admin import refvalues as admin_refvalues
+from keybroker_cli.admin import remote as admin_remote
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,6 +48,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     refvalues = groups.add_parser("refvalues", help="reference-value sets")
     refvalues_cmds = refvalues.add_subparsers(dest="refvalues_command", required=True)
     admin_refvalues.register(refvalues_cmds)
+
+    admin_remote.register(groups)
 
     tcb = groups.add_parser("tcb", help="TCB debt of attesting platforms")
     tcb_cmds = tcb.add_subparsers(dest="tcb_command", required=True)

@@ -28,6 +28,10 @@ from keybroker.policy_store import PolicyStore, PolicyVersion
 from keybroker.roles import POLICY_ADMIN, require_role
 from keybroker_cli.admin.diff import semantic_diff, unified_diff
 from keybroker_cli.admin.documents import check_document
+from keybroker_cli.admin.remote import add_server_args, either
+from keybroker_cli.admin.remote import apply as remote_apply
+from keybroker_cli.admin.remote import history as remote_history
+from keybroker_cli.admin.remote import rollback as remote_rollback
 from keybroker_cli.admin.target import (
     EXIT_FAILED,
     EXIT_OK,
@@ -249,16 +253,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("apply", help="store a new version (after a full compile)")
     p.add_argument("file", metavar="FILE")
     add_change_args(p, config="verifier or broker TOML config", role="policy-admin")
-    p.set_defaults(func=command(_apply))
+    add_server_args(p, required=False)
+    p.set_defaults(func=command(either(_apply, remote_apply)))
 
     p = sub.add_parser("history", help="versions of a policy, oldest first")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--config", required=True, help="verifier or broker TOML config")
+    p.add_argument("--config", help="offline: verifier or broker TOML config")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=command(_history))
+    add_server_args(p, service=True, required=False)
+    p.set_defaults(func=command(either(_history, remote_history, needs=("config",),
+                                       service=True)))
 
     p = sub.add_parser("rollback", help="put an older version's document back in force")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", type=int, required=True, metavar="N", help="version to restore")
     add_change_args(p, config="verifier or broker TOML config", role="policy-admin")
-    p.set_defaults(func=command(_rollback))
+    add_server_args(p, service=True, required=False)
+    p.set_defaults(func=command(either(_rollback, remote_rollback, service=True)))

@@ -14,11 +14,13 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 from pathlib import Path
 
 from keybroker.roles import REFVALUE_ADMIN, require_role
+from keybroker_cli.admin.remote import add_server_args, either, refvalues_import, refvalues_state
 from keybroker_cli.admin.target import (
     EXIT_OK,
     Target,
@@ -135,7 +137,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                       "as a new staged version")
     p.add_argument("file", metavar="FILE", help="YAML/JSON document, or a .jws manifest")
     add_change_args(p, config="verifier TOML config", role="refvalue-admin")
-    p.set_defaults(func=command(_import))
+    add_server_args(p, required=False)
+    p.set_defaults(func=command(either(_import, refvalues_import, needs=("config",))))
 
     for name, body, what in (("activate", _activate, "staged -> active"),
                              ("deprecate", _deprecate, "active -> deprecated (needs "
@@ -148,7 +151,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument("--retire-at", required=True, metavar="T",
                            help="RFC 3339 instant after which the version no longer matches")
         add_change_args(p, config="verifier TOML config", role="refvalue-admin")
-        p.set_defaults(func=command(body))
+        add_server_args(p, required=False)
+        state = {"activate": "active", "deprecate": "deprecated", "retire": "retired"}[name]
+        p.set_defaults(func=command(either(body, functools.partial(refvalues_state,
+                                                                    state=state))))
 
     p = sub.add_parser("list", help="set versions with state and provenance")
     p.add_argument("name", nargs="?", metavar="NAME", help="only this set")

@@ -182,6 +182,6 @@ def read_file(path: Path) -> bytes:
 
 def add_change_args(parser: argparse.ArgumentParser, *, config: str, role: str) -> None:
     """The options every state-changing command takes: which service, who, and why."""
-    parser.add_argument("--config", required=True, help=config)
-    parser.add_argument("--author", required=True, help=f"identity holding {role}")
+    parser.add_argument("--config", help=f"offline: {config} (with --author)")
+    parser.add_argument("--author", help=f"offline: identity holding {role}")
     parser.add_argument("--comment", required=True, help="why (kept in the history)")

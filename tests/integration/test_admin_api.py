@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import jwt
@@ -295,3 +296,43 @@ def test_admin_api_applied_rules_carry_the_principal(env: Env) -> None:
         history = admin_pb2_grpc.BrokerAdminStub(channel).RulesHistory(
             admin_pb2.NameRequest(name="release-rules"), metadata=env.metadata("pa"))
     assert any(v.author == "pa" and v.action == "apply" for v in history.versions)
+
+
+def _cli_identity(env: Env, who: str) -> list[str]:
+    tls = env.layout.tls
+    if env.mode == "mtls":
+        return ["--ca", str(tls.ca), "--cert", str(tls.cert(who)), "--key", str(tls.key(who))]
+    return ["--ca", str(tls.ca), "--token", env.token(who)]
+
+
+def test_admin_api_cli_is_a_client_of_the_api(env: Env, capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
+    """`keybroker admin ... --server` drives the API with the channel's identity: generate a
+    secret, apply and list policy history (author = principal), verify the audit, status;
+    --author next to --server is a usage error; a wrong role is exit 1 naming admin.role."""
+    from keybroker_cli.main import main  # noqa: PLC0415 - the operator's command
+
+    broker = ["--server", env.broker_admin]
+    verifier = ["--server", env.verifier_admin]
+    assert main(["admin", "secret", "generate", f"cli/{env.mode}", "--length", "24",
+                 *broker, *_cli_identity(env, "sa")]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    policy = tmp_path / "snp-demo.yaml"
+    policy.write_bytes((env.layout.verifier / "policies" / "snp-demo.yaml").read_bytes()
+                       + b"description: applied through the admin API\n")
+    assert main(["admin", "policy", "apply", str(policy), "--comment", "via the API",
+                 *verifier, *_cli_identity(env, "pa")]) == 0
+    assert capsys.readouterr().out.startswith("applied AppraisalPolicy snp-demo@")
+    assert main(["admin", "policy", "history", "snp-demo", "--service", "verifier",
+                 *verifier, *_cli_identity(env, "pa")]) == 0
+    assert " pa apply " in capsys.readouterr().out
+    assert main(["admin", "audit", "verify", "--service", "broker", *broker,
+                 *_cli_identity(env, "au")]) == 0
+    assert "audit chain OK" in capsys.readouterr().out
+    assert main(["admin", "status", "--service", "verifier", *verifier,
+                 *_cli_identity(env, "op")]) == 0
+    assert "principal op roles operator" in capsys.readouterr().out
+    assert main(["admin", "policy", "apply", str(policy), "--comment", "x", "--author", "pa",
+                 *verifier, *_cli_identity(env, "pa")]) == 2
+    assert main(["admin", "secret", "list", *broker, *_cli_identity(env, "op")]) == 1
+    assert "expected role secret-admin, actual operator" in capsys.readouterr().err
