@@ -20,10 +20,11 @@ from broker.rules import KIND as RULES_KIND
 from broker.rules import parse_rules
 from broker.secrets import VersionConflict
 from keybroker.admin_auth import Principal
+from keybroker.admin_documents import DocumentAdmin, audit_lines, verify_audit
 from keybroker.admin_gate import AdminGate
 from keybroker.document import document_kind
 from keybroker.errors import Malformed
-from keybroker.policy_store import PolicyStore, PolicyVersion
+from keybroker.policy_store import PolicyStore
 from keybroker.roles import AUDITOR, OPERATOR, POLICY_ADMIN, SECRET_ADMIN
 from keybroker.v1 import admin_pb2, admin_pb2_grpc
 
@@ -39,14 +40,6 @@ ROLE_OF = {
 }
 
 
-def version_message(v: PolicyVersion) -> admin_pb2.DocumentVersion:
-    """A stored policy version on the wire."""
-    return admin_pb2.DocumentVersion(
-        kind=v.kind, name=v.name, version=v.version, digest=v.digest, author=v.author,
-        comment=v.comment, created_at=v.created_at.isoformat(), action=v.action,
-        rollback_of=v.rollback_of or 0)
-
-
 def _json(value: object) -> admin_pb2.JsonResponse:
     return admin_pb2.JsonResponse(json=json.dumps(value, sort_keys=True))
 
@@ -55,14 +48,12 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _rules_document(request: admin_pb2.DocumentRequest) -> tuple[str, bytes, str]:
-    source = request.source or "request"
-    raw = bytes(request.document)
+def _compile_rules(raw: bytes, source: str) -> str:
     kind = document_kind(raw, source)
     if kind != RULES_KIND:
         raise Malformed(f"{source}: the broker stores ReleaseRules documents",
                         rule="admin.kind", expected=RULES_KIND, actual=kind)
-    return parse_rules(raw, source).name, raw, source
+    return parse_rules(raw, source).name
 
 
 class BrokerAdminServicer(admin_pb2_grpc.BrokerAdminServicer):
@@ -71,7 +62,7 @@ class BrokerAdminServicer(admin_pb2_grpc.BrokerAdminServicer):
     def __init__(self, gate: AdminGate, broker: Broker, policies: PolicyStore) -> None:
         self._gate = gate
         self._broker = broker
-        self._policies = policies
+        self._rules = DocumentAdmin(policies, RULES_KIND, _compile_rules)
 
     async def Status(self, request: admin_pb2.StatusRequest,
                      context: Context) -> admin_pb2.StatusResponse:
@@ -137,75 +128,43 @@ class BrokerAdminServicer(admin_pb2_grpc.BrokerAdminServicer):
     async def ValidateRules(self, request: admin_pb2.DocumentRequest,
                             context: Context) -> admin_pb2.ValidateResponse:
         def work(_: Principal) -> admin_pb2.ValidateResponse:
-            name, raw, source = _rules_document(request)
-            return admin_pb2.ValidateResponse(kind=RULES_KIND, name=name,
+            raw, source = bytes(request.document), request.source or "request"
+            _compile_rules(raw, source)
+            return admin_pb2.ValidateResponse(kind=RULES_KIND, name=parse_rules(raw, source).name,
                                               digest=parse_rules(raw, source).digest)
         return await self._gate.call(context, "ValidateRules", ROLE_OF["ValidateRules"], work)
 
     async def ApplyRules(self, request: admin_pb2.DocumentRequest,
                          context: Context) -> admin_pb2.DocumentVersion:
-        def work(p: Principal) -> admin_pb2.DocumentVersion:
-            name, raw, _ = _rules_document(request)
-            return version_message(self._policies.apply(
-                RULES_KIND, name, raw, author=p.name, comment=request.comment, now=_now()))
-        return await self._gate.call(context, "ApplyRules", ROLE_OF["ApplyRules"], work)
+        return await self._gate.call(context, "ApplyRules", ROLE_OF["ApplyRules"], lambda p:
+                                     self._rules.apply(bytes(request.document),
+                                                       request.source or "request", p.name,
+                                                       request.comment))
 
     async def RulesHistory(self, request: admin_pb2.NameRequest,
                            context: Context) -> admin_pb2.DocumentHistory:
-        def work(_: Principal) -> admin_pb2.DocumentHistory:
-            return admin_pb2.DocumentHistory(versions=[
-                version_message(v) for v in self._policies.history(RULES_KIND, request.name)])
-        return await self._gate.call(context, "RulesHistory", ROLE_OF["RulesHistory"], work)
+        return await self._gate.call(context, "RulesHistory", ROLE_OF["RulesHistory"],
+                                     lambda _: self._rules.history(request.name))
 
     async def RollbackRules(self, request: admin_pb2.RollbackRequest,
                             context: Context) -> admin_pb2.DocumentVersion:
-        def work(p: Principal) -> admin_pb2.DocumentVersion:
-            old = self._policies.get(RULES_KIND, request.name, request.to_version)
-            parse_rules(old.document, f"{old.label} (stored)")
-            return version_message(self._policies.rollback(
-                RULES_KIND, request.name, request.to_version, author=p.name,
-                comment=request.comment, now=_now()))
-        return await self._gate.call(context, "RollbackRules", ROLE_OF["RollbackRules"], work,
+        return await self._gate.call(context, "RollbackRules", ROLE_OF["RollbackRules"],
+                                     lambda p: self._rules.rollback(request, p.name),
                                      target=f"{request.name[:64]}@{request.to_version}")
 
     async def ListAudit(self, request: admin_pb2.ListAuditRequest,
                         context: Context) -> admin_pb2.JsonResponse:
         return await self._gate.call(context, "ListAudit", ROLE_OF["ListAudit"],
-                                     lambda _: audit_lines(self._gate, request, False))
+                                     lambda _: audit_lines(self._gate.audit, request, False))
 
     async def ExportAudit(self, request: admin_pb2.ListAuditRequest,
                           context: Context) -> admin_pb2.JsonResponse:
         return await self._gate.call(context, "ExportAudit", ROLE_OF["ExportAudit"],
-                                     lambda _: audit_lines(self._gate, request, True))
+                                     lambda _: audit_lines(self._gate.audit, request, True))
 
     async def VerifyAudit(self, request: admin_pb2.VerifyAuditRequest,
                           context: Context) -> admin_pb2.VerifyAuditResponse:
         mac = self._broker.secrets.ring.backend.audit_mac
         return await self._gate.call(context, "VerifyAudit", ROLE_OF["VerifyAudit"],
-                                     lambda _: verify_audit(self._gate, request, mac))
+                                     lambda _: verify_audit(self._gate.audit, request, mac))
 
-
-def audit_lines(gate: AdminGate, request: admin_pb2.ListAuditRequest,
-                with_checkpoints: bool) -> admin_pb2.JsonResponse:
-    """Records after ``since_seq`` (at most ``limit``) as JSON Lines; with the keyed
-    checkpoints after the record each ends on when exporting."""
-    records = [r for r in gate.audit.records() if r.seq > request.since_seq]
-    if request.limit:
-        records = records[:request.limit]
-    checkpoints = {c.to_seq: c for c in gate.audit.checkpoints()} if with_checkpoints else {}
-    lines = []
-    for rec in records:
-        lines.append(json.dumps({"type": "record", **rec.as_dict()}, sort_keys=True))
-        if rec.seq in checkpoints:
-            lines.append(json.dumps(checkpoints[rec.seq].as_dict(), sort_keys=True))
-    return admin_pb2.JsonResponse(json="\n".join(lines))
-
-
-def verify_audit(gate: AdminGate, request: admin_pb2.VerifyAuditRequest,
-                 mac: Any) -> admin_pb2.VerifyAuditResponse:
-    """Chain and checkpoints (``mac`` None: the chain only); names the first bad record."""
-    count = gate.audit.verify_chain(expect_head=request.expect_head or None, mac=mac)
-    checkpoints = gate.audit.checkpoints()
-    return admin_pb2.VerifyAuditResponse(
-        records=count, head=gate.audit.head(), checkpoints=len(checkpoints),
-        covered_to=checkpoints[-1].to_seq if checkpoints else 0)

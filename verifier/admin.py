@@ -19,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keybroker.admin_auth import Principal
+from keybroker.admin_documents import DocumentAdmin, audit_lines, verify_audit
 from keybroker.admin_gate import AdminGate
 from keybroker.document import document_kind
 from keybroker.errors import Malformed
-from keybroker.policy_store import PolicyStore, PolicyVersion
+from keybroker.policy_store import PolicyStore
 from keybroker.roles import AUDITOR, OPERATOR, POLICY_ADMIN, REFVALUE_ADMIN
 from keybroker.v1 import admin_pb2, admin_pb2_grpc
 from verifier.config import VerifierConfig
@@ -59,13 +60,6 @@ def _json(value: object) -> admin_pb2.JsonResponse:
     return admin_pb2.JsonResponse(json=json.dumps(value, sort_keys=True, default=str))
 
 
-def _version(v: PolicyVersion) -> admin_pb2.DocumentVersion:
-    return admin_pb2.DocumentVersion(
-        kind=v.kind, name=v.name, version=v.version, digest=v.digest, author=v.author,
-        comment=v.comment, created_at=v.created_at.isoformat(), action=v.action,
-        rollback_of=v.rollback_of or 0)
-
-
 def _refset(v: RefSetVersion) -> dict[str, object]:
     return {"name": v.name, "version": v.version, "state": v.state.value,
             "retire_at": v.retire_at.isoformat() if v.retire_at else None,
@@ -74,8 +68,10 @@ def _refset(v: RefSetVersion) -> dict[str, object]:
 
 
 def _policy(request: admin_pb2.DocumentRequest | admin_pb2.DryRunRequest) -> AppraisalPolicy:
-    source = request.source or "request"
-    raw = bytes(request.document)
+    return _policy_of(bytes(request.document), request.source or "request")
+
+
+def _policy_of(raw: bytes, source: str) -> AppraisalPolicy:
     kind = document_kind(raw, source)
     if kind != KIND_POLICY:
         raise Malformed(f"{source}: the verifier stores AppraisalPolicy documents here",
@@ -98,7 +94,8 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
         self._gate = gate
         self._config = config
         self._in_force = in_force
-        self._policies = PolicyStore(config.state_db)
+        self._policies = DocumentAdmin(PolicyStore(config.state_db), KIND_POLICY,
+                                       lambda raw, src: _policy_of(raw, src).name)
         self._references = ReferenceStore(config.state_db)
 
     def _records(self, seconds: int) -> list[AppraisalRecord]:
@@ -130,30 +127,21 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
 
     async def ApplyPolicy(self, request: admin_pb2.DocumentRequest,
                           context: Context) -> admin_pb2.DocumentVersion:
-        def work(p: Principal) -> admin_pb2.DocumentVersion:
-            policy = _policy(request)
-            return _version(self._policies.apply(KIND_POLICY, policy.name, bytes(request.document),
-                                                 author=p.name, comment=request.comment,
-                                                 now=_now()))
-        return await self._gate.call(context, "ApplyPolicy", ROLE_OF["ApplyPolicy"], work)
+        return await self._gate.call(context, "ApplyPolicy", ROLE_OF["ApplyPolicy"], lambda p:
+                                     self._policies.apply(bytes(request.document),
+                                                          request.source or "request", p.name,
+                                                          request.comment))
 
     async def PolicyHistory(self, request: admin_pb2.NameRequest,
                             context: Context) -> admin_pb2.DocumentHistory:
-        def work(_: Principal) -> admin_pb2.DocumentHistory:
-            return admin_pb2.DocumentHistory(versions=[
-                _version(v) for v in self._policies.history(KIND_POLICY, request.name)])
-        return await self._gate.call(context, "PolicyHistory", ROLE_OF["PolicyHistory"], work)
+        return await self._gate.call(context, "PolicyHistory", ROLE_OF["PolicyHistory"],
+                                     lambda _: self._policies.history(request.name))
 
     async def RollbackPolicy(self, request: admin_pb2.RollbackRequest,
                              context: Context) -> admin_pb2.DocumentVersion:
-        def work(p: Principal) -> admin_pb2.DocumentVersion:
-            old = self._policies.get(KIND_POLICY, request.name, request.to_version)
-            parse_policy(old.document, f"{old.label} (stored)")
-            return _version(self._policies.rollback(
-                KIND_POLICY, request.name, request.to_version, author=p.name,
-                comment=request.comment, now=_now()))
         return await self._gate.call(context, "RollbackPolicy", ROLE_OF["RollbackPolicy"],
-                                     work, target=f"{request.name[:64]}@{request.to_version}")
+                                     lambda p: self._policies.rollback(request, p.name),
+                                     target=f"{request.name[:64]}@{request.to_version}")
 
     async def DryRunPolicy(self, request: admin_pb2.DryRunRequest,
                            context: Context) -> admin_pb2.JsonResponse:
@@ -217,16 +205,10 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
 
     async def ListAudit(self, request: admin_pb2.ListAuditRequest,
                         context: Context) -> admin_pb2.JsonResponse:
-        def work(_: Principal) -> admin_pb2.JsonResponse:
-            records = [r for r in self._gate.audit.records() if r.seq > request.since_seq]
-            records = records[:request.limit] if request.limit else records
-            return admin_pb2.JsonResponse(json="\n".join(
-                json.dumps({"type": "record", **r.as_dict()}, sort_keys=True) for r in records))
-        return await self._gate.call(context, "ListAudit", ROLE_OF["ListAudit"], work)
+        return await self._gate.call(context, "ListAudit", ROLE_OF["ListAudit"],
+                                     lambda _: audit_lines(self._gate.audit, request, False))
 
     async def VerifyAudit(self, request: admin_pb2.VerifyAuditRequest,
                           context: Context) -> admin_pb2.VerifyAuditResponse:
-        def work(_: Principal) -> admin_pb2.VerifyAuditResponse:
-            count = self._gate.audit.verify_chain(expect_head=request.expect_head or None)
-            return admin_pb2.VerifyAuditResponse(records=count, head=self._gate.audit.head())
-        return await self._gate.call(context, "VerifyAudit", ROLE_OF["VerifyAudit"], work)
+        return await self._gate.call(context, "VerifyAudit", ROLE_OF["VerifyAudit"],
+                                     lambda _: verify_audit(self._gate.audit, request, None))
