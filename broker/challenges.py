@@ -89,7 +89,13 @@ def challenge_schema(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE challenges ADD COLUMN peer TEXT NOT NULL DEFAULT ''")
         db.execute("ALTER TABLE challenges ADD COLUMN channel BLOB NOT NULL DEFAULT x''")
     db.execute("CREATE INDEX IF NOT EXISTS challenges_expiry ON challenges (expires_at)")
-    db.execute("CREATE INDEX IF NOT EXISTS challenges_peer ON challenges (peer, expires_at)")
+    # Outstanding challenges only: the bounds count these on every issue, so the count stays
+    # proportional to what is outstanding, not to everything issued within the TTL.
+    db.execute("DROP INDEX IF EXISTS challenges_peer")
+    db.execute("CREATE INDEX IF NOT EXISTS challenges_open ON challenges (expires_at)"
+               " WHERE consumed_at IS NULL")
+    db.execute("CREATE INDEX IF NOT EXISTS challenges_open_peer ON challenges (peer, expires_at)"
+               " WHERE consumed_at IS NULL")
 
 
 def validate_key_ids(key_ids: Sequence[str]) -> tuple[str, ...]:
