@@ -9,8 +9,7 @@ Invariants:
   ``auditor`` (list, verify and export the audit log) and ``operator`` (read-only status and
   the TCB report). Anything else (unknown role, duplicate role, non-string, bad identity) is
   ``Malformed`` naming the config file and key, so a typo never grants or silently drops a role.
-- An identity absent from the table holds no role: ``require_role`` refuses it with
-  PLATFORM_POLICY "not authorised" (expected the role, actual the identity's roles).
+- An identity absent from the table holds no role (``keybroker.admin_auth`` refuses it).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from keybroker.errors import Malformed, PlatformPolicyViolation
+from keybroker.errors import Malformed
 
 SECRET_ADMIN = "secret-admin"
 AUDITOR = "auditor"
@@ -61,13 +60,3 @@ def parse_admins(value: object, path: Path, key: str) -> Admins:
             seen.add(role)
         out[identity] = frozenset(seen)
     return MappingProxyType(out)
-
-
-def require_role(admins: Admins, identity: str, role: str) -> None:
-    """Refuse (PLATFORM_POLICY) unless ``identity`` holds ``role``."""
-    held = admins.get(identity)
-    if held is None or role not in held:
-        raise PlatformPolicyViolation(
-            f"'{identity}' is not authorised", rule=f"admins.{role}",
-            expected=f"an identity with role {role}",
-            actual=", ".join(sorted(held)) if held else "no role")

@@ -28,6 +28,7 @@ from pathlib import Path
 from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
 from keybroker.errors import KeybrokerError
+from keybroker_cli import demo_serve
 from keybroker_cli.demo_setup import (
     DEMO_AGENT,
     DEMO_IMAGE,
@@ -54,10 +55,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="timed in-process releases after the first (default 20)")
     parser.add_argument("--tee", choices=TEES, default="snp",
                         help="simulated platform: snp (default), tdx or sgx")
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("--serve", action="store_true",
+                      help="start the services of an existing --workdir in the background, "
+                           "with their admin APIs, and write admin client profiles")
+    keep.add_argument("--stop", action="store_true",
+                      help="stop the services --serve started")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """The demo, or (``--serve`` / ``--stop``) its services kept running in the background."""
+    if args.serve or args.stop:
+        if args.workdir is None:
+            print("--serve and --stop need --workdir", file=sys.stderr)
+            return 2
+        layout = DemoLayout(args.workdir.resolve())
+        return demo_serve.serve(layout) if args.serve else demo_serve.stop(layout)
+    return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when one release and one denial happened as expected."""
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="keybroker-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

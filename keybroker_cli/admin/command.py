@@ -5,22 +5,24 @@ Synopsis::
     keybroker admin policy schema KIND
     keybroker admin policy validate FILE...
     keybroker admin policy diff OLD NEW | diff --config CFG NAME NEW   [--json]
-    keybroker admin policy apply FILE --config CFG --author A --comment C
-    keybroker admin policy history NAME --config CFG [--json]
-    keybroker admin policy rollback NAME --to N --config CFG --author A --comment C
+    keybroker admin policy apply FILE --comment C API
+    keybroker admin policy history NAME (--config CFG | --service S API) [--json]
+    keybroker admin policy rollback NAME --to N --service S --comment C API
     keybroker admin policy test FILE --cases DIR [--refs REFFILE...]
     keybroker admin policy dry-run FILE --config CFG [--since 7d] [--json]
-    keybroker admin refvalues import FILE --config CFG --author A --comment C
-    keybroker admin refvalues activate|retire NAME VERSION --config CFG --author A --comment C
-    keybroker admin refvalues deprecate NAME VERSION --retire-at T --config CFG --author A
-        --comment C
+    keybroker admin refvalues import FILE --comment C API
+    keybroker admin refvalues activate|retire NAME VERSION --comment C API
+    keybroker admin refvalues deprecate NAME VERSION --retire-at T --comment C API
     keybroker admin refvalues list [NAME] --config CFG [--json]
     keybroker admin tcb report --config CFG [--since 7d] [--json]
+    keybroker admin secret|audit|status ... API
+    where API is --profile FILE, or --server HOST:PORT --ca CA (--cert C --key K | --token T)
 
 Invariants:
-- CFG is the service's own config file (verifier.toml or broker.toml); the commands read and
-  write exactly the stores the service uses, so there is no second source of truth. Running
-  services pick up changes by polling the stores (``policy_poll_seconds``).
+- Changes go only through a service's admin API: the identity is the channel's (client
+  certificate or bearer JWT), never an argument, and the service records it
+  (``keybroker_cli.admin.remote``). CFG (the service's own config file) is only read, by the
+  offline reports, so they see exactly the stores the service uses.
 - Exit codes: 0 ok, 1 refused or failed (``error <CATEGORY>: <reason> (expected ..., actual
   ...)`` on stderr, with ``file:line`` for document errors), 2 usage.
 """

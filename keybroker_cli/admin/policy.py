@@ -3,13 +3,11 @@
 Invariants:
 - ``validate`` and ``diff`` are offline: they read files (and, for ``diff --config``, the
   version in force) and never write.
-- ``apply`` checks the author's ``policy-admin`` role, then compiles the document completely
-  (schema, typed sections, CEL) before anything is written; a refused document leaves the
-  versions in force untouched. The kind comes from the document and must belong to the
-  service whose config is given (appraisal policies: verifier ``state_db``; release rules:
-  broker ``database``), else exit 2.
-- ``rollback`` re-checks the old document with today's compiler before appending it as a new
-  version, so a rollback can never put a document in force that the service would refuse.
+- ``apply`` and ``rollback`` go through the admin API (``keybroker_cli.admin.remote``): the
+  service checks the caller's ``policy-admin`` role and compiles the document completely
+  (rollback: the old document, with today's compiler) before anything is written; a refused
+  document leaves the versions in force untouched. The kind picks the service (appraisal
+  policies: verifier; release rules: broker).
 - The version in force of a name is the store's latest version; a name that was never stored
   falls back to the service's seed file (what the service stores on its first start).
 """
@@ -22,24 +20,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from keybroker.document import KINDS, document_kind, schema
+from keybroker.document import KINDS, schema
 from keybroker.errors import KeybrokerError, Malformed
 from keybroker.policy_store import PolicyStore, PolicyVersion
-from keybroker.roles import POLICY_ADMIN, require_role
 from keybroker_cli.admin.diff import semantic_diff, unified_diff
 from keybroker_cli.admin.documents import check_document
-from keybroker_cli.admin.remote import add_server_args, either
+from keybroker_cli.admin.remote import add_server_args, either, online
 from keybroker_cli.admin.remote import apply as remote_apply
 from keybroker_cli.admin.remote import history as remote_history
 from keybroker_cli.admin.remote import rollback as remote_rollback
 from keybroker_cli.admin.target import (
     EXIT_FAILED,
     EXIT_OK,
-    KIND_POLICY,
-    KIND_RULES,
     Target,
-    UsageError,
-    add_change_args,
     command,
     load_target,
     print_error,
@@ -142,52 +135,6 @@ def _print_version(verb: str, version: PolicyVersion) -> None:
           f"by {version.author}")
 
 
-def _apply(args: argparse.Namespace) -> int:
-    target = load_target(Path(args.config))
-    path = Path(args.file)
-    raw = read_file(path)
-    kind = document_kind(raw, str(path))
-    if kind not in (KIND_POLICY, KIND_RULES):
-        raise UsageError(f"{path}: {kind} documents are not policies (use "
-                         "'admin refvalues import' for ReferenceValues)")
-    target.require_service(kind)
-    require_role(target.admins, args.author, POLICY_ADMIN)
-    checked = check_document(raw, str(path), now=utc_now())
-    if kind == KIND_POLICY:
-        _warn_unusable_references(target, raw, str(path))
-    store = PolicyStore(target.store_path)
-    try:
-        version = store.apply(kind, checked.name, raw, author=args.author,
-                              comment=args.comment, now=utc_now())
-    finally:
-        store.close()
-    _print_version("applied", version)
-    return EXIT_OK
-
-
-def _warn_unusable_references(target: Target, raw: bytes, source: str) -> None:
-    """Warn (never refuse: sets are staged during roll-outs) when a bound set has no active or
-    deprecated version, since every appraisal under the policy would then be denied."""
-    from verifier.policy.compile import parse_policy  # noqa: PLC0415
-    from verifier.reference.store import ReferenceStore  # noqa: PLC0415
-    from verifier.reference.values import RefState  # noqa: PLC0415
-
-    policy = parse_policy(raw, source)
-    if not policy.references:
-        return
-    store = ReferenceStore(target.store_path)
-    try:
-        usable = {v.name for v in store.versions()
-                  if v.state in (RefState.ACTIVE, RefState.DEPRECATED)}
-    finally:
-        store.close()
-    for binding in policy.references:
-        if binding.set_name not in usable:
-            print(f"warning: {source}:{binding.line}: reference set '{binding.set_name}' has "
-                  "no active version yet; appraisals under this policy are denied until one "
-                  "is activated", file=sys.stderr)
-
-
 def _history_dict(v: PolicyVersion) -> dict[str, object]:
     return {"kind": v.kind, "name": v.name, "version": v.version, "digest": v.digest,
             "author": v.author, "comment": v.comment, "created_at": rfc3339(v.created_at),
@@ -215,22 +162,6 @@ def _history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _rollback(args: argparse.Namespace) -> int:
-    target = load_target(Path(args.config))
-    require_role(target.admins, args.author, POLICY_ADMIN)
-    kind = target.policy_kind
-    store = PolicyStore(target.store_path)
-    try:
-        old = store.get(kind, args.name, args.to)
-        check_document(old.document, f"{old.label} (stored)", now=utc_now())
-        version = store.rollback(kind, args.name, args.to, author=args.author,
-                                 comment=args.comment, now=utc_now())
-    finally:
-        store.close()
-    _print_version("rolled back", version)
-    return EXIT_OK
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``policy`` commands (schema, validate, diff, apply, history, rollback)."""
     p = sub.add_parser("schema", help="print a document kind's JSON Schema")
@@ -252,21 +183,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("apply", help="store a new version (after a full compile)")
     p.add_argument("file", metavar="FILE")
-    add_change_args(p, config="verifier or broker TOML config", role="policy-admin")
-    add_server_args(p, required=False)
-    p.set_defaults(func=command(either(_apply, remote_apply)))
+    p.add_argument("--comment", required=True, help="why (kept in the history)")
+    add_server_args(p)
+    p.set_defaults(func=command(online(remote_apply)))
 
     p = sub.add_parser("history", help="versions of a policy, oldest first")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--config", help="offline: verifier or broker TOML config")
     p.add_argument("--json", action="store_true")
     add_server_args(p, service=True, required=False)
-    p.set_defaults(func=command(either(_history, remote_history, needs=("config",),
-                                       service=True)))
+    p.set_defaults(func=command(either(_history, remote_history, service=True)))
 
     p = sub.add_parser("rollback", help="put an older version's document back in force")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--to", type=int, required=True, metavar="N", help="version to restore")
-    add_change_args(p, config="verifier or broker TOML config", role="policy-admin")
-    add_server_args(p, service=True, required=False)
-    p.set_defaults(func=command(either(_rollback, remote_rollback, service=True)))
+    p.add_argument("--comment", required=True, help="why (kept in the history)")
+    add_server_args(p, service=True)
+    p.set_defaults(func=command(online(remote_rollback, service=True)))

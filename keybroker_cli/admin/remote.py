@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,15 @@ from keybroker.document import document_kind
 from keybroker.rpc_errors import error_from_rpc
 from keybroker.tls import client_credentials
 from keybroker.v1 import admin_pb2, admin_pb2_grpc
-from keybroker_cli.admin.target import EXIT_OK, KIND_RULES, UsageError, command, read_file
+from keybroker_cli.admin.target import (
+    EXIT_OK,
+    KIND_RULES,
+    UsageError,
+    command,
+    parse_instant,
+    read_file,
+    rfc3339,
+)
 
 SERVICES = ("broker", "verifier")
 
@@ -36,10 +45,12 @@ def add_server_args(parser: argparse.ArgumentParser, *, service: bool = False,
     """``--server``, ``--ca``, ``--cert/--key``, ``--token``/``--token-file`` (+ ``--service``);
     ``required`` False where the offline ``--config`` form is the alternative."""
     group = parser.add_argument_group("admin API")
-    group.add_argument("--server", required=required, metavar="HOST:PORT",
+    group.add_argument("--profile", type=Path,
+                       help="client profile (TOML: ca, cert + key or token_file, and the "
+                            "verifier and broker admin addresses) instead of the options below")
+    group.add_argument("--server", metavar="HOST:PORT",
                        help="the service's admin_listen address")
-    group.add_argument("--ca", required=required, type=Path,
-                       help="CA bundle of the server's certificate")
+    group.add_argument("--ca", type=Path, help="CA bundle of the server's certificate")
     group.add_argument("--cert", type=Path, help="client certificate (mutual TLS identity)")
     group.add_argument("--key", type=Path, help="its private key")
     group.add_argument("--token", help="bearer JWT (identity without a client certificate)")
@@ -47,30 +58,62 @@ def add_server_args(parser: argparse.ArgumentParser, *, service: bool = False,
     if service:
         group.add_argument("--service", choices=SERVICES, required=required,
                            help="which service's admin API --server is")
+    del required  # --server/--ca or --profile: checked when the command runs
+
+
+def online(action: Callable[[argparse.Namespace], int], *,
+           service: bool = False) -> Callable[[argparse.Namespace], int]:
+    """``action`` through the admin API: ``--profile`` or ``--server`` + ``--ca`` required
+    (and ``--service`` where the command needs it)."""
+    def run(args: argparse.Namespace) -> int:
+        if not getattr(args, "profile", None) and not (args.server and args.ca):
+            raise UsageError("give --profile, or --server and --ca (the admin API)")
+        if service and args.service is None:
+            raise UsageError("give --service broker|verifier")
+        return action(args)
+    return run
 
 
 def either(offline: Callable[[argparse.Namespace], int],
-           online: Callable[[argparse.Namespace], int],
-           *, needs: tuple[str, ...] = ("config", "author"),
-           service: bool = False) -> Callable[[argparse.Namespace], int]:
-    """The admin API form when ``--server`` is given (no ``--author``: the channel says who),
-    else the offline ``--config`` form (single host, direct store access)."""
+           api: Callable[[argparse.Namespace], int],
+           *, service: bool = False) -> Callable[[argparse.Namespace], int]:
+    """Read-only commands: the admin API form with ``--profile``/``--server``, else the
+    offline ``--config`` form (reads the service's store files)."""
     def run(args: argparse.Namespace) -> int:
-        if args.server:
-            if getattr(args, "author", None) or getattr(args, "config", None):
-                raise UsageError("--server takes the identity from the channel: drop "
-                                 "--config/--author")
-            if args.ca is None or (service and args.service is None):
-                raise UsageError("--server needs --ca" + (" and --service" if service else ""))
-            return online(args)
-        missing = [f"--{n}" for n in needs if not getattr(args, n, None)]
-        if missing:
-            raise UsageError(f"give --server (admin API) or {' and '.join(missing)}")
+        if getattr(args, "profile", None) or args.server:
+            if getattr(args, "config", None):
+                raise UsageError("give --config (offline) or the admin API, not both")
+            return online(api, service=service)(args)
+        if not getattr(args, "config", None):
+            raise UsageError("give --config (offline) or --profile/--server (admin API)")
         return offline(args)
     return run
 
 
-def _connect(args: argparse.Namespace) -> tuple[grpc.Channel, list[tuple[str, str]]]:
+def _profile(args: argparse.Namespace, service: str) -> None:
+    """Fill --server/--ca/--cert/--key/--token from --profile (explicit options win)."""
+    try:
+        data = tomllib.loads(read_file(Path(args.profile)).decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"{args.profile}: not a TOML profile: {exc}") from None
+    unknown = sorted(set(data) - {"ca", "cert", "key", "token_file", *SERVICES})
+    if unknown or not all(isinstance(v, str) for v in data.values()):
+        raise UsageError(f"{args.profile}: expected string keys ca, cert, key, token_file, "
+                         f"verifier, broker (found {', '.join(unknown) or 'a non-string'})")
+    args.server = args.server or data.get(service)
+    if not args.server:
+        raise UsageError(f"{args.profile} has no {service} address")
+    for key in ("ca", "cert", "key", "token_file"):
+        if getattr(args, key) is None and key in data:
+            setattr(args, key, Path(data[key]))
+
+
+def _connect(args: argparse.Namespace,
+             service: str) -> tuple[grpc.Channel, list[tuple[str, str]]]:
+    if getattr(args, "profile", None):
+        _profile(args, service)
+    if not args.server or args.ca is None:
+        raise UsageError("give --profile, or --server and --ca")
     token = args.token
     if args.token_file is not None:
         token = read_file(Path(args.token_file)).decode("utf-8").strip()
@@ -83,7 +126,7 @@ def _connect(args: argparse.Namespace) -> tuple[grpc.Channel, list[tuple[str, st
 
 def _call(args: argparse.Namespace, rpc: Callable[[Any, list[tuple[str, str]]], Any],
           service: str) -> Any:
-    channel, metadata = _connect(args)
+    channel, metadata = _connect(args, service)
     stub = (admin_pb2_grpc.BrokerAdminStub(channel) if service == "broker"
             else admin_pb2_grpc.VerifierAdminStub(channel))
     with channel:
@@ -141,18 +184,28 @@ def rollback(args: argparse.Namespace) -> int:
 
 def refvalues_import(args: argparse.Namespace) -> int:
     """``refvalues import FILE --server``."""
-    request, _ = _document(args)
-    return _print_json(_call(args, lambda s, m: s.ImportReferenceValues(request, metadata=m),
-                             "verifier").json)
+    path = Path(args.file)  # a YAML document or a JWS manifest: the verifier tells them apart
+    request = admin_pb2.DocumentRequest(document=read_file(path), source=str(path),
+                                        comment=args.comment)
+    v = json.loads(_call(args, lambda s, m: s.ImportReferenceValues(request, metadata=m),
+                         "verifier").json)
+    print(f"imported {v['name']}@{v['version']} {v['state']} ({v['provenance']}): "
+          f"{v['values']} value(s)")
+    return EXIT_OK
 
 
 def refvalues_state(args: argparse.Namespace, state: str) -> int:
     """``refvalues activate|deprecate|retire NAME VERSION --server``."""
     request = admin_pb2.ReferenceStateRequest(
         name=args.name, version=args.version, state=state, comment=args.comment,
-        retire_at=getattr(args, "retire_at", "") or "")
-    return _print_json(_call(args, lambda s, m: s.SetReferenceState(request, metadata=m),
+        retire_at=(parse_instant(args.retire_at).isoformat()
+                   if getattr(args, "retire_at", None) else ""))
+    moved = json.loads(_call(args, lambda s, m: s.SetReferenceState(request, metadata=m),
                              "verifier").json)
+    print(f"{moved['name']}@{moved['version']}: {moved['from'] or 'none'} -> {moved['to']}"
+          + (f" (retires {rfc3339(parse_instant(request.retire_at))})"
+             if request.retire_at else ""))
+    return EXIT_OK
 
 
 def _secret(args: argparse.Namespace) -> int:
@@ -236,7 +289,7 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                            help="days before the data key is erased (default 7)")
         add_server_args(p)
     for sub in cmds.choices.values():
-        sub.set_defaults(func=command(_secret))
+        sub.set_defaults(func=command(online(_secret)))
 
     audit = groups.add_parser("audit", help="the audit log through the admin API")
     acmds = audit.add_subparsers(dest="audit_command", required=True)
@@ -247,8 +300,8 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         if name == "verify":
             p.add_argument("--expect-head", help="a head hash seen earlier")
         add_server_args(p, service=True)
-        p.set_defaults(func=command(_audit))
+        p.set_defaults(func=command(online(_audit, service=True)))
 
     p = groups.add_parser("status", help="who you are to a service, and its state")
     add_server_args(p, service=True)
-    p.set_defaults(func=command(_status))
+    p.set_defaults(func=command(online(_status, service=True)))

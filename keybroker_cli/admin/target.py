@@ -178,10 +178,3 @@ def read_file(path: Path) -> bytes:
     except OSError as exc:
         raise Malformed(f"{path}: cannot read file", rule="policy.file",
                         expected="a readable file", actual=exc.strerror or str(exc)) from None
-
-
-def add_change_args(parser: argparse.ArgumentParser, *, config: str, role: str) -> None:
-    """The options every state-changing command takes: which service, who, and why."""
-    parser.add_argument("--config", help=f"offline: {config} (with --author)")
-    parser.add_argument("--author", help=f"offline: identity holding {role}")
-    parser.add_argument("--comment", required=True, help="why (kept in the history)")

@@ -45,7 +45,7 @@ REQUIRED = (
     "admin policy dry-run",
     "--since 7d",
     "admin policy apply",
-    "--author",
+    "--profile",
     "--comment",
     "admin policy history",
     "admin policy rollback",
@@ -191,14 +191,18 @@ def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
     steps = parse(DOC.read_text(encoding="utf-8"))
     started = time.monotonic()
     ran = 0
-    for step in steps:
-        if isinstance(step, FileBlock):
-            target = work / step.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(step.content, encoding="utf-8")
-            continue
-        code, output = run(step, work, demo)
-        check(step, code, output, demo)
-        ran += 1
+    try:
+        for step in steps:
+            if isinstance(step, FileBlock):
+                target = work / step.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(step.content, encoding="utf-8")
+                continue
+            code, output = run(step, work, demo)
+            check(step, code, output, demo)
+            ran += 1
+    finally:  # the walk-through starts services with --serve; never leave them running
+        if (demo / "services.json").exists():
+            run(Command(0, "keybroker demo --workdir $DEMO --stop"), work, demo)
     assert ran >= 30, f"only {ran} commands in the walk-through"
     assert time.monotonic() - started < 300, "the walk-through got too slow"

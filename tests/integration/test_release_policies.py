@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 import time
 import uuid
@@ -38,6 +39,7 @@ from keybroker_cli.demo_setup import (
     put_secret,
 )
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
+from keybroker_cli.tls_cmd import TlsAuthority
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +63,18 @@ class Env:
     ca: SnpTestCa
     channel: grpc.Channel
     stub: broker_pb2_grpc.KeyBrokerStub
+    profile: Path
+
+
+def who(env: Env) -> tuple[str, str]:
+    """The admin API identity (mutual TLS as secops) of every change below."""
+    return ("--profile", str(env.profile))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _specs() -> list[PolicySpec]:
@@ -77,21 +91,28 @@ def _specs() -> list[PolicySpec]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    layout = DemoLayout(tmp_path_factory.mktemp("policies"))
+    root = tmp_path_factory.mktemp("policies")
+    ports = (_free_port(), _free_port())
+    ca = root / "tls" / "ca.pem"
+    layout = DemoLayout(root, broker_settings=(
+        f'admin_listen = "127.0.0.1:{ports[1]}"\nadmin_client_ca = "{ca}"\n' + ADMINS + POLL))
     secret = prepare(layout, extra_policies=_specs())
+    TlsAuthority.load(layout.tls.root).issue(ADMIN, client=True)
+    profile = root / f"{ADMIN}.toml"
+    profile.write_text(f'ca = "{ca}"\ncert = "{layout.tls.cert(ADMIN)}"\n'
+                       f'key = "{layout.tls.key(ADMIN)}"\nverifier = "127.0.0.1:{ports[0]}"\n'
+                       f'broker = "127.0.0.1:{ports[1]}"\n')
     for key in (LIFE_KEY, REF_KEY, EARLY_KEY, IMAGE_KEY, FLOOR_KEY):
         put_secret(layout, key, secret)
     with layout.verifier_config.open("a") as out:
-        out.write(ADMINS + POLL)
-    def admins() -> None:
-        with layout.broker_config.open("a") as out:
-            out.write(ADMINS + POLL)
+        out.write(ADMINS + POLL + f'admin_listen = "127.0.0.1:{ports[0]}"\n'
+                  f'admin_client_ca = "{ca}"\n')
 
-    with demo_services(layout, broker_extra=admins) as (verifier, broker):
+    with demo_services(layout) as (verifier, broker):
         channel = secure_channel(layout, broker.address)
         try:
             yield Env(layout, secret, verifier, broker, SnpTestCa.load(layout.sim), channel,
-                      broker_pb2_grpc.KeyBrokerStub(channel))
+                      broker_pb2_grpc.KeyBrokerStub(channel), profile)
         finally:
             channel.close()
 
@@ -211,11 +232,11 @@ def test_apply_rollback_take_effect_and_are_recorded(env: Env) -> None:
     assert "snp-life@1" in intent["policy_ids"] and "release-rules@1" in intent["policy_ids"]
     v2 = policy_file(env, "life-v2.yaml", snp_policy("snp-life", OTHER_MEASUREMENT))
     cfg = str(env.layout.verifier_config)
-    ok("policy", "apply", str(v2), "--config", cfg, "--author", ADMIN, "--comment", "rotate")
+    ok("policy", "apply", str(v2), *who(env), "--comment", "rotate")
     eventually(lambda: not releases_with(env, LIFE_KEY, "snp-life@1"))
     record = denied(env, LIFE_KEY, Category.MEASUREMENT)
     assert "snp-life@2" in str(record["reason"]) and "snp.measurements" in str(record["reason"])
-    ok("policy", "rollback", "snp-life", "--to", "1", "--config", cfg, "--author", ADMIN,
+    ok("policy", "rollback", "snp-life", "--to", "1", "--service", "verifier", *who(env),
        "--comment", "back out")
     eventually(lambda: releases_with(env, LIFE_KEY, "snp-life@3"))
     history = ok("policy", "history", "snp-life", "--config", cfg, "--json")
@@ -242,7 +263,7 @@ def test_broken_policy_refused_nothing_changes(env: Env, text: str, line: int) -
     cfg = str(env.layout.verifier_config)
     before = ok("policy", "history", "snp-life", "--config", cfg, "--json")
     path = policy_file(env, "broken.yaml", text)
-    done = admin("policy", "apply", str(path), "--config", cfg, "--author", ADMIN,
+    done = admin("policy", "apply", str(path), *who(env),
                  "--comment", "broken")
     assert done.returncode == 1
     assert f"broken.yaml:{line}:" in done.stderr, done.stderr
@@ -260,13 +281,12 @@ def refset(env: Env, name: str, value_name: str, value: str, not_after: datetime
 def test_reference_value_lifecycle(env: Env) -> None:
     """An expired value is a MEASUREMENT deny naming it and its expiry; a staged one is
     not used; activation releases; a deprecated set releases with status warning."""
-    cfg = str(env.layout.verifier_config)
     expired = datetime.now(UTC) - timedelta(days=1)
     ok("refvalues", "import", str(refset(env, "snp-launch", "fw-old", DEMO_MEASUREMENT.hex(),
                                           expired)),
-       "--config", cfg, "--author", ADMIN, "--comment", "old firmware")
+       *who(env), "--comment", "old firmware")
     denied(env, REF_KEY, Category.MEASUREMENT)  # staged only: never used live
-    ok("refvalues", "activate", "snp-launch", "1", "--config", cfg, "--author", ADMIN,
+    ok("refvalues", "activate", "snp-launch", "1", *who(env),
        "--comment", "go")
     expiry = expired.strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -278,8 +298,8 @@ def test_reference_value_lifecycle(env: Env) -> None:
     later = datetime.now(UTC) + timedelta(days=30)
     ok("refvalues", "import", str(refset(env, "snp-launch", "fw-new", DEMO_MEASUREMENT.hex(),
                                           later)),
-       "--config", cfg, "--author", ADMIN, "--comment", "new firmware")
-    ok("refvalues", "activate", "snp-launch", "2", "--config", cfg, "--author", ADMIN,
+       *who(env), "--comment", "new firmware")
+    ok("refvalues", "activate", "snp-launch", "2", *who(env),
        "--comment", "go")
 
     def released_by_new() -> bool:
@@ -318,7 +338,7 @@ def test_tcb_early_warning_in_token_and_report(env: Env) -> None:
     cfg = str(env.layout.verifier_config)
     warn = "tcb_early_warning:\n  snp_min_tcb: {microcode: 250}\n"
     path = policy_file(env, "early.yaml", snp_policy("snp-early", DEMO_MEASUREMENT, extra=warn))
-    ok("policy", "apply", str(path), "--config", cfg, "--author", ADMIN, "--comment", "warn")
+    ok("policy", "apply", str(path), *who(env), "--comment", "warn")
 
     def in_debt() -> bool:
         _, response = release(env, EARLY_KEY)
@@ -351,13 +371,12 @@ def test_workload_identity_approved_image(env: Env) -> None:
 def test_release_rule_condition(env: Env) -> None:
     """A release rule whose CEL `when` is false denies (PLATFORM_POLICY, release-rules@2 in the
     audit); rolling back the rules releases again."""
-    cfg = str(env.layout.broker_config)
     rules = (env.layout.broker / "release-rules.yaml").read_text()
     when = "    when: 'submod[\"keybroker.workload\"][\"name\"] == \"payments\"'\n"
     stricter = rules.replace("    policy: snp-life\n", "    policy: snp-life\n" + when)
     assert stricter != rules
     path = policy_file(env, "rules-v2.yaml", stricter)
-    ok("policy", "apply", str(path), "--config", cfg, "--author", ADMIN, "--comment", "cel")
+    ok("policy", "apply", str(path), *who(env), "--comment", "cel")
 
     def refused() -> bool:
         try:
@@ -370,6 +389,6 @@ def test_release_rule_condition(env: Env) -> None:
     record = denied(env, LIFE_KEY, Category.PLATFORM_POLICY)
     assert "release-rules@2" in record["policy_ids"]
     assert "when" in str(record["reason"])
-    ok("policy", "rollback", "release-rules", "--to", "1", "--config", cfg, "--author", ADMIN,
+    ok("policy", "rollback", "release-rules", "--to", "1", "--service", "broker", *who(env),
        "--comment", "undo")
     eventually(lambda: not refused())

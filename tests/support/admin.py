@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
+from keybroker_cli.launcher import ServiceProcess, keybroker_command
+from keybroker_cli.tls_cmd import init_tls
 from support.paths import ROOT
 from verifier.collateral.cache import CollateralStore
+from verifier.result import ResultSigner
 from verifier.snp.claims import SnpClaims
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
@@ -46,7 +52,7 @@ def snp_policy(name: str = "sim", *, floor: str = MILAN_FLOOR, extra: str = "",
 
 
 def write_verifier_config(directory: Path, *, admins: str = "", providers: str = "",
-                          policy: str | None = None) -> Path:
+                          policy: str | None = None, extra: str = "") -> Path:
     """A verifier config in ``directory`` (seed policy ``seed.yaml``); returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "seed.yaml").write_text(policy if policy is not None else snp_policy("seed"))
@@ -54,6 +60,7 @@ def write_verifier_config(directory: Path, *, admins: str = "", providers: str =
             'state_db = "state.db"']
     if admins:
         body.append(f"admins = {admins}")
+    body.append(extra)
     body.append(providers)
     path = directory / "verifier.toml"
     path.write_text("\n".join(body) + "\n")
@@ -96,3 +103,70 @@ class SnpLab:
                            chip_id=chip_id, policy=policy)
         raw, table = sim.attest(REPORT_DATA)
         return self.verifier.verify(raw, table, at=VERIFIED_AT)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def verifier_admin(directory: Path, principals: Sequence[str], *, admins: str,
+                   providers: str = "", policy: str | None = None) -> Iterator[AdminLab]:
+    """A real verifier process (config in ``directory``) with its admin API over mutual TLS,
+    a client certificate and profile per principal; stopped on exit."""
+    tls = init_tls(directory / "tls", clients=("broker-client", *principals)).dir
+    ResultSigner.generate().write_private_key(directory / "result-key.pem")
+    port = _free_port()
+    extra = (f'tls_cert = "{tls.cert("verifier")}"\ntls_key = "{tls.key("verifier")}"\n'
+             f'tls_client_ca = "{tls.ca}"\nadmin_listen = "127.0.0.1:{port}"\n'
+             f'admin_client_ca = "{tls.ca}"\n')
+    config = write_verifier_config(directory, admins=admins, providers=providers,
+                                   policy=policy, extra=extra)
+    profiles = {}
+    for who in principals:
+        profiles[who] = directory / f"{who}.profile.toml"
+        profiles[who].write_text(f'ca = "{tls.ca}"\ncert = "{tls.cert(who)}"\n'
+                                 f'key = "{tls.key(who)}"\nverifier = "127.0.0.1:{port}"\n')
+    service = ServiceProcess.start("verifier", keybroker_command(
+        "verifier", "serve", "--config", str(config)), log_path=directory / "verifier.log")
+    try:
+        yield AdminLab(config, profiles)
+    finally:
+        service.stop()
+
+
+@dataclass(frozen=True)
+class AdminLab:
+    """A verifier config and the admin profile of each principal."""
+
+    config: Path
+    profiles: dict[str, Path]
+
+
+def store_policy(config: Path, document: Path, *, comment: str) -> None:
+    """Put a policy version in force the way the admin API does (direct store write: set-up
+    for tests of the read-only commands)."""
+    from keybroker.policy_store import PolicyStore  # noqa: PLC0415
+    from verifier.policy.compile import load_policy  # noqa: PLC0415
+
+    policy = load_policy(document)
+    store = PolicyStore(config.parent / "state.db")
+    try:
+        store.apply("AppraisalPolicy", policy.name, document.read_bytes(), author="secops",
+                    comment=comment, now=datetime.now(UTC))
+    finally:
+        store.close()
+
+
+def store_references(config: Path, document: Path, *, comment: str) -> None:
+    """Stage a reference-value set the way the admin API does (test set-up)."""
+    from verifier.reference.store import ReferenceStore  # noqa: PLC0415
+
+    store = ReferenceStore(config.parent / "state.db")
+    try:
+        store.import_admin(document.read_bytes(), str(document), author="secops",
+                           comment=comment, now=datetime.now(UTC))
+    finally:
+        store.close()

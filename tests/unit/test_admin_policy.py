@@ -1,12 +1,15 @@
-"""``keybroker admin policy``: validate, diff, apply, history, rollback, roles (real processes)."""
+"""``keybroker admin policy``: validate, diff (offline), and apply, history, rollback through a
+real verifier's admin API with mutual-TLS identities (roles from the channel, never from an
+argument)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.admin import admin, snp_policy, write_broker_config, write_verifier_config
+from support.admin import AdminLab, admin, snp_policy, verifier_admin, write_broker_config
 
 from keybroker.policy_store import PolicyStore
 
@@ -14,8 +17,10 @@ ADMINS = '{ secops = ["policy-admin"], build-pipeline = ["refvalue-admin"] }'
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
-    return write_verifier_config(tmp_path / "verifier", admins=ADMINS)
+def lab(tmp_path: Path) -> Iterator[AdminLab]:
+    with verifier_admin(tmp_path / "verifier", ("secops", "build-pipeline", "mallory"),
+                        admins=ADMINS) as running:
+        yield running
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -71,16 +76,19 @@ def test_schema_prints_published_json_schema() -> None:
         "https://keybroker.dev/schemas/v1/appraisal-policy.json")
 
 
-def test_apply_history_rollback(tmp_path: Path, config: Path) -> None:
-    """apply v1, apply v2, rollback to 1: three versions, and v1's document is in force."""
+def test_apply_history_rollback(tmp_path: Path, lab: AdminLab) -> None:
+    """apply v1, apply v2, rollback to 1: three versions by the authenticated principal, and
+    v1's document is in force."""
+    config = lab.config
     v1 = _write(tmp_path, "v1.yaml", snp_policy())
     v2 = _write(tmp_path, "v2.yaml", snp_policy(floor="{microcode: 200}"))
-    common = ("--config", config, "--author", "secops")
+    common = ("--profile", lab.profiles["secops"])
     first = admin("policy", "apply", v1, *common, "--comment", "initial")
     assert first.returncode == 0, first.stderr
     assert "applied AppraisalPolicy sim@1" in first.stdout
     assert admin("policy", "apply", v2, *common, "--comment", "raise floor").returncode == 0
-    back = admin("policy", "rollback", "sim", "--to", "1", *common, "--comment", "revert")
+    back = admin("policy", "rollback", "sim", "--to", "1", "--service", "verifier", *common,
+                 "--comment", "revert")
     assert back.returncode == 0, back.stderr
     assert "sim@3" in back.stdout
 
@@ -97,47 +105,48 @@ def test_apply_history_rollback(tmp_path: Path, config: Path) -> None:
     assert _in_force(config, "sim") == v1.read_bytes()
 
 
-def test_refused_apply_leaves_policy_in_force(tmp_path: Path, config: Path) -> None:
+def test_refused_apply_leaves_policy_in_force(tmp_path: Path, lab: AdminLab) -> None:
     """A broken document, an unchanged document and a bad rollback change nothing in force."""
+    config = lab.config
     good = _write(tmp_path, "good.yaml", snp_policy())
     broken = _write(tmp_path, "broken.yaml", snp_policy() + (
         "conditions:\n  - name: typo\n    when: \"evidence.vmpl ==\"\n"))
-    common = ("--config", config, "--author", "secops", "--comment", "c")
+    common = ("--profile", lab.profiles["secops"], "--comment", "c")
     assert admin("policy", "apply", good, *common).returncode == 0
     refused = admin("policy", "apply", broken, *common)
     assert refused.returncode == 1
-    assert refused.stderr.startswith(f"error MALFORMED: {broken}:")
+    assert refused.stderr.startswith("error MALFORMED:") and f"{broken}:" in refused.stderr
     unchanged = admin("policy", "apply", good, *common)
     assert unchanged.returncode == 1 and "identical" in unchanged.stderr
-    assert admin("policy", "rollback", "sim", "--to", "7", *common).returncode == 1
+    assert admin("policy", "rollback", "sim", "--to", "7", "--service", "verifier",
+                 *common).returncode == 1
     history = json.loads(admin("policy", "history", "sim", "--config", config, "--json").stdout)
     assert [v["version"] for v in history] == [1]
     assert _in_force(config, "sim") == good.read_bytes()
 
 
-def test_author_without_role_is_refused(tmp_path: Path, config: Path) -> None:
-    """An author without policy-admin (or unknown) is refused PLATFORM_POLICY; nothing stored."""
+def test_author_without_role_is_refused(tmp_path: Path, lab: AdminLab) -> None:
+    """A principal without policy-admin (or without any role) is refused PLATFORM_POLICY;
+    nothing stored; --author is no longer accepted at all."""
     good = _write(tmp_path, "good.yaml", snp_policy())
-    for author in ("build-pipeline", "mallory"):
-        result = admin("policy", "apply", good, "--config", config, "--author", author,
-                       "--comment", "c")
+    for who in ("build-pipeline", "mallory"):
+        result = admin("policy", "apply", good, "--profile", lab.profiles[who], "--comment", "c")
         assert result.returncode == 1
         assert result.stderr.startswith("error PLATFORM_POLICY:")
-        assert "not authorised" in result.stderr
-    assert admin("policy", "history", "sim", "--config", config).returncode == 1
+    assert admin("policy", "history", "sim", "--config", lab.config).returncode == 1
+    assert admin("policy", "apply", good, "--config", lab.config, "--author", "secops",
+                 "--comment", "c").returncode == 2
 
 
-def test_wrong_service_is_a_usage_error(tmp_path: Path) -> None:
-    """An appraisal policy applied with a broker config exits 2 and writes nothing."""
+def test_history_with_a_broker_config_reads_release_rules(tmp_path: Path) -> None:
+    """Offline history with a broker config looks among release rules: an appraisal policy's
+    name is not found there (exit 1, naming the kind)."""
     broker = write_broker_config(tmp_path / "broker", admins='{ secops = ["policy-admin"] }')
-    good = _write(tmp_path, "good.yaml", snp_policy())
-    result = admin("policy", "apply", good, "--config", broker, "--author", "secops",
-                   "--comment", "c")
-    assert result.returncode == 2, result.stderr
-    assert not (broker.parent / "broker.db").exists()
+    result = admin("policy", "history", "sim", "--config", broker)
+    assert result.returncode == 1 and "no ReleaseRules named 'sim'" in result.stderr
 
 
-def test_diff_files_and_in_force(tmp_path: Path, config: Path) -> None:
+def test_diff_files_and_in_force(tmp_path: Path, lab: AdminLab) -> None:
     """diff prints a unified diff and the changed fields by dotted path, offline or vs in force."""
     old = _write(tmp_path, "old.yaml", snp_policy())
     new = _write(tmp_path, "new.yaml", snp_policy(floor="{bootloader: 3, tee: 0, snp: 8, "
@@ -150,7 +159,8 @@ def test_diff_files_and_in_force(tmp_path: Path, config: Path) -> None:
     assert '# + description: "raised"' in result.stdout
     assert "# 2 field(s) changed" in result.stdout
 
-    assert admin("policy", "apply", old, "--config", config, "--author", "secops",
+    config = lab.config
+    assert admin("policy", "apply", old, "--profile", lab.profiles["secops"],
                  "--comment", "c").returncode == 0
     vs_force = admin("policy", "diff", "sim", new, "--config", config, "--json")
     assert vs_force.returncode == 0, vs_force.stderr
@@ -162,46 +172,8 @@ def test_diff_files_and_in_force(tmp_path: Path, config: Path) -> None:
     assert admin("policy", "diff", "nope", new, "--config", config).returncode == 1
 
 
-RULES = """kind: ReleaseRules
-name: release-rules
-rules:
-  - name: demo-keys
-    keys: "demo/*"
-    policy: sim
-"""
-
-
-def test_release_rules_go_to_the_broker_database(tmp_path: Path, config: Path) -> None:
-    """ReleaseRules apply with a broker config (its database) and are refused (exit 2) with a
-    verifier config; a broken CEL condition in a rule is refused with file:line."""
-    broker = write_broker_config(tmp_path / "broker", admins='{ secops = ["policy-admin"] }')
-    rules = _write(tmp_path, "rules.yaml", RULES)
-    common = ("--author", "secops", "--comment", "c")
-    assert admin("policy", "apply", rules, "--config", config, *common).returncode == 2
-    applied = admin("policy", "apply", rules, "--config", broker, *common)
-    assert applied.returncode == 0, applied.stderr
-    assert "applied ReleaseRules release-rules@1" in applied.stdout
-    broken = _write(tmp_path, "broken.yaml", RULES + "    when: 'submod.nope('\n")
-    refused = admin("policy", "apply", broken, "--config", broker, *common)
-    assert refused.returncode == 1 and f"{broken}:7:" in refused.stderr
-    history = admin("policy", "history", "release-rules", "--config", broker, "--json")
-    assert [v["version"] for v in json.loads(history.stdout)] == [1]
-    store = PolicyStore(broker.parent / "broker.db")
-    try:
-        assert store.in_force("ReleaseRules")["release-rules"].document == rules.read_bytes()
-    finally:
-        store.close()
+def test_shipped_release_rules_validate() -> None:
+    """The example release rules validate offline (applying rules goes to the broker's admin
+    API: tests/integration/test_admin_api.py)."""
     shipped = admin("policy", "validate", Path("config/release-rules.yaml").resolve())
     assert shipped.returncode == 0, shipped.stderr
-
-
-def test_apply_warns_about_a_reference_set_without_active_version(tmp_path: Path,
-                                                                  config: Path) -> None:
-    """A policy bound to a set with no active version applies, with a warning naming it."""
-    bound = _write(tmp_path, "bound.yaml", snp_policy(measurements="", extra=(
-        "reference_values:\n  - claim: evidence.measurement\n    set: snp-launch\n")))
-    result = admin("policy", "apply", bound, "--config", config, "--author", "secops",
-                   "--comment", "bind to reference values")
-    assert result.returncode == 0, result.stderr
-    assert f"warning: {bound}:8: reference set 'snp-launch' has no active version" in (
-        result.stderr)

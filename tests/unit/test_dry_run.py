@@ -16,6 +16,7 @@ from support.admin import (
     SnpLab,
     admin,
     snp_policy,
+    store_references,
     write_verifier_config,
 )
 
@@ -118,9 +119,7 @@ def test_staged_reference_set_is_reported_as_would_match(config: Path, tmp_path:
     the not-yet-approved firmware flips to affirming."""
     refs = tmp_path / "refs.yaml"
     refs.write_text(REFS)
-    imported = admin("refvalues", "import", refs, "--config", config, "--author", "secops",
-                     "--comment", "next firmware")
-    assert imported.returncode == 0, imported.stderr
+    store_references(config, refs, comment="next firmware")
     candidate = tmp_path / "bound.yaml"
     candidate.write_text(snp_policy(measurements="", extra=(
         "reference_values:\n  - claim: evidence.measurement\n    set: snp-launch\n")))

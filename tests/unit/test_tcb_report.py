@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.admin import VERIFIED_AT, SnpLab, admin, snp_policy, write_verifier_config
+from support.admin import (
+    VERIFIED_AT,
+    SnpLab,
+    admin,
+    snp_policy,
+    store_policy,
+    write_verifier_config,
+)
 
 from verifier.dcap.claims import DcapTcbClaims, TdAttributes, TdxClaims
 from verifier.records import AppraisalRecord, RecordStore
@@ -48,9 +55,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]
                        ("tdx-sim", TDX_POLICY)):
         path = root / f"{name}.yaml"
         path.write_text(text)
-        applied = admin("policy", "apply", path, "--config", config, "--author", "secops",
-                        "--comment", "initial")
-        assert applied.returncode == 0, applied.stderr
+        store_policy(config, path, comment="initial")
     rows: list[tuple[str, dict[str, object], dict[str, dict[str, str]]]] = [
         ("chip1-old", snp.claims(microcode=115, chip=1).as_dict(), {"sim": AFFIRMING}),
         ("chip2", snp.claims(microcode=120, chip=2).as_dict(), {"sim": AFFIRMING}),
@@ -113,8 +118,7 @@ def test_report_follows_the_policy_in_force(lab: tuple[Path, dict[str, str]],
     config, chips = lab
     raised = tmp_path / "sim-v2.yaml"
     raised.write_text(snp_policy(extra="tcb_early_warning:\n  snp_min_tcb: {microcode: 135}\n"))
-    assert admin("policy", "apply", raised, "--config", config, "--author", "secops",
-                 "--comment", "next floor 135").returncode == 0
+    store_policy(config, raised, comment="next floor 135")
     report = _report(config)
     assert set(report) == {chips["chip2"], chips["chip3"], "fmspc:00806f050000"}
     assert report[chips["chip3"]]["policy_id"] == "sim@2"
