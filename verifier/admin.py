@@ -127,10 +127,23 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
 
     async def ApplyPolicy(self, request: admin_pb2.DocumentRequest,
                           context: Context) -> admin_pb2.DocumentVersion:
-        return await self._gate.call(context, "ApplyPolicy", ROLE_OF["ApplyPolicy"], lambda p:
-                                     self._policies.apply(bytes(request.document),
-                                                          request.source or "request", p.name,
-                                                          request.comment))
+        def work(p: Principal) -> admin_pb2.DocumentVersion:
+            source = request.source or "request"
+            stored = self._policies.apply(bytes(request.document), source, p.name,
+                                          request.comment)
+            stored.warnings.extend(self._unusable_references(_policy(request), source))
+            return stored
+        return await self._gate.call(context, "ApplyPolicy", ROLE_OF["ApplyPolicy"], work)
+
+    def _unusable_references(self, policy: AppraisalPolicy, source: str) -> list[str]:
+        """Bound sets without an active or deprecated version (never a refusal: sets are
+        staged during roll-outs, but every appraisal under the policy is denied until one is
+        activated)."""
+        usable = {v.name for v in self._references.versions()
+                  if v.state in (RefState.ACTIVE, RefState.DEPRECATED)}
+        return [f"{source}:{b.line}: reference set '{b.set_name}' has no active version yet; "
+                "appraisals under this policy are denied until one is activated"
+                for b in policy.references if b.set_name not in usable]
 
     async def PolicyHistory(self, request: admin_pb2.NameRequest,
                             context: Context) -> admin_pb2.DocumentHistory:

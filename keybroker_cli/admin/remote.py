@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -143,6 +144,8 @@ def _print_json(text: str) -> int:
 
 def _version_line(verb: str, v: admin_pb2.DocumentVersion) -> int:
     print(f"{verb} {v.kind} {v.name}@{v.version} sha256:{v.digest[:12]} by {v.author}")
+    for warning in v.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

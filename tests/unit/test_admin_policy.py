@@ -177,3 +177,16 @@ def test_shipped_release_rules_validate() -> None:
     API: tests/integration/test_admin_api.py)."""
     shipped = admin("policy", "validate", Path("config/release-rules.yaml").resolve())
     assert shipped.returncode == 0, shipped.stderr
+
+
+def test_apply_warns_about_a_reference_set_without_active_version(tmp_path: Path,
+                                                                  lab: AdminLab) -> None:
+    """A policy bound to a set with no active version applies, with a warning naming the
+    document line and the set."""
+    bound = _write(tmp_path, "bound.yaml", snp_policy(measurements="", extra=(
+        "reference_values:\n  - claim: evidence.measurement\n    set: snp-launch\n")))
+    result = admin("policy", "apply", bound, "--profile", lab.profiles["secops"],
+                   "--comment", "bind to reference values")
+    assert result.returncode == 0, result.stderr
+    assert f"warning: {bound}:8: reference set 'snp-launch' has no active version" in (
+        result.stderr)
