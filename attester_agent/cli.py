@@ -50,6 +50,7 @@ from keybroker.tls import (
     client_credentials,
     load_certificates,
 )
+from keybroker.version import version
 from keybroker.wrapping import Suite
 
 logger = logging.getLogger(__name__)
@@ -70,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="attester-agent",
         description="Attest this guest to a keybroker and fetch released secrets.",
     )
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--version", action="version", version=f"attester-agent {version()}")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                        help="log detail on stderr (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     detect = sub.add_parser("detect", help="list the usable attestation interfaces")

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from keybroker.version import version
 from keybroker_cli import broker_cmd, demo, tls_cmd, verifier_cmd, verify
 from keybroker_cli.admin import command as admin_command
 
@@ -26,10 +27,28 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
 )
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DESCRIPTION = """\
+keybroker: an attestation-gated key broker. Run the verifier and the broker services,
+verify evidence offline, administer policies, reference values, secrets and the audit log
+through the services' admin APIs, make TLS certificates, or run the demo.
+
+examples:
+  keybroker demo                                   release a secret on the SEV-SNP simulator
+  keybroker verify report.bin --tee snp --collateral ./amd-certs/
+  keybroker tls init ./tls
+  keybroker admin policy validate policy.yaml
+
+exit codes: 0 success or verified, 1 rejected or failed, 2 usage or configuration error"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
-    parser = argparse.ArgumentParser(prog="keybroker", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser = argparse.ArgumentParser(prog="keybroker", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"keybroker {version()}")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="log detail on stderr (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in _GROUPS:
         register(sub)
@@ -39,12 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``keybroker`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help/--version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # The CEL library logs every compiled expression at INFO: detail for debugging only.
+    if args.log_level != "DEBUG":
+        logging.getLogger("celpy").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 

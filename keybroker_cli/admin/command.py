@@ -39,7 +39,14 @@ from keybroker_cli.admin import remote as admin_remote
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``admin`` and its command groups to the ``keybroker`` parser."""
-    parser = sub.add_parser("admin", help="administer policies, reference values, TCB debt")
+    parser = sub.add_parser(
+        "admin", help="administer policies, reference values, secrets, audit, TCB debt",
+        description="Administer the services. Checks and reports work offline on files (or, "
+                    "with --config, on a service's stores); every change goes through a "
+                    "service's admin API with the identity of the channel (--profile, or "
+                    "--server/--ca with --cert/--key or --token).\n\nexit codes: 0 ok, 1 "
+                    "refused or failed, 2 usage error",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = parser.add_subparsers(dest="admin_group", required=True)
 
     policy = groups.add_parser("policy", help="appraisal policies and release rules")

@@ -1,0 +1,45 @@
+"""The operator's view of both commands: --version, validated --log-level, help texts written
+for operators (examples and exit codes, no module docstrings), and --tee offering only what
+works."""
+
+from __future__ import annotations
+
+import pytest
+
+from attester_agent.cli import main as agent_main
+from keybroker.version import version
+from keybroker_cli.main import main
+
+
+def test_version_of_both_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--version` prints the installed version and exits 0."""
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"keybroker {version()}"
+    assert agent_main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"attester-agent {version()}"
+    assert version() != "0+unknown"  # the test environment installs the package
+
+
+def test_log_level_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown --log-level is a usage error (exit 2) for both commands; case is free."""
+    assert main(["--log-level", "bogus", "tls", "init", "/nonexistent/x"]) == 2
+    assert "invalid choice: 'BOGUS'" in capsys.readouterr().err
+    assert agent_main(["--log-level", "loud", "detect"]) == 2
+    assert main(["--log-level", "warning", "--version"]) == 0
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["verify", "--help"], ["admin", "--help"]])
+def test_help_is_written_for_operators(argv: list[str],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Help shows exit codes and no internal docstring vocabulary."""
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "exit codes" in out
+    assert "Invariants" not in out and "``" not in out
+
+
+def test_tee_offers_only_what_verifies(capsys: pytest.CaptureFixture[str]) -> None:
+    """`verify --tee` lists snp, tdx and sgx; nitro and tpm are not offered."""
+    assert main(["verify", "x", "--tee", "tpm"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tpm'" in err and "'snp'" in err and "nitro" not in err
