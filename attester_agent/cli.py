@@ -7,7 +7,8 @@ Invariants:
   options that do not apply to the chosen ``--sim-tee`` are usage errors, never ignored.
 - ``measure`` extends the real RTMR3 unless ``--insecure-simulator`` is given, in which case
   only the simulator's register file under ``--simulator-dir`` is touched.
-- Secrets go to a 0600 file (``secret_output``) or raw to stdout, never to the log; with several
+- Secrets go to a 0600 file (``secret_output``; stderr then says which key went where, and its
+  length, never the bytes) or raw to stdout, never to the log; with several
   keys every key needs its own ``--out`` (stdout carries at most one secret).
 - A denial prints ``denied: CATEGORY: message`` to stderr; a local failure prints
   ``error: CATEGORY: message``.
@@ -186,6 +187,8 @@ def cmd_get_secret(args: argparse.Namespace) -> int:
         if outs:
             for key_id, out in zip(key_ids, outs, strict=True):
                 write_secret_file(out, secrets[key_id])
+                print(f"wrote {key_id} ({len(secrets[key_id])} bytes) to {out} (mode 0600)",
+                      file=sys.stderr)
         else:
             write_secret_stream(sys.stdout.buffer, secrets[key_ids[0]])
     finally:

@@ -287,13 +287,16 @@ def _cli(broker: RunningBroker, sim_dir: Path, *extra: str) -> list[str]:
 
 def test_cli_writes_secret_file_0600(broker: RunningBroker, sim_dir: Path,
                                      tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """get-secret --out writes exactly the released bytes with mode 0600, nothing on stdout."""
+    """get-secret --out writes exactly the released bytes with mode 0600, nothing on stdout,
+    and says on stderr where it wrote which key (never the secret)."""
     out = tmp_path / "disk.key"
     assert main(_cli(broker, sim_dir, "--key-id", "demo/disk", "--out", str(out))) == 0
     assert out.read_bytes() == SECRETS["demo/disk"]
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     captured = capsys.readouterr()
     assert captured.out == ""
+    assert f"wrote demo/disk ({len(SECRETS['demo/disk'])} bytes) to {out} (mode 0600)" in (
+        captured.err)
     assert SECRETS["demo/disk"].hex() not in captured.err
 
 
