@@ -17,7 +17,7 @@ from typing import Any
 
 from broker.release import Broker
 from broker.rules import KIND as RULES_KIND
-from broker.rules import parse_rules
+from broker.rules import ReleaseRules, parse_rules
 from broker.secrets import VersionConflict
 from keybroker.admin_auth import Principal
 from keybroker.admin_documents import DocumentAdmin, audit_lines, verify_audit
@@ -48,12 +48,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _compile_rules(raw: bytes, source: str) -> str:
+def _rules_of(raw: bytes, source: str) -> ReleaseRules:
     kind = document_kind(raw, source)
     if kind != RULES_KIND:
         raise Malformed(f"{source}: the broker stores ReleaseRules documents",
                         rule="admin.kind", expected=RULES_KIND, actual=kind)
-    return parse_rules(raw, source).name
+    return parse_rules(raw, source)
+
+
+def _compile_rules(raw: bytes, source: str) -> str:
+    return _rules_of(raw, source).name
 
 
 class BrokerAdminServicer(admin_pb2_grpc.BrokerAdminServicer):
@@ -128,10 +132,9 @@ class BrokerAdminServicer(admin_pb2_grpc.BrokerAdminServicer):
     async def ValidateRules(self, request: admin_pb2.DocumentRequest,
                             context: Context) -> admin_pb2.ValidateResponse:
         def work(_: Principal) -> admin_pb2.ValidateResponse:
-            raw, source = bytes(request.document), request.source or "request"
-            _compile_rules(raw, source)
-            return admin_pb2.ValidateResponse(kind=RULES_KIND, name=parse_rules(raw, source).name,
-                                              digest=parse_rules(raw, source).digest)
+            rules = _rules_of(bytes(request.document), request.source or "request")
+            return admin_pb2.ValidateResponse(kind=RULES_KIND, name=rules.name,
+                                              digest=rules.digest)
         return await self._gate.call(context, "ValidateRules", ROLE_OF["ValidateRules"], work)
 
     async def ApplyRules(self, request: admin_pb2.DocumentRequest,

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keybroker.errors import KeybrokerError, Malformed
 from keybroker_cli.evidence_input import (
@@ -185,16 +185,35 @@ def _run_snp(args: argparse.Namespace) -> int:
     policy = _load_policy(args)
     at = args.at or datetime.now(UTC)
     references = _load_references(args, at)
-    claims: SnpClaims | None = None
+
+    def verified() -> tuple[SnpClaims, tuple[str, ...]]:
+        claims = SnpVerifier(trust, collateral).verify(report, cert_table, at=at,
+                                                       allow_missing_crl=args.allow_missing_crl)
+        return claims, claims.collateral_warnings
+
+    return _conclude(args, verified, policy=policy, at=at, init_data=init_data,
+                     references=references, insecure=bool(amd_roots))
+
+
+def _conclude(args: argparse.Namespace,
+              verify: Callable[[], tuple[SnpClaims | TdxClaims | SgxClaims, tuple[str, ...]]],
+              *, policy: AppraisalPolicy | None, at: datetime, init_data: bytes,
+              references: ReferenceSnapshot, insecure: bool,
+              extend: Callable[[Any], Any] | None = None) -> int:
+    """Verify, print the collateral warnings, add what the event logs prove (``extend``),
+    appraise (with --policy) and print the result (with the verified claims even when a
+    later step rejects); the exit code (0 verified, 1 rejected)."""
+    claims: SnpClaims | TdxClaims | SgxClaims | None = None
     appraisal: dict[str, object] | None = None
     workload: dict[str, object] | None = None
     try:
-        claims = SnpVerifier(trust, collateral).verify(report, cert_table, at=at,
-                                                       allow_missing_crl=args.allow_missing_crl)
-        _warn_collateral(claims.collateral_warnings)
+        claims, warnings = verify()
+        _warn_collateral(warnings)
+        if extend is not None:
+            claims = extend(claims)
         if policy is not None:
             appraisal, workload = _appraise(claims, policy, at=at, init_data=init_data,
-                                            references=references, insecure=bool(amd_roots))
+                                            references=references, insecure=insecure)
     except KeybrokerError as exc:
         _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None,
               workload=None, at=at)
@@ -230,31 +249,24 @@ def _run_dcap(args: argparse.Namespace) -> int:
     at = args.at or datetime.now(UTC)
     references = _load_references(args, at)
     verifier = DcapVerifier(collateral, simulator_roots=intel_roots)
-    claims: TdxClaims | SgxClaims | None = None
-    appraisal: dict[str, object] | None = None
-    workload: dict[str, object] | None = None
-    try:
-        if tdx:
-            claims = verifier.verify_tdx(quote, at=at, allow_missing_crl=args.allow_missing_crl)
-            if any(v is not None for v in logs.values()):
-                from verifier.eventlog.measured import td_event_claims  # noqa: PLC0415
 
-                claims = dataclasses.replace(claims, events=td_event_claims(
-                    claims.rtmrs, ccel_table=logs["ccel_table"], ccel_data=logs["ccel_data"],
-                    runtime_log=logs["runtime_log"]))
-        else:
-            claims = verifier.verify_sgx(quote, at=at, allow_missing_crl=args.allow_missing_crl)
-        _warn_collateral(claims.tcb.collateral_warnings)
-        if policy is not None:
-            appraisal, workload = _appraise(claims, policy, at=at, init_data=init_data,
-                                            references=references, insecure=bool(intel_roots))
-    except KeybrokerError as exc:
-        _emit(args.json, verdict="rejected", error=exc, claims=claims, appraisal=None,
-              workload=None, at=at)
-        return 1
-    _emit(args.json, verdict="verified", error=None, claims=claims, appraisal=appraisal,
-          workload=workload, at=at)
-    return 0
+    def verified() -> tuple[TdxClaims | SgxClaims, tuple[str, ...]]:
+        claims: TdxClaims | SgxClaims = (
+            verifier.verify_tdx(quote, at=at, allow_missing_crl=args.allow_missing_crl) if tdx
+            else verifier.verify_sgx(quote, at=at, allow_missing_crl=args.allow_missing_crl))
+        return claims, claims.tcb.collateral_warnings
+
+    def with_events(claims: TdxClaims) -> TdxClaims:
+        from verifier.eventlog.measured import td_event_claims  # noqa: PLC0415
+
+        return dataclasses.replace(claims, events=td_event_claims(
+            claims.rtmrs, ccel_table=logs["ccel_table"], ccel_data=logs["ccel_data"],
+            runtime_log=logs["runtime_log"]))
+
+    has_logs = tdx and any(v is not None for v in logs.values())
+    return _conclude(args, verified, policy=policy, at=at, init_data=init_data,
+                     references=references, insecure=bool(intel_roots),
+                     extend=with_events if has_logs else None)
 
 
 def _load_references(args: argparse.Namespace, at: datetime) -> ReferenceSnapshot:

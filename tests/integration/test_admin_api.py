@@ -6,7 +6,6 @@ callers; and an audit record with the principal for every call."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.admin import free_port
 from support.demo_stack import demo_services
 
 from broker.admin import ROLE_OF as BROKER_ROLES
@@ -33,11 +33,6 @@ ISSUER, AUDIENCE, KID = "https://idp.example.test", "keybroker-admin", "idp-key-
 RULES = (b"kind: ReleaseRules\nname: release-rules\nrules:\n  - name: snp-demo-keys\n"
          b"    keys: 'demo/*'\n    policy: snp-demo\n")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -82,7 +77,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     jwks = root / "idp-jwks.json"
     jwks.write_text(json.dumps({"keys": [{**jwk, "kid": KID, "alg": "ES256", "use": "sig"}]}))
     admins = "admins = { " + ", ".join(f'{n} = ["{r}"]' for n, r in ROLES.items()) + " }\n"
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
 
     def admin_lines(port: int, ca: str) -> str:
         if mode == "mtls":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import time
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
+from support.admin import free_port
 from support.agent_tls import channel_binding, secure_channel
 from support.demo_stack import demo_services
 
@@ -71,11 +71,6 @@ def who(env: Env) -> tuple[str, str]:
     return ("--profile", str(env.profile))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def _specs() -> list[PolicySpec]:
     return [
@@ -92,7 +87,7 @@ def _specs() -> list[PolicySpec]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("policies")
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     ca = root / "tls" / "ca.pem"
     layout = DemoLayout(root, broker_settings=(
         f'admin_listen = "127.0.0.1:{ports[1]}"\nadmin_client_ca = "{ca}"\n' + ADMINS + POLL))

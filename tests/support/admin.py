@@ -105,7 +105,8 @@ class SnpLab:
         return self.verifier.verify(raw, table, at=VERIFIED_AT)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (for configs that need a fixed admin port)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -118,7 +119,7 @@ def verifier_admin(directory: Path, principals: Sequence[str], *, admins: str,
     a client certificate and profile per principal; stopped on exit."""
     tls = init_tls(directory / "tls", clients=("broker-client", *principals)).dir
     ResultSigner.generate().write_private_key(directory / "result-key.pem")
-    port = _free_port()
+    port = free_port()
     extra = (f'tls_cert = "{tls.cert("verifier")}"\ntls_key = "{tls.key("verifier")}"\n'
              f'tls_client_ca = "{tls.ca}"\nadmin_listen = "127.0.0.1:{port}"\n'
              f'admin_client_ca = "{tls.ca}"\n')
