@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from attester_agent.simulator_options import (
     simulator_options_given,
 )
 from keybroker.errors import KeybrokerError, Malformed
+from keybroker.logs import LOG_FORMATS, LOG_LEVELS, configure
 from keybroker.rpc_errors import denial_from_rpc
 from keybroker.tls import (
     certificate_digest,
@@ -73,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Attest this guest to a keybroker and fetch released secrets.",
     )
     parser.add_argument("--version", action="version", version=f"attester-agent {version()}")
-    parser.add_argument("--log-level", default="WARNING", type=str.upper,
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, choices=LOG_LEVELS,
                         help="log detail on stderr (default WARNING)")
+    parser.add_argument("--log-format", default="auto", choices=LOG_FORMATS,
+                        help="json: one JSON object per line; text: for reading; auto (default): "
+                             "text on a terminal, JSON otherwise")
     sub = parser.add_subparsers(dest="command", required=True)
 
     detect = sub.add_parser("detect", help="list the usable attestation interfaces")
@@ -94,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "host set at launch")
     get.add_argument("--collector", choices=[*registry.HARDWARE_COLLECTORS, SIMULATOR],
                      help="evidence source (default: detect hardware)")
+    get.add_argument("--request-id", default=None, metavar="ID",
+                     help="request id for the broker's audit record and logs (printable ASCII, "
+                          "at most 128 characters; default: a fresh UUID, printed on stderr)")
     get.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT,
                      help="per-RPC deadline in seconds")
     tls = get.add_argument_group("TLS")
@@ -180,15 +187,17 @@ def cmd_get_secret(args: argparse.Namespace) -> int:
     credentials, channel = _credentials(args)
     init_data = _read_file(args.init_data, "--init-data") if args.init_data else b""
     collector = _collector(args, init_data)
+    args.request_id = args.request_id or str(uuid.uuid4())
     secrets = client.get_secrets(args.broker, key_ids, collector, suite=suite,
                                  init_data=init_data, timeout=args.timeout,
-                                 credentials=credentials, channel_binding=channel)
+                                 credentials=credentials, channel_binding=channel,
+                                 request_id=args.request_id)
     try:
         if outs:
             for key_id, out in zip(key_ids, outs, strict=True):
                 write_secret_file(out, secrets[key_id])
-                print(f"wrote {key_id} ({len(secrets[key_id])} bytes) to {out} (mode 0600)",
-                      file=sys.stderr)
+                print(f"wrote {key_id} ({len(secrets[key_id])} bytes) to {out} (mode 0600); "
+                      f"request {args.request_id}", file=sys.stderr)
         else:
             write_secret_stream(sys.stdout.buffer, secrets[key_ids[0]])
     finally:
@@ -302,11 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure(args.log_level, args.log_format)
     try:
         code: int = args.func(args)
     except UsageError as exc:
@@ -316,8 +321,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeybrokerError as exc:
         cause = exc.__cause__
         denied = isinstance(cause, grpc.RpcError) and denial_from_rpc(cause) is not None
-        prefix = "denied" if denied else "error"
-        print(f"{prefix}: {exc.category.value}: {exc.reason}", file=sys.stderr)
+        request = getattr(args, "request_id", None)
+        suffix = f" (request {request})" if request else ""
+        # A denial carries only the broker's safe message; a local failure its full detail.
+        text = f"denied: {exc.category.value}: {exc.reason}" if denied else f"error: {exc}"
+        print(text + suffix, file=sys.stderr)
         return EXIT_FAILED
     except SecretOutputRefused as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -28,6 +28,7 @@ import grpc
 from attester_agent.collectors.base import Collector
 from keybroker import binding
 from keybroker.errors import Malformed, Unavailable
+from keybroker.logs import REQUEST_ID_METADATA
 from keybroker.rpc_errors import error_from_rpc
 from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
 from keybroker.wrapping import AgentKeyPair, Suite, release_info
@@ -75,12 +76,16 @@ def get_secrets(
     timeout: float = DEFAULT_TIMEOUT,
     credentials: grpc.ChannelCredentials | None = None,
     channel_binding: bytes = b"",
+    request_id: str | None = None,
 ) -> dict[str, bytes]:
     """Attest with ``collector`` and return key id -> secret for every key in ``key_ids``;
-    ``credentials`` None is plaintext (the caller's insecure flag)."""
+    ``credentials`` None is plaintext (the caller's insecure flag); ``request_id`` names the
+    request in the broker's audit and logs (default: a fresh UUID)."""
     wanted = list(dict.fromkeys(key_ids))
     if not wanted:
         raise ValueError("at least one key id is required")
+    request_id = request_id or str(uuid.uuid4())
+    metadata = ((REQUEST_ID_METADATA, request_id),)
     if not collector.available():
         raise Unavailable(f"{collector.name} is not usable on this guest",
                           rule="collector available", expected="available", actual="absent")
@@ -95,7 +100,7 @@ def get_secrets(
                 broker_pb2.GetChallengeRequest(
                     tee=evidence_pb2.TeeType.ValueType(collector.tee), key_ids=wanted
                 ),
-                timeout=timeout,
+                timeout=timeout, metadata=metadata,
             )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc, broker_addr) from exc
@@ -107,7 +112,6 @@ def get_secrets(
                 binding.init_data_digest(init_data), channel_binding,
             )
             evidence = collector.collect(report_data)
-            request_id = str(uuid.uuid4())
             logger.info("requesting %d key(s) from %s (challenge %s, suite %s, request %s)",
                         len(wanted), broker_addr, challenge.challenge_id, chosen.value,
                         request_id)
@@ -122,7 +126,7 @@ def get_secrets(
                         init_data=init_data,
                         request_id=request_id,
                     ),
-                    timeout=timeout,
+                    timeout=timeout, metadata=metadata,
                 )
             except grpc.RpcError as exc:
                 raise error_from_rpc(exc, broker_addr) from exc

@@ -24,9 +24,11 @@ from keybroker.admin_documents import DocumentAdmin, audit_lines, verify_audit
 from keybroker.admin_gate import AdminGate
 from keybroker.document import document_kind
 from keybroker.errors import Malformed
+from keybroker.health import or_unavailable
 from keybroker.policy_store import PolicyStore
 from keybroker.roles import AUDITOR, OPERATOR, POLICY_ADMIN, SECRET_ADMIN
 from keybroker.v1 import admin_pb2, admin_pb2_grpc
+from keybroker.version import version
 
 Context = Any  # grpc.aio.ServicerContext (typed by the gate)
 
@@ -72,10 +74,13 @@ class BrokerAdminServicer(admin_pb2_grpc.BrokerAdminServicer):
                      context: Context) -> admin_pb2.StatusResponse:
         def work(p: Principal) -> admin_pb2.StatusResponse:
             rules = self._broker.watched_rules
-            status = {"rules_in_force": rules.current.rules_id if rules else "",
-                      "kek_versions": [v.kek_id + ":" + v.state
-                                       for v in self._broker.secrets.ring.versions()],
-                      "audit_head": self._broker.audit.head()}
+            monitor = self._broker.monitor
+            status = {"version": version(),
+                      **(monitor.status_json() if monitor else {"serving": True}),
+                      "rules_in_force": rules.current.rules_id if rules else "",
+                      "kek_versions": or_unavailable(lambda: [
+                          v.kek_id + ":" + v.state for v in self._broker.secrets.ring.versions()]),
+                      "audit_head": or_unavailable(self._broker.audit.head)}
             return admin_pb2.StatusResponse(service="broker", principal=p.name,
                                             roles=sorted(p.roles), json=json.dumps(status))
         return await self._gate.call(context, "Status", ROLE_OF["Status"], work)

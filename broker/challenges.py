@@ -195,6 +195,17 @@ class ChallengeStore:
                                  else "no client certificate")
         return found
 
+    def outstanding(self) -> int:
+        """Challenges issued, not consumed and not expired (for metrics)."""
+        now = self._clock()
+        return int(self._db.run(lambda db: db.execute(
+            "SELECT COUNT(*) FROM challenges WHERE consumed_at IS NULL AND expires_at > ?",
+            [now]).fetchone()[0]))
+
+    def probe(self) -> None:
+        """Health probe of the challenge database (``Database.probe``)."""
+        self._db.probe()
+
     def close(self) -> None:
         """Close the underlying database connections."""
         self._db.close()

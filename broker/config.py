@@ -23,6 +23,10 @@ Invariants:
   ``pkcs11_pin_env``: the PIN never sits in this file).
 - ``max_challenges`` (total) and ``max_challenges_per_peer`` bound the outstanding challenges
   (RESOURCE_EXHAUSTED past them); expired ones are purged every ``challenge_purge_seconds``.
+- Metrics (``metrics_listen``, ``metrics_client_ca``) as ``keybroker.metrics`` says; off
+  unless ``metrics_listen`` is set.
+- Dependencies (database, audit sink, KEK provider, verifier) are probed every
+  ``health_check_seconds`` (0.1..300) for gRPC health and ``keybroker status``.
 - ``accept_insecure_results`` is only read here; refusing to start with it (unless the operator
   passed the explicit insecure flag) is the CLI's start-up guard.
 """
@@ -39,6 +43,7 @@ from typing import Any
 
 from keybroker.admin_auth import ADMIN_KEYS, AdminSettings, admin_settings
 from keybroker.errors import Malformed
+from keybroker.metrics import METRICS_KEYS, MetricsSettings, metrics_settings
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
 
@@ -108,6 +113,8 @@ class BrokerConfig:
     max_challenges: int = 100_000
     max_challenges_per_peer: int = 64
     challenge_purge_seconds: float = 30.0
+    health_check_seconds: float = 2.0
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 _DEFAULTS: dict[str, object] = {
@@ -138,6 +145,7 @@ _DEFAULTS: dict[str, object] = {
     "max_challenges_per_peer": 64,
     "audit_checkpoint_every": 100,
     **{key: "" for key in ADMIN_KEYS},
+    **{key: "" for key in METRICS_KEYS},
     "kek_provider": "file",
     "pkcs11_module": "",
     "pkcs11_token_label": "",
@@ -145,6 +153,7 @@ _DEFAULTS: dict[str, object] = {
     "pkcs11_pin_file": "",
     "pkcs11_pin_env": "",
     "challenge_purge_seconds": 30.0,
+    "health_check_seconds": 2.0,
 }
 
 _PATHS = ("database", "audit_database", "kek_file", "verifier_jwks", "release_rules")
@@ -191,6 +200,7 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
                         rule="broker.audit_checkpoint_every", expected="1..100000",
                         actual=str(every))
     _typed(path, "challenge_purge_seconds", merged["challenge_purge_seconds"], (int, float))
+    _typed(path, "health_check_seconds", merged["health_check_seconds"], (int, float))
     _typed(path, "verifier_timeout_seconds", merged["verifier_timeout_seconds"], (int, float))
     for key in ("challenge_ttl_seconds", "token_leeway_seconds", "max_request_bytes"):
         _typed(path, key, merged[key], int)
@@ -244,7 +254,9 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
         audit_checkpoint_every=every,
     )
     return dataclasses.replace(config, **_transport(path, merged), **_kek(path, merged),
-                               admin=admin_settings(merged, path.parent, f"{path} [broker]"))
+                               admin=admin_settings(merged, path.parent, f"{path} [broker]"),
+                               metrics=metrics_settings(merged, path.parent,
+                                                        f"{path} [broker]"))
 
 
 def _kek(path: Path, merged: dict[str, object]) -> dict[str, Any]:
@@ -311,7 +323,13 @@ def _transport(path: Path, merged: dict[str, object]) -> dict[str, Any]:
         raise Malformed(f"{path}: challenge_purge_seconds out of range",
                         rule="broker.challenge_purge_seconds", expected="1..3600",
                         actual=str(purge))
+    health = float(merged["health_check_seconds"])  # type: ignore[arg-type]
+    if not 0.1 <= health <= 300:
+        raise Malformed(f"{path}: health_check_seconds out of range",
+                        rule="broker.health_check_seconds", expected="0.1..300",
+                        actual=str(health))
     return {
+        "health_check_seconds": health,
         "tls": TlsFiles(cert=server[0], key=server[1], ca=client_ca) if server else None,
         "verifier_tls": (TlsFiles(cert=verifier[1], key=verifier[2], ca=verifier[0])
                          if verifier else None),

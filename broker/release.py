@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.challenges import NO_PEER, Challenge, ChallengeStore, Clock, Peer, validate_key_ids
 from broker.rules import ReleaseRules, Requirement
@@ -38,7 +39,9 @@ from broker.secrets import MAX_VERSION, SecretStore, SecretVersion
 from broker.token import TokenVerifier, evidence_digest
 from keybroker.audit_log import AuditEntry, AuditLog
 from keybroker.binding import init_data_digest, report_data
-from keybroker.errors import FreshnessError, KeybrokerError, Malformed, Unavailable
+from keybroker.errors import Category, FreshnessError, KeybrokerError, Malformed, Unavailable
+from keybroker.health import HealthMonitor
+from keybroker.logs import REQUEST_ID_METADATA
 from keybroker.reload import Watched
 from keybroker.rpc_errors import error_from_rpc
 from keybroker.v1 import broker_pb2, evidence_pb2, verifier_pb2, verifier_pb2_grpc
@@ -80,7 +83,7 @@ class GrpcAppraiser:
         self._channel: grpc.aio.Channel | None = None
         self._retired: list[grpc.aio.Channel] = []
 
-    def _stub(self) -> verifier_pb2_grpc.VerifierAsyncStub:
+    def _open(self) -> grpc.aio.Channel:
         # Created lazily so the channel belongs to the event loop that serves requests.
         if self._channel is None:
             if self._credentials is None:
@@ -88,7 +91,24 @@ class GrpcAppraiser:
             else:
                 self._channel = grpc.aio.secure_channel(self.target, self._credentials(),
                                                         options=self._options)
-        return verifier_pb2_grpc.VerifierStub(self._channel)
+        return self._channel
+
+    def _stub(self) -> verifier_pb2_grpc.VerifierAsyncStub:
+        return verifier_pb2_grpc.VerifierStub(self._open())
+
+    async def probe(self, timeout: float = 2.0) -> None:
+        """Health probe: the verifier's gRPC health is SERVING (``Unavailable`` otherwise)."""
+        try:
+            reply = await health_pb2_grpc.HealthStub(self._open()).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"verifier {self.target} unreachable", rule="health.verifier",
+                              actual=f"{exc.code().name}: {exc.details() or ''}"[:200]
+                              ) from None
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise Unavailable(f"verifier {self.target} is not serving", rule="health.verifier",
+                              actual=health_pb2.HealthCheckResponse.ServingStatus.Name(
+                                  reply.status))
 
     def reconnect(self) -> None:
         """Re-read the client certificate: the next call opens a new channel (the old one is
@@ -106,7 +126,9 @@ class GrpcAppraiser:
     async def appraise(self, request: verifier_pb2.AppraiseRequest) -> str:
         """Call Appraise; failures without a Denial (refused, deadline) are Unavailable."""
         try:
-            response = await self._stub().Appraise(request, timeout=self._timeout)
+            response = await self._stub().Appraise(
+                request, timeout=self._timeout,
+                metadata=((REQUEST_ID_METADATA, request.request_id),))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, "verifier") from exc
         except (grpc.RpcError, OSError) as exc:
@@ -210,6 +232,9 @@ class Broker:
         self._clock = clock
         self.suites = tuple(Suite)
         self.watched_rules: Watched[ReleaseRules] | None = None
+        self.monitor: HealthMonitor | None = None  # set by the server (status replies)
+        # (tee, release-rule patterns, category or "" for a release) after every request.
+        self.observer: Callable[[str, tuple[str, ...], str], None] | None = None
 
     async def get_challenge(self, tee: int, key_ids: Sequence[str],
                             peer: Peer = NO_PEER) -> Challenge:
@@ -218,6 +243,7 @@ class Broker:
         if tee not in TEE_EVIDENCE:
             raise Malformed("unsupported TEE type",
                             expected=", ".join(str(t) for t in TEE_EVIDENCE), actual=str(tee))
+        self._rules().check_known(key_ids)  # fail before the agent gathers evidence
         return await asyncio.to_thread(self.challenges.issue, tee, list(key_ids), peer)
 
     async def release(
@@ -225,10 +251,30 @@ class Broker:
         peer: Peer = NO_PEER,
     ) -> broker_pb2.ReleaseKeyResponse:
         """Decide ``request`` from ``peer``; return the sealed keys or raise the (audited)
-        typed error.
+        typed error; the outcome goes to ``observer`` (metrics).
 
         ``request_id`` is ``effective_request_id(request.request_id)`` unless given.
         """
+        try:
+            response = await self._release(request, request_id, peer)
+        except KeybrokerError as err:
+            self._observe(request, err.category.value)
+            raise
+        except asyncio.CancelledError:
+            self._observe(request, Category.UNAVAILABLE.value)
+            raise
+        self._observe(request, "")
+        return response
+
+    def _observe(self, request: broker_pb2.ReleaseKeyRequest, category: str) -> None:
+        if self.observer is not None:
+            keys = [k.key_id for k in request.keys[:64]]
+            self.observer(request.evidence.WhichOneof("kind") or "none",
+                          self._rules().patterns(keys), category)
+
+    async def _release(
+        self, request: broker_pb2.ReleaseKeyRequest, request_id: str | None, peer: Peer,
+    ) -> broker_pb2.ReleaseKeyResponse:
         request_id = request_id or effective_request_id(request.request_id)
         bad_id: KeybrokerError | None = None
         if request.request_id and request.request_id != request_id:

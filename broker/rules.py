@@ -34,7 +34,7 @@ from pathlib import Path
 
 from keybroker.condition import Condition, ConditionError, compile_condition
 from keybroker.document import Document, load_document, read_document
-from keybroker.errors import PlatformPolicyViolation
+from keybroker.errors import Malformed, PlatformPolicyViolation
 
 SCHEMA = "release-rules"
 KIND = "ReleaseRules"
@@ -135,18 +135,30 @@ class ReleaseRules:
     def requirements(self, key_ids: Sequence[str]) -> tuple[Requirement, ...]:
         """The policies required to release all ``key_ids``, sorted by policy name.
 
-        Raises PlatformPolicyViolation if a key has no rule.
+        Raises ``unknown_key`` (MALFORMED) if a key has no rule.
         """
         accept: dict[str, bool] = {}
         for key_id in key_ids:
             matching = [r for r in self.rules if r.matches(key_id)]
             if not matching:
-                raise PlatformPolicyViolation("no release rule for key", rule="release.rule",
-                                              expected="a rule matching the key id",
-                                              actual=key_id)
+                raise unknown_key(key_id)
             for rule in matching:
                 accept[rule.policy] = accept.get(rule.policy, True) and rule.accept_warning
         return tuple(Requirement(name, accept[name]) for name in sorted(accept))
+
+    def patterns(self, key_ids: Sequence[str]) -> tuple[str, ...]:
+        """The ``keys`` patterns of the rules matching ``key_ids`` ("(none)" for a key no rule
+        matches): bounded labels for metrics, never the key ids themselves."""
+        found = {r.keys for r in self.rules for k in key_ids if r.matches(k)}
+        if any(not any(r.matches(k) for r in self.rules) for k in key_ids):
+            found.add("(none)")
+        return tuple(sorted(found))
+
+    def check_known(self, key_ids: Sequence[str]) -> None:
+        """Raise ``unknown_key`` for the first key id no rule matches."""
+        for key_id in key_ids:
+            if not any(r.matches(key_id) for r in self.rules):
+                raise unknown_key(key_id)
 
     def resolve_version(self, key_id: str, requested: int) -> int:
         """The version to release for ``key_id`` when the agent asked for ``requested`` (0 =
@@ -239,3 +251,14 @@ def parse_rules(raw: bytes, source: str, version: int = 0) -> ReleaseRules:
 def load_rules(path: Path, version: int = 0) -> ReleaseRules:
     """Read, validate and compile the release-rules file at ``path``."""
     return compile_rules(read_document(path, SCHEMA), version)
+
+
+def unknown_key(key_id: str) -> Malformed:
+    """The denial for a key id this broker does not serve (no release rule matches it).
+
+    The same answer whether or not a secret of that name is stored, so it reveals the rule
+    patterns only, never which secrets exist."""
+    return Malformed(f"unknown key id {key_id[:256]!r}: no release rule covers it",
+                     rule="release.unknown-key",
+                     expected="a key id matching a release rule (case-sensitive)",
+                     actual=key_id[:256])

@@ -1,40 +1,29 @@
-"""The broker's gRPC service (keybroker.v1.KeyBroker) and its server lifecycle.
+"""The broker's gRPC service (keybroker.v1.KeyBroker) and its assembly from configuration
+(the server lifecycle is ``broker.server``).
 
 Invariants:
 - Errors reach the agent only through ``keybroker.rpc_errors.abort`` with
   ``with_detail=False``: status code, category and safe message. Rule, expected and actual
   values go to the operator log and the audit record (written by ``broker.release``).
 - Any exception the decision code did not type is UNAVAILABLE, never a release.
-- Requests are bounded (``max_receive_message_length``); the server exposes gRPC health
-  checking and reflection; SIGTERM/SIGINT mark the service NOT_SERVING and stop gracefully,
-  letting in-flight requests finish within the grace period.
 - The broker is assembled from configuration once at start-up (``build_broker``); a KEK file
   with wrong permissions, an unreadable JWKS or rules file stops start-up.
 - Transport: agents reach the broker over TLS (mutual when ``agent_client_ca`` is set) and the
   broker reaches the verifier over mutual TLS; plaintext for both only with the insecure
-  plaintext flag, on loopback, logged as INSECURE. SIGHUP re-reads every certificate file.
+  plaintext flag, on loopback, logged as INSECURE.
   The caller's identity for a challenge (address, client certificate digest) is read from the
   channel in this module, never from the request.
-- Expired challenges are purged every ``challenge_purge_seconds`` while serving.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import grpc
 import sqlite_utils
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
-from broker.admin import BrokerAdminServicer
 from broker.challenges import ChallengeStore, Clock, Peer, challenge_schema
 from broker.config import BrokerConfig
 from broker.kek import KekBackend
@@ -44,28 +33,25 @@ from broker.rules import KIND as RULES_KIND
 from broker.rules import ReleaseRules, load_rules, parse_rules
 from broker.secrets import SecretStore, secret_schema
 from broker.token import TokenVerifier, load_jwks
-from keybroker.admin_auth import Authenticator
-from keybroker.admin_gate import AdminGate, admin_enabled, start_admin_server
 from keybroker.audit_log import AuditLog
 from keybroker.database import Database
 from keybroker.errors import KeybrokerError, Malformed, Unavailable
+from keybroker.logs import REQUEST_ID_METADATA, request_scope
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
-from keybroker.rpc_errors import abort
+from keybroker.rpc_errors import abort, metadata_value
 from keybroker.tls import (
     ServerTls,
-    TlsFiles,
     certificate_digest,
     check_plaintext,
     client_credentials,
     peer_certificate,
 )
-from keybroker.v1 import admin_pb2_grpc, broker_pb2, broker_pb2_grpc, evidence_pb2
+from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
 
 _log = logging.getLogger(__name__)
 
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["KeyBroker"].full_name
-GRACE_SECONDS = 5.0
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -204,16 +190,19 @@ class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
     async def GetChallenge(
         self, request: broker_pb2.GetChallengeRequest, context: Context
     ) -> broker_pb2.Challenge:
-        """Issue a single-use challenge."""
-        try:
-            challenge = await self._broker.get_challenge(int(request.tee), list(request.key_ids),
-                                                         _peer(context))
-        except KeybrokerError as err:
-            _log.warning("GetChallenge denied: %s", err)
-            await abort(context, err, "", with_detail=False)
-        except Exception as exc:
-            _log.exception("GetChallenge: unexpected failure")
-            await abort(context, Unavailable("internal error", actual=type(exc).__name__), "")
+        """Issue a single-use challenge (logged under the agent's ``x-request-id``, if any)."""
+        request_id = effective_request_id(metadata_value(context, REQUEST_ID_METADATA))
+        with request_scope(request_id):
+            try:
+                challenge = await self._broker.get_challenge(
+                    int(request.tee), list(request.key_ids), _peer(context))
+            except KeybrokerError as err:
+                _log.warning("GetChallenge denied: %s", err)
+                await abort(context, err, request_id, with_detail=False)
+            except Exception as exc:
+                _log.exception("GetChallenge: unexpected failure")
+                await abort(context, Unavailable("internal error", actual=type(exc).__name__),
+                            request_id)
         return broker_pb2.Challenge(
             challenge_id=challenge.challenge_id,
             nonce=challenge.nonce,
@@ -227,170 +216,13 @@ class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
     ) -> broker_pb2.ReleaseKeyResponse:
         """Run the release decision; denials carry only category and safe message."""
         request_id = effective_request_id(request.request_id)
-        try:
-            return await self._broker.release(request, request_id=request_id,
-                                              peer=_peer(context))
-        except KeybrokerError as err:
-            await abort(context, err, request_id, with_detail=False)
-        except Exception as exc:  # release() types everything; this is a last resort
-            _log.exception("ReleaseKey %s: unexpected failure", request_id)
-            await abort(context, Unavailable("internal error", actual=type(exc).__name__),
-                        request_id)
-
-
-@dataclass
-class RunningServer:
-    """A started broker server."""
-
-    server: grpc.aio.Server
-    health: health_aio.HealthServicer
-    host: str
-    port: int
-
-    @property
-    def address(self) -> str:
-        """``host:port`` actually bound."""
-        return f"{self.host}:{self.port}"
-
-    async def stop(self, grace: float | None = GRACE_SECONDS) -> None:
-        """Mark NOT_SERVING and stop, letting in-flight calls finish within ``grace``."""
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """Split ``host:port`` (IPv6 hosts in brackets)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"listen address must be host:port, got {listen!r}")
-    return host, int(port)
-
-
-async def start_server(
-    broker: Broker, listen: str, *, tls: ServerTls | None,
-    max_request_bytes: int = 1024 * 1024
-) -> RunningServer:
-    """Start the KeyBroker gRPC server (plus health and reflection) on ``listen``; ``tls``
-    None is plaintext (loopback only).
-
-    ``listen`` may use port 0; the bound port is in the result.
-    """
-    host, _ = split_listen(listen)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_request_bytes),
-        ("grpc.max_send_message_length", 4 * max_request_bytes),
-        ("grpc.so_reuseport", 0),
-    ])
-    broker_pb2_grpc.add_KeyBrokerServicer_to_server(KeyBrokerServicer(broker), server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
-    try:
-        if tls is None:
-            check_plaintext(listen, flag="--insecure-plaintext")
-            port = server.add_insecure_port(listen)
-        else:
-            port = server.add_secure_port(listen, tls.credentials())
-    except RuntimeError as exc:
-        raise Unavailable(f"cannot listen on {listen}", actual=str(exc)) from exc
-    if port == 0:
-        raise Unavailable(f"cannot listen on {listen}")
-    await server.start()
-    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health, host, port)
-
-
-async def start_broker_admin(config: BrokerConfig, broker: Broker, plaintext: bool
-                             ) -> tuple[grpc.aio.Server, ServerTls] | None:
-    """The BrokerAdmin API on ``admin_listen`` (when enabled: principals configured, TLS)."""
-    if not admin_enabled("broker", config.admin.listen, config.admins, plaintext=plaintext):
-        return None
-    assert config.tls is not None  # TLS is required unless plaintext (checked at start)
-    tls = ServerTls(TlsFiles(config.tls.cert, config.tls.key, config.admin.client_ca),
-                    what="broker admin")
-    gate = AdminGate("broker", Authenticator(config.admins, config.admin.jwt), broker.audit)
-    servicer = BrokerAdminServicer(gate, broker, PolicyStore(config.database))
-    server, _ = await start_admin_server(
-        lambda s: admin_pb2_grpc.add_BrokerAdminServicer_to_server(servicer, s),
-        config.admin.listen, tls)
-    return server, tls
-
-
-async def purge_challenges(broker: Broker, every_seconds: float) -> None:
-    """Every ``every_seconds`` until cancelled: delete expired challenges and destroy secret
-    versions whose destruction grace period has passed."""
-    while True:
-        await asyncio.sleep(every_seconds)
-        try:
-            purged = await asyncio.to_thread(broker.challenges.purge_expired)
-            destroyed = await asyncio.to_thread(broker.secrets.destroy_due)
-        except KeybrokerError as exc:
-            _log.warning("housekeeping failed: %s", exc.detail)
-            continue
-        if purged:
-            _log.debug("purged %d expired challenges", purged)
-        for name in destroyed:
-            _log.warning("secret version %s destroyed (grace period over)", name)
-
-
-async def close_broker(broker: Broker) -> None:
-    """Release the broker's resources (verifier channel, database connections)."""
-    if isinstance(broker.appraiser, GrpcAppraiser):
-        await broker.appraiser.close()
-    try:
-        broker.audit.checkpoint()  # cover the records written since the last checkpoint
-    except KeybrokerError as exc:
-        _log.error("audit checkpoint at shutdown not written: %s", exc.detail)
-    broker.audit.close()
-    broker.challenges.close()
-
-
-async def serve(
-    config: BrokerConfig,
-    *,
-    ready: Callable[[str], None],
-    clock: Clock = time.time,
-    plaintext: bool = False,
-) -> None:
-    """Run the broker until SIGTERM/SIGINT; call ``ready(address)`` once serving; SIGHUP
-    re-reads the certificate files."""
-    broker = build_broker(config, clock=clock, plaintext=plaintext)
-    tls = agent_tls(config, plaintext)
-    if broker.watched_rules is not None:
-        broker.watched_rules.start(config.policy_poll_seconds)
-    running = await start_server(broker, config.listen, tls=tls,
-                                 max_request_bytes=config.max_request_bytes)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    admin = await start_broker_admin(config, broker, plaintext)
-
-    def reload() -> None:
-        for server_tls in (tls, admin[1] if admin else None):
-            if server_tls is not None:
-                server_tls.reload()
-        if isinstance(broker.appraiser, GrpcAppraiser):
-            broker.appraiser.reconnect()
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    purger = asyncio.create_task(purge_challenges(broker, config.challenge_purge_seconds))
-    _log.info("broker serving on %s (verifier %s)", running.address, config.verifier)
-    ready(running.address)
-    try:
-        await stop.wait()
-        _log.info("broker shutting down")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        purger.cancel()
-        if admin is not None:
-            await admin[0].stop(GRACE_SECONDS)
-        await running.stop()
-        if broker.watched_rules is not None:
-            await broker.watched_rules.stop()
-        await close_broker(broker)
+        with request_scope(request_id):
+            try:
+                return await self._broker.release(request, request_id=request_id,
+                                                  peer=_peer(context))
+            except KeybrokerError as err:
+                await abort(context, err, request_id, with_detail=False)
+            except Exception as exc:  # release() types everything; this is a last resort
+                _log.exception("ReleaseKey: unexpected failure")
+                await abort(context, Unavailable("internal error", actual=type(exc).__name__),
+                            request_id)

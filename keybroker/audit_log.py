@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from keybroker.audit_checkpoint import (
     write_checkpoint,
 )
 from keybroker.database import Database, immediate
-from keybroker.errors import KeybrokerError, Malformed
+from keybroker.errors import KeybrokerError, Malformed, Unavailable
 
 _log = logging.getLogger(__name__)
 
@@ -178,10 +179,16 @@ class AuditLog:
         self._clock = clock
         self._mac = mac
         self._every = checkpoint_every
+        # Called with (seconds, succeeded) after every append (metrics).
+        self.observer: Callable[[float, bool], None] | None = None
 
     def close(self) -> None:
         """Close the database connections."""
         self._db.close()
+
+    def probe(self) -> None:
+        """Health probe of the audit sink (``Database.probe``)."""
+        self._db.probe()
 
     def append(self, entry: AuditEntry) -> AuditRecord:
         """Append ``entry`` durably and return the stored record; failure -> Unavailable."""
@@ -205,7 +212,15 @@ class AuditLog:
                 )
             return AuditRecord(seq, now, entry, prev, digest)
 
-        record = self._db.run(op)
+        start = time.perf_counter()
+        try:
+            record = self._db.run(op)
+        except Unavailable:
+            if self.observer is not None:
+                self.observer(time.perf_counter() - start, False)
+            raise
+        if self.observer is not None:
+            self.observer(time.perf_counter() - start, True)
         if self._mac is not None and record.seq % self._every == 0:
             self._try_checkpoint()
         return record

@@ -7,7 +7,9 @@ Invariants:
   committed record survives a crash or power loss.
 - SQLite BUSY/LOCKED is retried a bounded number of times, then becomes ``Unavailable``; any
   other SQLite failure is ``Unavailable`` at once. The store never answers "probably fine".
-- Schema creation is idempotent and happens at open time, never at import time.
+- Schema creation is idempotent and happens at open time, never at import time. Only that
+  first open may create the file: a database file that vanishes later is ``Unavailable``
+  (connections of new threads open it read-write, never creating an empty one).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import quote
 
 import sqlite_utils
 
@@ -61,15 +64,18 @@ class Database:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._created = False
         self.run(schema)
+        self._created = True  # from now on a vanished file is an error, never re-created
 
     def _connect(self) -> sqlite_utils.Database:
         db: sqlite_utils.Database | None = getattr(self._local, "db", None)
         if db is not None:
             return db
-        conn = sqlite3.connect(
-            str(self.path), timeout=self._busy_timeout, check_same_thread=False
-        )
+        target, uri = ((f"file:{quote(str(self.path))}?mode=rw", True) if self._created
+                       else (str(self.path), False))
+        conn = sqlite3.connect(target, uri=uri, timeout=self._busy_timeout,
+                               check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         db = sqlite_utils.Database(conn, execute_plugins=False)
         db.enable_wal()
@@ -96,6 +102,10 @@ class Database:
                                   actual=type(exc).__name__) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def probe(self) -> None:
+        """Health probe of this database's file (``probe_file``)."""
+        probe_file(self.path)
+
     def close(self) -> None:
         """Close every connection opened by any thread."""
         with self._lock:
@@ -103,6 +113,25 @@ class Database:
         for conn in conns:
             conn.close()
         self._local = threading.local()
+
+
+def probe_file(path: Path) -> None:
+    """Health probe: open ``path`` afresh (read-write, never creating it) and read its schema;
+    ``Unavailable`` naming the file when it is gone, unreadable or corrupt.
+
+    A fresh connection, because open ones keep working on a file that was deleted."""
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=1.0)
+        try:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise Unavailable(f"database {path} is not usable", rule="health.database",
+                          actual=str(exc)[:200]) from None
+    if not tables:
+        raise Unavailable(f"database {path} is empty (replaced?)", rule="health.database",
+                          expected="its tables", actual="no tables")
 
 
 @contextmanager

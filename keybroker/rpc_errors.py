@@ -95,3 +95,11 @@ def error_from_rpc(exc: grpc.RpcError, peer: str) -> KeybrokerError:
     reason = denial.message.split(": ", 1)[-1]
     return error_for(category, reason, rule=denial.rule, expected=denial.expected,
                      actual=denial.actual)
+
+
+def metadata_value(context: grpc.aio.ServicerContext[object, object], key: str) -> str:
+    """The caller's text metadata ``key`` ("" if absent or binary)."""
+    for name, value in context.invocation_metadata() or ():
+        if name == key and isinstance(value, str):
+            return value
+    return ""

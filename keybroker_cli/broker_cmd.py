@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING
 from broker.config import BrokerConfig, load_config
 from broker.keystore import initialise, open_backend, open_ring
 from broker.secrets import MAX_SECRET_BYTES, SecretStore, VersionConflict
-from broker.service import open_main_database, serve
+from broker.server import serve
+from broker.service import open_main_database
 from keybroker.audit_log import AuditLog
 from keybroker.errors import KeybrokerError
 from keybroker_cli import kek_cmd
+from keybroker_cli.pid_file import add_pid_file_option, pid_file
 
 _log = logging.getLogger(__name__)
 
@@ -82,11 +84,12 @@ def _serve(args: argparse.Namespace) -> int:
         _log.warning("!!! INSECURE: the broker accepts attestation results based on simulator "
                      "TEST ROOTS; never use this configuration in production !!!")
 
-    def ready(address: str) -> None:
-        print(f"broker listening on {address}", flush=True)
-
     try:
-        asyncio.run(serve(config, ready=ready, plaintext=bool(args.insecure_plaintext)))
+        with pid_file("broker", args.pid_file) as ready:
+            asyncio.run(serve(config, ready=ready, plaintext=bool(args.insecure_plaintext)))
+    except FileExistsError as err:
+        print(f"error: REFUSING TO START: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except KeybrokerError as err:
         print(f"error: broker failed: {err}", file=sys.stderr)
         return EXIT_FAIL
@@ -138,6 +141,10 @@ def _secret_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+AUDIT_COLUMNS = ("seq", "time", "outcome", "category", "request_id", "keys", "policies",
+                 "detail")
+
+
 def _audit_list(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
@@ -147,6 +154,11 @@ def _audit_list(args: argparse.Namespace) -> int:
     except KeybrokerError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_FAIL
+    wanted = set(args.request_id)
+    if wanted:
+        records = [r for r in records if r.entry.request_id in wanted]
+    if not args.json:
+        print("\t".join(AUDIT_COLUMNS))
     for rec in records:
         if args.json:
             print(json.dumps(rec.as_dict(), sort_keys=True))
@@ -217,7 +229,8 @@ def register(sub: Subparsers) -> None:
     srv.add_argument("--insecure-plaintext", action="store_true",
                      help="INSECURE: serve agents and call the verifier without TLS (loopback "
                           "addresses only). For local experiments, never production")
-    srv.set_defaults(func=_serve)
+    add_pid_file_option(srv)
+    srv.set_defaults(func=_serve, default_log_level="INFO")
 
     secret = commands.add_parser("secret", help="manage stored secrets")
     secret_cmds = secret.add_subparsers(dest="secret_command", required=True)
@@ -238,6 +251,8 @@ def register(sub: Subparsers) -> None:
     audit_cmds = audit.add_subparsers(dest="audit_command", required=True)
     alist = with_config(audit_cmds.add_parser("list", help="print audit records"))
     alist.add_argument("--json", action="store_true", help="one JSON object per line")
+    alist.add_argument("--request-id", action="append", default=[], metavar="ID",
+                       help="only the records of this request (repeatable)")
     alist.set_defaults(func=_audit_list)
     verify = with_config(audit_cmds.add_parser("verify", help="verify the hash chain"))
     verify.add_argument("--expect-head", default=None,

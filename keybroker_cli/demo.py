@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -29,6 +30,8 @@ from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
 from keybroker.errors import KeybrokerError
 from keybroker_cli import demo_serve
+from keybroker_cli.demo_prepare import Ports, prepare_deployment, prepared_summary
+from keybroker_cli.demo_report import Steps, Timings, ms, say, show_audit, show_metrics
 from keybroker_cli.demo_setup import (
     DEMO_AGENT,
     DEMO_IMAGE,
@@ -40,7 +43,6 @@ from keybroker_cli.demo_setup import (
     agent_channel,
     agent_tls_args,
     prepare,
-    run_cli,
     write_broker_config,
 )
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
@@ -61,11 +63,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                            "with their admin APIs, and write admin client profiles")
     keep.add_argument("--stop", action="store_true",
                       help="stop the services --serve started")
+    keep.add_argument("--prepare-only", action="store_true",
+                      help="write a simulator deployment into an empty --workdir (configs on "
+                           "fixed loopback ports, certificates, keys, policy, the demo secret, "
+                           "an admin profile) and start nothing: for running the processes "
+                           "yourself")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """The demo, or (``--serve`` / ``--stop``) its services kept running in the background."""
+    if args.prepare_only:
+        return _prepare_only(args)
     if args.serve or args.stop:
         if args.workdir is None:
             print("--serve and --stop need --workdir", file=sys.stderr)
@@ -75,67 +84,103 @@ def run(args: argparse.Namespace) -> int:
     return _demo(args)
 
 
+def _prepare_only(args: argparse.Namespace) -> int:
+    if args.workdir is None:
+        print("--prepare-only needs --workdir", file=sys.stderr)
+        return 2
+    workdir: Path = args.workdir
+    if workdir.exists() and any(workdir.iterdir()):
+        print(f"{workdir} is not empty: --prepare-only writes a new deployment only into an "
+              "empty or new directory", file=sys.stderr)
+        return 2
+    workdir.mkdir(parents=True, exist_ok=True)
+    layout = DemoLayout(workdir.resolve())
+    prepare_deployment(layout, tee=args.tee)
+    print(prepared_summary(layout, args.tee, Ports()))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when one release and one denial happened as expected."""
+    keep = args.workdir is not None
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="keybroker-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     layout = DemoLayout(workdir.resolve())
-    say(f"keybroker demo (working directory {layout.root})")
     tee: Tee = args.tee
-    say(f"WARNING: this demo uses the {DEMO_TEES[tee].display_name} SIMULATOR under a generated "
-        "INSECURE test root")
+    # The demo announces the simulator itself; per-request agent warnings would repeat it.
+    logging.getLogger("attester_agent").setLevel(logging.ERROR)
+    say(f"keybroker demo: {DEMO_TEES[tee].display_name} on the SIMULATOR, under a generated "
+        "INSECURE test root (nothing here is a production set-up)")
+    say(f"working directory {layout.root}: holds generated keys, certificates and the released "
+        "secret; " + ("kept (--workdir; service logs in verifier/ and broker/)" if keep else
+                      "deleted at exit (give --workdir DIR to keep it and the service logs)"))
+    try:
+        return _run_steps(layout, tee, args.releases, keep=keep)
+    finally:
+        if not keep:
+            shutil.rmtree(layout.root, ignore_errors=True)
+
+
+def _run_steps(layout: DemoLayout, tee: Tee, releases: int, *, keep: bool) -> int:
+    steps = Steps()
+    timings = Timings()
     t0 = time.perf_counter()
     secret = prepare(layout, tee=tee)
-    say(f"set-up: keys, policy, databases, demo secret stored ({ms(t0)} ms)")
+    metrics = {name: f"127.0.0.1:{demo_serve.free_port()}" for name in ("verifier", "broker")}
+    with layout.verifier_config.open("a") as out:
+        out.write(f'metrics_listen = "{metrics["verifier"]}"\n')
+    layout = DemoLayout(layout.root, broker_settings=layout.broker_settings
+                        + f'metrics_listen = "{metrics["broker"]}"\n')
+    timings.add("set-up", ms(t0))
+    steps.say(f"set up: TLS CA and certificates, verifier result key, policy "
+              f"{DEMO_TEES[tee].policy_name}, release rules, secret {DEMO_KEY_ID} "
+              f"({len(secret)} bytes) stored under the broker's KEK")
+    codes: dict[str, int] = {}
     with ExitStack() as stack:
         verifier = stack.enter_context(service(
-            "verifier", layout.verifier / "verifier.log",
+            "verifier", layout.verifier / "verifier.log", codes,
             "verifier", "serve", "--config", str(layout.verifier_config), "--insecure-simulator",
         ))
-        say(f"verifier process pid={verifier.pid} on {verifier.address}")
+        steps.say(f"verifier started: pid {verifier.pid}, {verifier.address}, mutual TLS")
         write_broker_config(layout, verifier.address)
         broker = stack.enter_context(service(
-            "broker", layout.broker / "broker.log",
+            "broker", layout.broker / "broker.log", codes,
             "broker", "serve", "--config", str(layout.broker_config), "--insecure-simulator",
         ))
-        say(f"broker process pid={broker.pid} on {broker.address}")
-        say(f"transport: TLS for agents (mutual TLS: agents present a {DEMO_AGENT} "
-            "certificate, bound into the evidence) and mTLS between broker and verifier; "
-            f"throwaway CA {layout.tls.ca}")
-        refused = plaintext_refused(broker.address, layout, tee)
-        released = release_with_agent(layout, broker.address, secret, tee)
-        # The demo already warned about the simulator; keep per-request agent logs quiet.
-        logging.getLogger("attester_agent").setLevel(logging.ERROR)
-        timings = timed_releases(layout, broker.address, secret, args.releases, tee)
-        denied = denied_request(layout, broker.address, tee)
-        show_audit(layout)
-    say("verifier and broker stopped")
-    if timings:
-        say(f"timings: {len(timings)} in-process releases, p50 {statistics.median(timings):.1f} ms,"
-            f" max {max(timings):.1f} ms (challenge + simulated evidence + appraisal + sealing)")
-    ok = released and denied and refused
+        steps.say(f"broker started: pid {broker.pid}, {broker.address}, TLS for agents with a "
+                  f"{DEMO_AGENT} client certificate bound into the evidence, mutual TLS to the "
+                  "verifier")
+        refused = plaintext_refused(broker.address, layout, tee, steps)
+        release_id, deny_id = f"demo-release-{uuid.uuid4().hex[:8]}", \
+            f"demo-denial-{uuid.uuid4().hex[:8]}"
+        released = release_with_agent(layout, broker.address, secret, tee, steps=steps,
+                                       request_id=release_id, timings=timings)
+        denied = denied_request(layout, broker.address, tee, steps=steps, request_id=deny_id,
+                                timings=timings)
+        show_audit(layout, steps, (release_id, deny_id), keep=keep)
+        timed = timed_releases(layout, broker.address, secret, releases, tee)
+        show_metrics(steps, layout, {k: f"https://{v}/metrics" for k, v in metrics.items()})
+    steps.say("verifier and broker stopped (exit codes: "
+              + ", ".join(f"{name} {code}" for name, code in codes.items()) + ")")
+    say("")
+    say("timings (apart from the steps; this machine, this run):")
+    for line in timings.lines(timed):
+        say(f"  {line}")
+    ok = released and denied and refused and all(code == 0 for code in codes.values())
     say("demo: OK (1 release, 1 denial)" if ok else "demo: FAILED")
     return 0 if ok else 1
 
 
-def say(text: str) -> None:
-    """Demo output goes to stdout, flushed at once."""
-    print(text, flush=True)
-
-
-def ms(start: float) -> int:
-    return int((time.perf_counter() - start) * 1000)
-
-
 @contextmanager
-def service(name: str, log_path: Path, *args: str) -> Iterator[ServiceProcess]:
-    """A keybroker service process that is always stopped on exit."""
+def service(name: str, log_path: Path, codes: dict[str, int],
+            *args: str) -> Iterator[ServiceProcess]:
+    """A keybroker service process that is always stopped on exit (its exit code is recorded
+    in ``codes``)."""
     proc = ServiceProcess.start(name, keybroker_command(*args), log_path=log_path)
     try:
         yield proc
     finally:
-        code = proc.stop()
-        say(f"{name} stopped (exit code {code})")
+        codes[name] = proc.stop()
 
 
 def agent_command(*args: str) -> list[str]:
@@ -152,7 +197,7 @@ def agent_sim_args(layout: DemoLayout, tee: Tee) -> list[str]:
     return args
 
 
-def measure_image(layout: DemoLayout) -> bool:
+def measure_image(layout: DemoLayout, steps: Steps | None = None) -> bool:
     """`attester-agent measure`: put the demo container image into the simulated RTMR3."""
     done = subprocess.run(
         agent_command("measure", "--image", DEMO_IMAGE, "--insecure-simulator",
@@ -161,20 +206,25 @@ def measure_image(layout: DemoLayout) -> bool:
     if done.returncode != 0:
         say(f"MEASURE FAILED (agent exit {done.returncode}): {done.stderr.strip()[-800:]}")
         return False
-    say(f"measured container image {DEMO_IMAGE[:23]}... into RTMR3 (runtime event log)")
+    if steps is not None:
+        steps.say(f"attester-agent measure: container image {DEMO_IMAGE[:23]}... extended "
+                  "into RTMR3 (runtime event log)")
     return True
 
 
-def release_with_agent(layout: DemoLayout, broker: str, secret: bytes, tee: Tee = "snp") -> bool:
+def release_with_agent(layout: DemoLayout, broker: str, secret: bytes, tee: Tee = "snp", *,
+                       steps: Steps | None = None, request_id: str = "",
+                       timings: Timings | None = None) -> bool:
     """Release the demo secret through a real `attester-agent get-secret` process."""
     out = layout.root / "released-secret"
     out.unlink(missing_ok=True)
-    if DEMO_TEES[tee].images and not measure_image(layout):
+    if DEMO_TEES[tee].images and not measure_image(layout, steps):
         return False
     start = time.perf_counter()
     done = subprocess.run(
         agent_command("get-secret", "--broker", broker, "--key-id", DEMO_KEY_ID, "--out",
-                      str(out), *agent_tls_args(layout), *agent_sim_args(layout, tee)),
+                      str(out), *(["--request-id", request_id] if request_id else []),
+                      *agent_tls_args(layout), *agent_sim_args(layout, tee)),
         capture_output=True, text=True, check=False,
     )
     elapsed = ms(start)
@@ -183,9 +233,12 @@ def release_with_agent(layout: DemoLayout, broker: str, secret: bytes, tee: Tee 
         return False
     mode = out.stat().st_mode & 0o777
     matches = out.read_bytes() == secret
-    say(f"RELEASED {DEMO_KEY_ID} to the agent: written to {out} (mode {mode:o}), "
-        f"{len(secret)} bytes, matches the stored secret: {matches} "
-        f"({elapsed} ms incl. agent process start-up)")
+    if timings is not None:
+        timings.add("release through the attester-agent process (incl. its start-up)", elapsed)
+    if steps is not None:
+        steps.say(f"RELEASED {DEMO_KEY_ID} to attester-agent get-secret (request {request_id})")
+        steps.more(f"agent: {done.stderr.strip().splitlines()[-1]}")
+        steps.more(f"the file matches the stored secret: {matches}")
     return matches and mode == 0o600
 
 
@@ -220,7 +273,9 @@ def timed_releases(layout: DemoLayout, broker: str, secret: bytes, count: int,
     return timings
 
 
-def denied_request(layout: DemoLayout, broker: str, tee: Tee = "snp") -> bool:
+def denied_request(layout: DemoLayout, broker: str, tee: Tee = "snp", *,
+                   steps: Steps | None = None, request_id: str = "",
+                   timings: Timings | None = None) -> bool:
     """A guest with a different launch measurement asks for the same key and is refused."""
     wrong = DEMO_TEES[tee].wrong_measurement
     collector = demo_collector(layout, tee, wrong=True)
@@ -228,30 +283,29 @@ def denied_request(layout: DemoLayout, broker: str, tee: Tee = "snp") -> bool:
     start = time.perf_counter()
     try:
         get_secrets(broker, [DEMO_KEY_ID], collector, init_data=demo_init_data(layout, tee),
-                    credentials=credentials, channel_binding=channel)
+                    credentials=credentials, channel_binding=channel,
+                    request_id=request_id or None)
     except KeybrokerError as err:
-        say(f"DENIED {DEMO_KEY_ID} to a guest with launch measurement {wrong.hex()[:16]}...:"
-            f" category {err.category.value}, reason: {err.reason} ({ms(start)} ms)")
+        if timings is not None:
+            timings.add("denial (in-process agent)", ms(start))
+        if steps is not None:
+            steps.say(f"DENIED {DEMO_KEY_ID} to a guest with launch measurement "
+                      f"{wrong.hex()[:16]}... (request {request_id})")
+            steps.more(f"{err.category.value}: {err.reason}")
         return err.category.value == "MEASUREMENT"
     say("UNEXPECTED: the tampered guest received the secret")
     return False
 
 
-def plaintext_refused(broker: str, layout: DemoLayout, tee: Tee) -> bool:
+def plaintext_refused(broker: str, layout: DemoLayout, tee: Tee,
+                      steps: Steps | None = None) -> bool:
     """A client without TLS gets no challenge from the demo broker."""
     try:
         get_secrets(broker, [DEMO_KEY_ID], demo_collector(layout, tee), timeout=5.0,
                     init_data=demo_init_data(layout, tee))
     except KeybrokerError as err:
-        say(f"plaintext client refused by the broker ({err.category.value})")
+        if steps is not None:
+            steps.say(f"a client without TLS is refused by the broker ({err.category.value})")
         return err.category.value == "UNAVAILABLE"
     say("UNEXPECTED: the broker answered a plaintext client")
     return False
-
-
-def show_audit(layout: DemoLayout) -> None:
-    """Print the broker's audit trail (it never contains secret bytes)."""
-    say("audit trail (broker):")
-    for line in run_cli("broker", "audit", "list", "--config", str(layout.broker_config)
-                        ).splitlines()[-6:]:
-        say(f"  {line}")

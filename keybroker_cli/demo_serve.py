@@ -29,7 +29,8 @@ from keybroker_cli.launcher import keybroker_command
 SERVICE_CERTS = {"ca", "broker", "verifier", "broker-client", DEMO_AGENT}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port that is free right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -60,7 +61,7 @@ def serve(layout: DemoLayout) -> int:
         return 2
     table = tomllib.loads(layout.verifier_config.read_text())["verifier"]
     admins = table.get("admins", {})
-    ports = {"verifier": _free_port(), "broker": _free_port()}
+    ports = {"verifier": free_port(), "broker": free_port()}
     ca = layout.tls.ca
     admins_line = "admins = { " + ", ".join(
         f'"{who}" = {json.dumps(list(roles))}' for who, roles in admins.items()) + " }\n"

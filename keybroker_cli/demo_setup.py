@@ -299,13 +299,13 @@ def put_secret(layout: DemoLayout, key_id: str, secret: bytes) -> None:
 
 
 def write_broker_config(layout: DemoLayout, verifier_address: str, *,
-                        challenge_ttl: int = 60) -> None:
+                        challenge_ttl: int = 60, listen: str = "127.0.0.1:0") -> None:
     """(Re)write the broker config pointing at the verifier's address (TLS to agents, which
     must present a certificate of the demo CA; mutual TLS to the verifier)."""
     tls = layout.tls
     layout.broker_config.write_text(
         "[broker]\n"
-        'listen = "127.0.0.1:0"\n'
+        f'listen = "{listen}"\n'
         'database = "broker.db"\n'
         'kek_file = "kek.bin"\n'
         f'verifier = "{verifier_address}"\n'

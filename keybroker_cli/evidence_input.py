@@ -42,7 +42,7 @@ def read_input(path: Path | None) -> bytes | None:
 def decode_quote(data: bytes) -> bytes:
     """A quote file's bytes: hex text and base64 text are decoded, anything else is raw."""
     text = data.strip()
-    if not text or data[:1] in (b"\x03", b"\x04", b"\x05"):
+    if not text or data[:1] in (b"\x03", b"\x04", b"\x05") or text.startswith(b"-----"):
         return data
     compact = b"".join(text.split())
     if _HEX_TEXT.fullmatch(text) and len(compact) % 2 == 0:

@@ -8,12 +8,12 @@ Exit codes: 0 success/verified, 1 rejected or failed, 2 usage error.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from keybroker.logs import LOG_FORMATS, LOG_LEVELS, configure
 from keybroker.version import version
-from keybroker_cli import broker_cmd, demo, tls_cmd, verifier_cmd, verify
+from keybroker_cli import broker_cmd, demo, status_cmd, tls_cmd, verifier_cmd, verify
 from keybroker_cli.admin import command as admin_command
 
 # Each registration function adds its subparsers and sets ``func`` on them.
@@ -24,10 +24,9 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     demo.register,
     admin_command.register,
     tls_cmd.register,
+    status_cmd.register,
 )
 
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DESCRIPTION = """\
 keybroker: an attestation-gated key broker. Run the verifier and the broker services,
 verify evidence offline, administer policies, reference values, secrets and the audit log
@@ -38,6 +37,7 @@ examples:
   keybroker verify report.bin --tee snp --collateral ./amd-certs/
   keybroker tls init ./tls
   keybroker admin policy validate policy.yaml
+  keybroker status --profile admin.toml --service broker --wait 30
 
 exit codes: 0 success or verified, 1 rejected or failed, 2 usage or configuration error"""
 
@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keybroker", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"keybroker {version()}")
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
-                        help="log detail on stderr (default INFO)")
+    parser.add_argument("--log-level", default=None, type=str.upper, choices=LOG_LEVELS,
+                        help="log detail on stderr (default: INFO for services and the demo, "
+                             "WARNING for one-shot commands)")
+    parser.add_argument("--log-format", default="auto", choices=LOG_FORMATS,
+                        help="json: one JSON object per line; text: for reading; auto (default): "
+                             "text on a terminal, JSON otherwise")
     sub = parser.add_subparsers(dest="command", required=True)
     for register in _GROUPS:
         register(sub)
@@ -62,14 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help/--version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else 2
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # The CEL library logs every compiled expression at INFO: detail for debugging only.
-    if args.log_level != "DEBUG":
-        logging.getLogger("celpy").setLevel(logging.WARNING)
+    configure(args.log_level or getattr(args, "default_log_level", "WARNING"), args.log_format)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 

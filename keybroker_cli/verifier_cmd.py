@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from keybroker.errors import KeybrokerError
+from keybroker_cli.pid_file import add_pid_file_option, pid_file
 from verifier.config import load_config
 from verifier.policy.compile import load_policy
 from verifier.result import ResultSigner
@@ -45,19 +46,18 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_ready(address: str) -> None:
-    print(f"verifier listening on {address}", flush=True)
-
-
 def _serve(args: argparse.Namespace) -> int:
     from verifier.server import serve  # noqa: PLC0415 - grpc only when serving
 
     try:
         config = load_config(Path(args.config))
-        asyncio.run(serve(config, insecure=bool(args.insecure_simulator),
-                          plaintext=bool(args.insecure_plaintext),
-                          on_ready=_print_ready))
+        with pid_file("verifier", args.pid_file) as ready:
+            asyncio.run(serve(config, insecure=bool(args.insecure_simulator),
+                              plaintext=bool(args.insecure_plaintext), on_ready=ready))
     except KeybrokerError as err:
+        print(f"verifier: refusing to start: {err}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:
         print(f"verifier: refusing to start: {err}", file=sys.stderr)
         return 2
     return 0
@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--insecure-plaintext", action="store_true",
                        help="INSECURE: listen without TLS (loopback addresses only; no caller "
                             "is authenticated). For local experiments, never production")
-    serve.set_defaults(func=_serve)
+    add_pid_file_option(serve)
+    serve.set_defaults(func=_serve, default_log_level="INFO")
 
     policy = commands.add_parser("policy", help="appraisal policy tools")
     policy_cmds = policy.add_subparsers(dest="policy_command", required=True)

@@ -149,9 +149,13 @@ def _load_collateral(paths: Sequence[Path]) -> CollateralStore:
     from verifier.collateral.cache import CollateralStore  # noqa: PLC0415 - keep CLI start-up light
 
     try:
-        return CollateralStore.load(list(paths))
+        store = CollateralStore.load(list(paths))
     except OSError as exc:
-        raise UsageError(f"cannot read {exc.filename or ''}: {exc.strerror or exc}") from None
+        raise UsageError(f"cannot read collateral {exc.filename or '(unnamed)'}: "
+                         f"{exc.strerror or exc}") from None
+    for skipped in store.skipped:
+        print(f"WARNING: collateral file ignored: {skipped}", file=sys.stderr)
+    return store
 
 
 def _warn_collateral(warnings: tuple[str, ...]) -> None:

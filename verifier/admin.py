@@ -23,9 +23,11 @@ from keybroker.admin_documents import DocumentAdmin, audit_lines, verify_audit
 from keybroker.admin_gate import AdminGate
 from keybroker.document import document_kind
 from keybroker.errors import Malformed
+from keybroker.health import or_unavailable
 from keybroker.policy_store import PolicyStore
 from keybroker.roles import AUDITOR, OPERATOR, POLICY_ADMIN, REFVALUE_ADMIN
 from keybroker.v1 import admin_pb2, admin_pb2_grpc
+from keybroker.version import version
 from verifier.config import VerifierConfig
 from verifier.policy.compile import parse_policy
 from verifier.policy.dry_run import dry_run
@@ -90,10 +92,12 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
     """VerifierAdmin over the verifier's state database and one gate."""
 
     def __init__(self, gate: AdminGate, config: VerifierConfig,
-                 in_force: Callable[[], Mapping[str, AppraisalPolicy]]) -> None:
+                 in_force: Callable[[], Mapping[str, AppraisalPolicy]],
+                 live: Callable[[], dict[str, object]] = dict) -> None:
         self._gate = gate
         self._config = config
         self._in_force = in_force
+        self._live = live  # health and collateral freshness of the running service
         self._policies = DocumentAdmin(PolicyStore(config.state_db), KIND_POLICY,
                                        lambda raw, src: _policy_of(raw, src).name)
         self._references = ReferenceStore(config.state_db)
@@ -109,8 +113,10 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
     async def Status(self, request: admin_pb2.StatusRequest,
                      context: Context) -> admin_pb2.StatusResponse:
         def work(p: Principal) -> admin_pb2.StatusResponse:
-            status = {"policies_in_force": sorted(x.policy_id for x in self._in_force().values()),
-                      "reference_sets": sorted({v.name for v in self._references.versions()}),
+            status = {"version": version(), **self._live(),
+                      "policies_in_force": sorted(x.policy_id for x in self._in_force().values()),
+                      "reference_sets": or_unavailable(lambda: sorted(
+                          {v.name for v in self._references.versions()})),
                       "audit_head": self._gate.audit.head()}
             return admin_pb2.StatusResponse(service="verifier", principal=p.name,
                                             roles=sorted(p.roles), json=json.dumps(status))

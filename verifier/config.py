@@ -9,14 +9,17 @@ Invariants:
   collateral unless the process was started with the explicit insecure switch.
 - ``state_db`` (policy versions, reference-value sets, recorded appraisals) defaults to
   ``verifier-state.db`` beside the config; ``record_days`` 0..90 (0: record nothing),
-  ``policy_poll_seconds`` 0.1..60. ``admins`` maps identities to roles
-  (``keybroker.roles``); each ``[[verifier.reference_providers]]`` names a provider, its
-  PEM public key (path) and the fnmatch patterns of the reference-value sets it may publish.
+  ``policy_poll_seconds`` 0.1..60, ``health_check_seconds`` 0.1..300 (dependency probes).
+  ``admins`` maps identities to roles (``keybroker.roles``); each
+  ``[[verifier.reference_providers]]`` names a provider, its PEM public key (path) and the
+  fnmatch patterns of the reference-value sets it may publish.
 - Transport: ``tls_cert``, ``tls_key`` and ``tls_client_ca`` come together (mutual TLS: the
   broker must present a certificate under ``tls_client_ca``); ``allowed_clients`` (CN or SAN
   values) narrows which of those certificates are served. Without them the config describes a
   plaintext verifier, which ``keybroker verifier serve`` runs only with
   ``--insecure-plaintext`` on loopback.
+- Metrics: ``metrics_listen`` and ``metrics_client_ca`` (``keybroker.metrics``; off unless
+  ``metrics_listen`` is set).
 - Admin API: ``admin_listen`` and the ``admin_*`` keys as for the broker
   (``keybroker.admin_auth.admin_settings``); admin calls are recorded in ``audit_database``.
 - The configuration only names trust-anchor files; each TEE folder loads its own
@@ -37,6 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from keybroker.admin_auth import ADMIN_KEYS, AdminSettings, admin_settings
 from keybroker.errors import Malformed
+from keybroker.metrics import METRICS_KEYS, MetricsSettings, metrics_settings
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
 from verifier.pki import certificates_in
@@ -50,9 +54,11 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
     "simulator_intel_roots": list, "max_request_bytes": int,
     "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
+    "health_check_seconds": (int, float),
     "admins": dict, "reference_providers": list,
     "tls_cert": str, "tls_key": str, "tls_client_ca": str, "allowed_clients": list,
     "audit_database": str, **{key: str for key in ADMIN_KEYS},
+    **{key: str for key in METRICS_KEYS},
 }
 _TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
 _PROVIDER_KEYS = ("name", "key", "sets")
@@ -90,6 +96,8 @@ class VerifierConfig:
     state_db: Path = Path(DEFAULT_STATE_DB)
     record_days: int = 7
     policy_poll_seconds: float = 1.0
+    health_check_seconds: float = 2.0
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     admins: Admins = field(default_factory=lambda: NO_ADMINS)
     reference_providers: tuple[ReferenceProvider, ...] = ()
     tls: TlsFiles | None = None  # None: plaintext, only with --insecure-plaintext on loopback
@@ -160,6 +168,10 @@ def load_config(path: Path) -> VerifierConfig:
     assert isinstance(poll, int | float)
     if not 0.1 <= poll <= 60:
         raise _fail(path, "policy_poll_seconds", "value out of range", "0.1..60", str(poll))
+    health = table.get("health_check_seconds", 2.0)
+    assert isinstance(health, int | float)
+    if not 0.1 <= health <= 300:
+        raise _fail(path, "health_check_seconds", "value out of range", "0.1..300", str(health))
     listen = str(table.get("listen", DEFAULT_LISTEN))
     if ":" not in listen:
         raise _fail(path, "listen", "invalid listen address", "HOST:PORT", listen)
@@ -178,10 +190,12 @@ def load_config(path: Path) -> VerifierConfig:
         state_db=_paths(path, "state_db", [table.get("state_db", DEFAULT_STATE_DB)])[0],
         record_days=record_days,
         policy_poll_seconds=float(poll),
+        health_check_seconds=float(health),
         admins=parse_admins(table.get("admins", {}), path, "verifier.admins"),
         reference_providers=_providers(path, table.get("reference_providers", [])),
         tls=_tls(path, table),
         admin=admin_settings(table, path.parent, f"{path} [verifier]"),
+        metrics=metrics_settings(table, path.parent, f"{path} [verifier]"),
         audit_database=_paths(path, "audit_database",
                               [table.get("audit_database", "verifier-audit.db")])[0],
         allowed_clients=_allowed_clients(path, table, table.get("allowed_clients", [])),

@@ -21,8 +21,8 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
-from datetime import timedelta
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,7 +31,10 @@ from grpc_reflection.v1alpha import reflection
 from keybroker.admin_auth import Authenticator
 from keybroker.admin_gate import AdminGate, admin_enabled, start_admin_server
 from keybroker.audit_log import AuditLog
+from keybroker.database import probe_file
 from keybroker.errors import Malformed, Unavailable
+from keybroker.health import HealthMonitor, Probe, blocking
+from keybroker.metrics import serve_metrics
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
 from keybroker.tls import ServerTls, TlsFiles, check_plaintext
@@ -39,7 +42,9 @@ from keybroker.v1 import admin_pb2_grpc, verifier_pb2_grpc
 from verifier import registry
 from verifier.admin import VerifierAdminServicer
 from verifier.collateral.cache import CollateralStore
+from verifier.collateral.freshness import freshness
 from verifier.config import VerifierConfig, ensure_secure
+from verifier.metrics import VerifierMetrics
 from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import load_state, seed_policies
 from verifier.records import RecordStore, RecordWriter
@@ -76,6 +81,8 @@ def build_servicer(
             "PRODUCTION.")
     try:
         collateral = CollateralStore.load(list(config.collateral))
+        for skipped in collateral.skipped:
+            logger.warning("collateral file ignored: %s", skipped)
         verifiers = open_verifiers(VerifierSetup(config=config, collateral=collateral))
     except OSError as exc:
         raise Malformed(f"{config.source}: cannot read trust anchors or collateral",
@@ -102,6 +109,7 @@ def build_servicer(
                                 clock=clock,
                                 clients=None if plaintext else config.allowed_clients)
     servicer.watched = watched
+    servicer.collateral = collateral
     return servicer
 
 
@@ -121,7 +129,13 @@ async def start_verifier_admin(config: VerifierConfig, servicer: VerifierService
     def in_force() -> Mapping[str, AppraisalPolicy]:
         return servicer.watched.current.policies if servicer.watched is not None else {}
 
-    admin = VerifierAdminServicer(gate, config, in_force)
+    def live() -> dict[str, object]:
+        now = datetime.now(UTC)
+        monitor = servicer.monitor
+        return {**(monitor.status_json() if monitor else {"serving": True}),
+                "collateral": [f.as_dict(now) for f in freshness(servicer.collateral)]}
+
+    admin = VerifierAdminServicer(gate, config, in_force, live)
     server, _ = await start_admin_server(
         lambda s: admin_pb2_grpc.add_VerifierAdminServicer_to_server(admin, s),
         config.admin.listen, tls)
@@ -170,12 +184,14 @@ class VerifierServer:
     @classmethod
     async def start(
         cls, servicer: VerifierServicer, listen: str, *, tls: ServerTls | None,
-        max_request_bytes: int = 1 << 20
+        max_request_bytes: int = 1 << 20, monitor: HealthMonitor | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> VerifierServer:
         """Bind ``listen`` (port 0 picks a free port), register services, start serving;
-        ``tls`` None is plaintext (loopback only)."""
+        ``tls`` None is plaintext (loopback only). With ``monitor`` the health status follows
+        its probes (checked once before this returns); without, SERVING while running."""
         host, port = _split_listen(listen)
-        server = grpc.aio.server(options=[
+        server = grpc.aio.server(interceptors=list(interceptors), options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.max_send_message_length", 1 << 20),
         ])
@@ -193,8 +209,12 @@ class VerifierServer:
             raise Unavailable("cannot bind listen address", rule="config.listen",
                               expected="a free address", actual=listen)
         await server.start()
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if monitor is None:
+            for name in ("", SERVICE_NAME):
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        else:
+            monitor.attach(health_servicer)
+            await monitor.check_once()
         return cls(server, health_servicer, host, bound)
 
     async def stop(self, grace: float | None = SHUTDOWN_GRACE_SECONDS) -> None:
@@ -219,13 +239,27 @@ async def serve(
     TLS certificate files."""
     servicer = build_servicer(config, insecure=insecure, clock=clock, plaintext=plaintext)
     tls = server_tls(config, plaintext=plaintext)
+    admin = await start_verifier_admin(config, servicer, plaintext)
+    probes: dict[str, Probe] = {"database": blocking(lambda: probe_file(config.state_db))}
+    if admin is not None:
+        probes["audit"] = blocking(admin[2].probe)
+    monitor = HealthMonitor(SERVICE_NAME, probes, interval=config.health_check_seconds)
+    servicer.monitor = monitor
+    metrics = VerifierMetrics()
+    metrics.attach(servicer, monitor)
+    if admin is not None:
+        admin[2].observer = metrics.audit_write
     server = await VerifierServer.start(servicer, config.listen, tls=tls,
-                                        max_request_bytes=config.max_request_bytes)
+                                        max_request_bytes=config.max_request_bytes,
+                                        monitor=monitor, interceptors=[metrics.interceptor()])
+    scrape = serve_metrics(config.metrics, metrics.registry, None if plaintext else config.tls)
+    if scrape is not None:
+        logger.info("verifier metrics on %s://%s/metrics", scrape.scheme, scrape.address)
+    checker = asyncio.create_task(monitor.run())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    admin = await start_verifier_admin(config, servicer, plaintext)
 
     def reload() -> None:
         for server_tls in (tls, admin[1] if admin else None):
@@ -242,6 +276,10 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         logger.info("verifier shutting down")
+        checker.cancel()
+        await monitor.shutdown()
+        if scrape is not None:
+            scrape.stop()
         if admin is not None:
             await admin[0].stop(SHUTDOWN_GRACE_SECONDS)
             admin[2].close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,12 +44,15 @@ from pathlib import Path
 
 import grpc
 
-from keybroker.errors import KeybrokerError, Malformed, Unavailable, error_for
+from keybroker.errors import Category, KeybrokerError, Malformed, Unavailable, error_for
+from keybroker.health import HealthMonitor
+from keybroker.logs import REQUEST_ID_METADATA, request_scope
 from keybroker.reload import Watched
-from keybroker.rpc_errors import abort
+from keybroker.rpc_errors import abort, metadata_value
 from keybroker.tls import require_peer
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
 from verifier import registry
+from verifier.collateral.cache import CollateralStore
 from verifier.policy.decision import appraise_claims, evidence_workload
 from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import PolicyState, read_policy_files
@@ -151,6 +155,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self._clock = clock
         self._clients = clients
         self.watched: Watched[PolicyState] | None = None
+        self.monitor: HealthMonitor | None = None  # set by the server (status replies)
+        self.collateral: CollateralStore = CollateralStore.empty()  # for status and metrics
+        # (tee, seconds, category or "" when affirmed) after every appraisal (metrics).
+        self.observer: Callable[[str, float, str], None] | None = None
 
     def start_background(self, poll_seconds: float) -> None:
         """Start watching the state database for applied policies and reference values."""
@@ -269,26 +277,41 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         context: grpc.aio.ServicerContext[object, object],
     ) -> verifier_pb2.AppraiseResponse:
         """gRPC entry point: token or typed denial (fail closed)."""
-        request_id = request.request_id[:MAX_REQUEST_ID_CHARS]
+        request_id = (request.request_id
+                      or metadata_value(context, REQUEST_ID_METADATA))[:MAX_REQUEST_ID_CHARS]
+        with request_scope(request_id):
+            token = await self._appraise_scoped(request, context, request_id)
+        return verifier_pb2.AppraiseResponse(result_token=token)
+
+    def _observe(self, tee: str, start: float, category: str) -> None:
+        if self.observer is not None:
+            self.observer(tee, time.perf_counter() - start, category)
+
+    async def _appraise_scoped(self, request: verifier_pb2.AppraiseRequest,
+                               context: grpc.aio.ServicerContext[object, object],
+                               request_id: str) -> str:
+        """Appraise inside the request's log scope: the token, or the typed denial sent."""
         if self._clients is not None:
             try:
                 require_peer(context, self._clients, service="the verifier")
             except KeybrokerError as err:
-                logger.warning("appraisal refused request_id=%s peer=%s: %s", request_id,
-                               context.peer(), err)
+                logger.warning("appraisal refused peer=%s: %s", context.peer(), err)
                 await abort(context, err, request_id, with_detail=False)
         digest = hashlib.sha256(request.evidence.SerializeToString(deterministic=True)).hexdigest()
+        tee, start = request.evidence.WhichOneof("kind") or "none", time.perf_counter()
         try:
             token = self.appraise(request, digest)
         except KeybrokerError as err:
-            logger.info("appraisal denied request_id=%s evidence_sha256=%s %s", request_id,
-                        digest, err)
+            self._observe(tee, start, err.category.value)
+            logger.info("appraisal denied evidence_sha256=%s %s", digest, err)
             await abort(context, err, request_id, with_detail=True)
         except Exception:
-            logger.exception("appraisal failed unexpectedly request_id=%s evidence_sha256=%s",
-                             request_id, digest)
+            self._observe(tee, start, Category.UNAVAILABLE.value)
+            logger.exception("appraisal failed unexpectedly evidence_sha256=%s", digest)
             await abort(context, Unavailable("internal verifier error"), request_id,
                         with_detail=True)
-        logger.info("appraisal affirmed request_id=%s evidence_sha256=%s policies=%s",
-                    request_id, digest, ",".join(dict.fromkeys(request.policy_ids)))
-        return verifier_pb2.AppraiseResponse(result_token=token)
+        self._observe(tee, start, "")
+        logger.info("appraisal affirmed evidence_sha256=%s policies=%s", digest,
+                    ",".join(dict.fromkeys(request.policy_ids)))
+        return token
+

@@ -22,6 +22,9 @@ from keybroker.v1 import evidence_pb2
 
 logger = logging.getLogger(__name__)
 
+SIMULATOR_CA_HINT = ("its CA files, as `keybroker demo --workdir DIR --prepare-only` writes "
+                     "them into DIR/sim")
+
 SUPPORTED_VERSIONS: Final = (3, 5)
 DEFAULT_POLICY: Final = 0x30000
 MEASUREMENT_SIZE: Final = 48
@@ -67,8 +70,8 @@ class SimulatorCollector:
         try:
             ca = SnpTestCa.load(ca_dir)
         except (OSError, ValueError) as exc:
-            raise Unavailable("cannot load the simulator test CA",
-                              expected=f"CA files in {ca_dir}", actual=str(exc)) from exc
+            raise Unavailable(f"cannot load the simulator test CA from {ca_dir}",
+                              expected=SIMULATOR_CA_HINT, actual=str(exc)) from exc
         self._simulator = SnpSimulator(
             ca,
             version=version,

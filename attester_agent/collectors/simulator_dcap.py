@@ -28,7 +28,7 @@ from typing import Final
 
 from attester_agent.collectors.base import check_report_data
 from attester_agent.collectors.ccel import Ccel
-from attester_agent.collectors.simulator import InsecureSimulatorRefused
+from attester_agent.collectors.simulator import SIMULATOR_CA_HINT, InsecureSimulatorRefused
 from attester_agent.collectors.tdx_evidence import TdxSources, collect_tdx
 from attester_agent.measure import SimulatedRtmr
 from attester_agent.simulator.dcap import (
@@ -95,8 +95,8 @@ def _load_ca(layout: SimulatorLayout) -> DcapTestCa:
     try:
         return DcapTestCa.load(layout.dcap_ca)
     except (OSError, ValueError, TypeError) as exc:
-        raise Unavailable("cannot load the DCAP simulator test CA",
-                          expected=f"CA files in {layout.dcap_ca}", actual=str(exc)) from exc
+        raise Unavailable(f"cannot load the DCAP simulator test CA from {layout.dcap_ca}",
+                          expected=SIMULATOR_CA_HINT, actual=str(exc)) from exc
 
 
 @dataclass(frozen=True)

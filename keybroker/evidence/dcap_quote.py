@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import construct as c
 
 from keybroker.errors import Malformed
+from keybroker.evidence.content import refuse_foreign
 from keybroker.evidence.dcap_signature import (
     SGX_REPORT_BODY_SIZE,
     EcdsaSignatureData,
@@ -208,6 +209,8 @@ def parse_quote(raw: bytes) -> DcapQuote:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise Malformed("quote must be bytes", expected="bytes", actual=type(raw).__name__)
     raw = bytes(raw)
+    if len(raw) < HEADER_SIZE or int.from_bytes(raw[:2], "little") not in SUPPORTED_VERSIONS:
+        refuse_foreign(raw, "a binary DCAP quote (version 3, 4 or 5)")
     if not HEADER_SIZE <= len(raw) <= MAX_QUOTE_SIZE:
         raise Malformed("quote size out of range",
                         expected=f"{HEADER_SIZE}..{MAX_QUOTE_SIZE} bytes",

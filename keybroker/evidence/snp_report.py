@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import construct as c
 
 from keybroker.errors import Malformed
+from keybroker.evidence.content import refuse_foreign
 
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
@@ -163,6 +164,8 @@ def parse_report(raw: bytes) -> SnpReport:
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise Malformed("SNP report must be bytes", expected="bytes", actual=type(raw).__name__)
     raw = bytes(raw)
+    if len(raw) != REPORT_SIZE or int.from_bytes(raw[:4], "little") not in SUPPORTED_VERSIONS:
+        refuse_foreign(raw, f"a binary SNP attestation report ({REPORT_SIZE} bytes)")
     if len(raw) != REPORT_SIZE:
         raise Malformed("SNP report has the wrong size", expected=f"{REPORT_SIZE} bytes",
                         actual=f"{len(raw)} bytes")

@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 
+from keybroker_cli import status_cmd
 from keybroker_cli.admin import appraisal as admin_appraisal
 from keybroker_cli.admin import policy as admin_policy
 from keybroker_cli.admin import refvalues as admin_refvalues
 from keybroker_cli.admin import remote as admin_remote
+from keybroker_cli.admin.target import command
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +61,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     admin_refvalues.register(refvalues_cmds)
 
     admin_remote.register(groups)
+    status = groups.add_parser("status", help="health, versions in force and collateral "
+                                              "freshness (same as keybroker status)",
+                               description=status_cmd.HELP,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    admin_remote.add_server_args(status, service=True)
+    status_cmd.add_status_options(status)
+    status.set_defaults(func=command(admin_remote.online(status_cmd.show_status, service=True)))
 
     tcb = groups.add_parser("tcb", help="TCB debt of attesting platforms")
     tcb_cmds = tcb.add_subparsers(dest="tcb_command", required=True)

@@ -125,7 +125,7 @@ def _connect(args: argparse.Namespace,
     return grpc.secure_channel(args.server, credentials), metadata
 
 
-def _call(args: argparse.Namespace, rpc: Callable[[Any, list[tuple[str, str]]], Any],
+def call(args: argparse.Namespace, rpc: Callable[[Any, list[tuple[str, str]]], Any],
           service: str) -> Any:
     channel, metadata = _connect(args, service)
     stub = (admin_pb2_grpc.BrokerAdminStub(channel) if service == "broker"
@@ -161,14 +161,14 @@ def apply(args: argparse.Namespace) -> int:
     """``policy apply --server``: AppraisalPolicy to the verifier, ReleaseRules to the broker."""
     request, service = _document(args)
     rpc = "ApplyRules" if service == "broker" else "ApplyPolicy"
-    return _version_line("applied", _call(
+    return _version_line("applied", call(
         args, lambda s, m: getattr(s, rpc)(request, metadata=m), service))
 
 
 def history(args: argparse.Namespace) -> int:
     """``policy history NAME --server --service``."""
     rpc = "RulesHistory" if args.service == "broker" else "PolicyHistory"
-    reply = _call(args, lambda s, m: getattr(s, rpc)(admin_pb2.NameRequest(name=args.name),
+    reply = call(args, lambda s, m: getattr(s, rpc)(admin_pb2.NameRequest(name=args.name),
                                                      metadata=m), args.service)
     for v in reply.versions:
         print(f"{v.version} {v.created_at} {v.author} {v.action} {json.dumps(v.comment)} "
@@ -181,7 +181,7 @@ def rollback(args: argparse.Namespace) -> int:
     rpc = "RollbackRules" if args.service == "broker" else "RollbackPolicy"
     request = admin_pb2.RollbackRequest(name=args.name, to_version=args.to,
                                         comment=args.comment)
-    return _version_line("rolled back", _call(
+    return _version_line("rolled back", call(
         args, lambda s, m: getattr(s, rpc)(request, metadata=m), args.service))
 
 
@@ -190,7 +190,7 @@ def refvalues_import(args: argparse.Namespace) -> int:
     path = Path(args.file)  # a YAML document or a JWS manifest: the verifier tells them apart
     request = admin_pb2.DocumentRequest(document=read_file(path), source=str(path),
                                         comment=args.comment)
-    v = json.loads(_call(args, lambda s, m: s.ImportReferenceValues(request, metadata=m),
+    v = json.loads(call(args, lambda s, m: s.ImportReferenceValues(request, metadata=m),
                          "verifier").json)
     print(f"imported {v['name']}@{v['version']} {v['state']} ({v['provenance']}): "
           f"{v['values']} value(s)")
@@ -203,7 +203,7 @@ def refvalues_state(args: argparse.Namespace, state: str) -> int:
         name=args.name, version=args.version, state=state, comment=args.comment,
         retire_at=(parse_instant(args.retire_at).isoformat()
                    if getattr(args, "retire_at", None) else ""))
-    moved = json.loads(_call(args, lambda s, m: s.SetReferenceState(request, metadata=m),
+    moved = json.loads(call(args, lambda s, m: s.SetReferenceState(request, metadata=m),
                              "verifier").json)
     print(f"{moved['name']}@{moved['version']}: {moved['from'] or 'none'} -> {moved['to']}"
           + (f" (retires {rfc3339(parse_instant(request.retire_at))})"
@@ -218,29 +218,29 @@ def _secret(args: argparse.Namespace) -> int:
         request: Any = admin_pb2.PutSecretRequest(key_id=args.key_id, value=value)
         if args.expect_version is not None:
             request.expect_version = args.expect_version
-        return _print_json(_call(args, lambda s, m: s.PutSecret(request, metadata=m),
+        return _print_json(call(args, lambda s, m: s.PutSecret(request, metadata=m),
                                  "broker").json)
     if action == "generate":
         request = admin_pb2.GenerateSecretRequest(key_id=args.key_id, length=args.length)
         if args.expect_version is not None:
             request.expect_version = args.expect_version
-        return _print_json(_call(args, lambda s, m: s.GenerateSecret(request, metadata=m),
+        return _print_json(call(args, lambda s, m: s.GenerateSecret(request, metadata=m),
                                  "broker").json)
     if action == "list":
         request = admin_pb2.ListSecretsRequest(key_id=args.key_id or "")
-        return _print_json(_call(args, lambda s, m: s.ListSecrets(request, metadata=m),
+        return _print_json(call(args, lambda s, m: s.ListSecrets(request, metadata=m),
                                  "broker").json)
     state = {"enable": "enabled", "disable": "disabled", "destroy": "pending_destruction"}
     request = admin_pb2.SetSecretStateRequest(
         key_id=args.key_id, version=args.version, state=state[action],
         grace_seconds=int(getattr(args, "grace_days", 0) * 86400))
-    return _print_json(_call(args, lambda s, m: s.SetSecretState(request, metadata=m),
+    return _print_json(call(args, lambda s, m: s.SetSecretState(request, metadata=m),
                              "broker").json)
 
 
 def _audit(args: argparse.Namespace) -> int:
     if args.audit_command == "verify":
-        reply = _call(args, lambda s, m: s.VerifyAudit(admin_pb2.VerifyAuditRequest(
+        reply = call(args, lambda s, m: s.VerifyAudit(admin_pb2.VerifyAuditRequest(
             expect_head=args.expect_head or ""), metadata=m), args.service)
         print(f"audit chain OK: {reply.records} records, head {reply.head}; "
               f"{reply.checkpoints} keyed checkpoint(s), covering records 1..{reply.covered_to}")
@@ -249,21 +249,14 @@ def _audit(args: argparse.Namespace) -> int:
     if rpc == "ExportAudit" and args.service != "broker":
         raise UsageError("audit export is a broker command (the verifier's log has no "
                          "keyed checkpoints)")
-    reply = _call(args, lambda s, m: getattr(s, rpc)(admin_pb2.ListAuditRequest(),
+    reply = call(args, lambda s, m: getattr(s, rpc)(admin_pb2.ListAuditRequest(),
                                                      metadata=m), args.service)
     print(reply.json)
     return EXIT_OK
 
 
-def _status(args: argparse.Namespace) -> int:
-    reply = _call(args, lambda s, m: s.Status(admin_pb2.StatusRequest(), metadata=m),
-                  args.service)
-    print(f"{reply.service}: principal {reply.principal} roles {', '.join(reply.roles)}")
-    return _print_json(reply.json)
-
-
 def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the API-only groups ``secret``, ``audit`` and ``status``."""
+    """Add the API-only groups ``secret`` and ``audit``."""
     secret = groups.add_parser("secret", help="secrets through the broker's admin API "
                                               "(never their values)")
     cmds = secret.add_subparsers(dest="secret_command", required=True)
@@ -305,6 +298,3 @@ def register(groups: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         add_server_args(p, service=True)
         p.set_defaults(func=command(online(_audit, service=True)))
 
-    p = groups.add_parser("status", help="who you are to a service, and its state")
-    add_server_args(p, service=True)
-    p.set_defaults(func=command(online(_status, service=True)))

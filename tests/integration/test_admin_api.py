@@ -326,7 +326,7 @@ def test_admin_api_cli_is_a_client_of_the_api(env: Env, capsys: pytest.CaptureFi
     assert "audit chain OK" in capsys.readouterr().out
     assert main(["admin", "status", "--service", "verifier", *verifier,
                  *_cli_identity(env, "op")]) == 0
-    assert "principal op roles operator" in capsys.readouterr().out
+    assert "you are op: operator" in capsys.readouterr().out
     assert main(["admin", "policy", "apply", str(policy), "--comment", "x",  # no --author
                  "--author", "pa", *verifier, *_cli_identity(env, "pa")]) == 2
     assert main(["admin", "secret", "list", *broker, *_cli_identity(env, "op")]) == 1

@@ -150,8 +150,8 @@ def _first_line(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
 
 
 def test_serve_prints_address_and_stops_on_sigterm(config: Path) -> None:
-    """serve prints 'broker listening on HOST:PORT' (real port for :0), serves health, and
-    exits 0 on SIGTERM."""
+    """serve prints 'broker listening on HOST:PORT' (real port for :0), serves health (NOT
+    SERVING: no verifier runs at the configured address), and exits 0 on SIGTERM."""
     cli("broker", "init", "--config", str(config))
     proc = _serve(config)
     try:
@@ -162,7 +162,7 @@ def test_serve_prints_address_and_stops_on_sigterm(config: Path) -> None:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="keybroker.v1.KeyBroker"), timeout=10)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -207,12 +207,16 @@ def test_keys_outside_challenge_and_tee_mismatch(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_key_without_rule_denied(tmp_path: Path) -> None:
-    """A stored key that no release rule covers is PLATFORM_POLICY, never released."""
+def test_unknown_key_id_refused_at_challenge(tmp_path: Path) -> None:
+    """A key id no release rule covers is its own MALFORMED denial naming the key, given at
+    GetChallenge, before the agent gathers evidence; nothing reaches the verifier."""
     async def scenario(stack: Stack, stub: broker_pb2_grpc.KeyBrokerAsyncStub) -> None:
-        _, _, request = await _request(stub, key_ids=("demo/a", "other/key"))
-        err, rpc = await _denied(stub, request)
-        _assert_denied_and_audited(stack, err, rpc, Category.PLATFORM_POLICY)
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await _request(stub, key_ids=("demo/a", "other/key"))
+        err = error_from_rpc(exc.value, "broker")
+        assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.category is Category.MALFORMED
+        assert "unknown key id 'other/key'" in err.reason
         assert stack.verifier.requests == []
 
     run(tmp_path, scenario)

@@ -1,16 +1,19 @@
 """A broker whose KEK lives in a real SoftHSM2 token, end to end through real processes: init
 creates the KEK in the token (no key file), put, release, KEK rotation while serving, release
-again, and the HSM going away (UNAVAILABLE, nothing released, audited) and coming back."""
+again, and the HSM going away (UNAVAILABLE, nothing released, audited; health NOT_SERVING)
+and coming back."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from support.agent_tls import tls_kwargs
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.agent_tls import secure_channel, tls_kwargs
 from support.demo_stack import demo_services
 from support.softhsm import SoftHsmToken
 
@@ -32,7 +35,8 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, softhsm_token: SoftHsmToken) -> Iterator[Env]:
     layout = DemoLayout(tmp_path_factory.mktemp("pkcs11"),
-                        broker_settings=softhsm_token.broker_settings("e2e-kek"))
+                        broker_settings=softhsm_token.broker_settings("e2e-kek")
+                        + "health_check_seconds = 0.2\n")
     secret = prepare(layout)
     with demo_services(layout) as (_, broker):
         yield Env(layout, secret, broker, softhsm_token)
@@ -84,3 +88,26 @@ def test_pkcs11_hsm_unavailable_denies_and_recovers(env: Env) -> None:
     assert (last["kind"], last["category"]) == ("denied", "UNAVAILABLE")
     assert "HSM" in last["reason"]
     assert _release(env) == {DEMO_KEY_ID: env.secret}
+
+
+def _health(env: Env) -> int:
+    with secure_channel(env.layout, env.broker.address) as channel:
+        return int(health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5).status)
+
+
+def _health_becomes(env: Env, wanted: int) -> None:
+    deadline = time.monotonic() + 10
+    while _health(env) != wanted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _health(env) == wanted
+
+
+def test_pkcs11_health_follows_the_hsm(env: Env) -> None:
+    """The broker's gRPC health is NOT_SERVING while the token is gone and SERVING again once
+    it is back (the KEK probe is an HMAC inside the HSM)."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert _health(env) == serving
+    with env.token.unplugged():
+        _health_becomes(env, health_pb2.HealthCheckResponse.NOT_SERVING)
+    _health_becomes(env, serving)

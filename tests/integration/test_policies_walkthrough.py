@@ -18,22 +18,14 @@ audited by the broker; every later command reads or changes that deployment's st
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
+from support.doc_commands import VENV_BIN, Command, FileBlock, check, parse, run
 from support.paths import ROOT
 
 DOC = ROOT / "docs" / "policies.md"
-VENV_BIN = Path(sys.executable).parent
-FENCE = re.compile(r"^```(?P<info>[^`]*)$")
-EXIT = re.compile(r"^# exit (?P<code>\d+)$")
-COMMAND_TIMEOUT = 180.0
 
 # Every admin command the walk-through must show (a command containing each phrase).
 REQUIRED = (
@@ -57,109 +49,6 @@ REQUIRED = (
     "admin tcb report",
     "broker audit list",
 )
-
-
-@dataclass
-class Command:
-    """One ``$ `` command of a console block with what it must print and exit with."""
-
-    line: int
-    text: str
-    exit_code: int = 0
-    expected: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class FileBlock:
-    """A fenced block that is the content of a file the commands use."""
-
-    line: int
-    path: PurePosixPath
-    content: str
-
-
-Step = Command | FileBlock
-
-
-def _file_path(info: str, line: int) -> PurePosixPath | None:
-    for word in info.split()[1:]:
-        if word.startswith("file="):
-            path = PurePosixPath(word.removeprefix("file="))
-            assert not path.is_absolute() and ".." not in path.parts, (
-                f"policies.md:{line}: file blocks stay inside the working directory: {path}")
-            return path
-    return None
-
-
-def _commands(lines: list[str], first: int) -> list[Command]:
-    commands: list[Command] = []
-    index = 0
-    while index < len(lines):
-        text = lines[index].rstrip()
-        number = first + index
-        index += 1
-        if text.startswith("$ "):
-            command = text[2:]
-            while command.endswith(" \\") and index < len(lines):
-                command = command[:-2] + " " + lines[index].strip()
-                index += 1
-            commands.append(Command(number, command))
-            continue
-        if not text.strip() or text.strip() == "...":
-            continue
-        assert commands, f"policies.md:{number}: output before the first '$ ' command"
-        exit_match = EXIT.match(text.strip())
-        if exit_match:
-            commands[-1].exit_code = int(exit_match.group("code"))
-        else:
-            commands[-1].expected.append(text)
-    return commands
-
-
-def parse(text: str) -> list[Step]:
-    """The walk-through's steps (files to write, commands to run) in document order."""
-    steps: list[Step] = []
-    lines = text.splitlines()
-    index = 0
-    while index < len(lines):
-        opening = FENCE.match(lines[index])
-        index += 1
-        if not opening:
-            continue
-        info = opening.group("info").strip()
-        start = index
-        while index < len(lines) and lines[index].rstrip() != "```":
-            index += 1
-        assert index < len(lines), f"policies.md:{start}: unclosed code block"
-        body = lines[start:index]
-        index += 1
-        kind = info.split()[0] if info else ""
-        path = _file_path(info, start)
-        if path is not None:
-            steps.append(FileBlock(start, path, "\n".join(body) + "\n"))
-        elif kind == "console":
-            steps.extend(_commands(body, start + 1))
-    return steps
-
-
-def run(command: Command, work: Path, demo: Path) -> tuple[int, str]:
-    """Run one command as the reader would; (exit code, stdout + stderr)."""
-    env = dict(os.environ, DEMO=str(demo),
-               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("PYTHONPATH", None)
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", command.text], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
-    return done.returncode, done.stdout + done.stderr
-
-
-def check(command: Command, code: int, output: str, demo: Path) -> None:
-    """Fail with the document line when the exit code or an expected line differs."""
-    where = f"policies.md:{command.line}: $ {command.text}"
-    assert code == command.exit_code, (
-        f"{where}\nexit code {code}, expected {command.exit_code}\n{output}")
-    for expected in command.expected:
-        wanted = expected.replace("$DEMO", str(demo))
-        assert wanted in output, f"{where}\nmissing output: {wanted!r}\n--- got ---\n{output}"
 
 
 def test_walkthrough_shows_every_admin_command() -> None:
@@ -198,11 +87,11 @@ def test_walkthrough_runs_as_written(tmp_path: Path) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(step.content, encoding="utf-8")
                 continue
-            code, output = run(step, work, demo)
-            check(step, code, output, demo)
+            code, output = run(step, work, {"DEMO": str(demo)})
+            check(step, code, output, "policies.md", {"$DEMO": str(demo)})
             ran += 1
     finally:  # the walk-through starts services with --serve; never leave them running
         if (demo / "services.json").exists():
-            run(Command(0, "keybroker demo --workdir $DEMO --stop"), work, demo)
+            run(Command(0, "keybroker demo --workdir $DEMO --stop"), work, {"DEMO": str(demo)})
     assert ran >= 30, f"only {ran} commands in the walk-through"
     assert time.monotonic() - started < 300, "the walk-through got too slow"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -255,13 +257,44 @@ def test_audit_chain_intact(env: Env) -> None:
 
 
 def test_demo_command(tmp_path: Path) -> None:
-    """`keybroker demo` exits 0 and shows one release and one denial."""
+    """`keybroker demo --workdir`: numbered steps, one release and one MEASUREMENT denial,
+    the audit rows of exactly those two requests under a header, the services' metrics, the
+    timings after the steps, and the working directory kept (it was given)."""
+    workdir = tmp_path / "demo"
     done = subprocess.run(
-        keybroker_command("demo", "--workdir", str(tmp_path / "demo"), "--releases", "3"),
+        keybroker_command("demo", "--workdir", str(workdir), "--releases", "3"),
         capture_output=True, text=True, check=False, timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "RELEASED demo/db-password" in done.stdout
-    assert "DENIED demo/db-password" in done.stdout
-    assert "category MEASUREMENT" in done.stdout
-    assert "demo: OK" in done.stdout
+    lines = done.stdout.splitlines()
+    numbered = [line for line in lines if re.match(r"^ ?\d+\. ", line)]
+    assert [int(line.split(".")[0]) for line in numbered] == list(range(1, len(numbered) + 1))
+    assert any("RELEASED demo/db-password" in line for line in numbered)
+    assert any("DENIED demo/db-password" in line for line in numbered)
+    assert "    MEASUREMENT: policy snp-demo@1" in done.stdout
+    assert re.search(r"agent: wrote demo/db-password \(\d+ bytes\) to .*released-secret "
+                     r"\(mode 0600\); request demo-release-", done.stdout)
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["seq", "outcome",
+                                                                            "category"])
+    rows = [line.split() for line in lines[header + 1:header + 4]]
+    assert [(r[1], r[2]) for r in rows] == [("intent", "-"), ("released", "-"),
+                                            ("denied", "MEASUREMENT")]
+    assert lines[header + 4].lstrip().startswith(f"{len(numbered) - 1}. metrics (Prometheus)")
+    assert "keybroker_releases_total 4" in done.stdout  # the agent's release + 3 timed ones
+    assert numbered[-1].lstrip().startswith(f"{len(numbered)}. verifier and broker stopped")
+    timings = lines.index("timings (apart from the steps; this machine, this run):")
+    assert timings > lines.index(numbered[-1])
+    assert "3 more releases in-process" in done.stdout
+    assert lines[-1] == "demo: OK (1 release, 1 denial)"
+    assert "kept (--workdir" in done.stdout and (workdir / "released-secret").exists()
+
+
+def test_demo_deletes_its_temporary_workdir(tmp_path: Path) -> None:
+    """Without --workdir the demo says where its keys are and deletes them at exit."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run(keybroker_command("demo", "--releases", "0"), capture_output=True,
+                          text=True, check=False, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"working directory {tmp_path}/keybroker-demo-" in done.stdout
+    assert "holds generated keys" in done.stdout and "deleted at exit" in done.stdout
+    assert list(tmp_path.iterdir()) == []

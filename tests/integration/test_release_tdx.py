@@ -277,5 +277,5 @@ def test_demo_command(tee: str, tmp_path: Path) -> None:
         capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "RELEASED demo/db-password" in done.stdout
-    assert "category MEASUREMENT" in done.stdout
+    assert "    MEASUREMENT: policy" in done.stdout
     assert "demo: OK" in done.stdout

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from broker.config import BrokerConfig, load_config
 from broker.kek import FileBackend, FileKek
 from broker.release import Broker
-from broker.service import RunningServer, build_broker, close_broker, start_server
+from broker.server import RunningServer, close_broker, start_server
+from broker.service import build_broker
 from keybroker.errors import BindingMismatch, KeybrokerError
 from keybroker.rpc_errors import abort
 from keybroker.v1 import evidence_pb2, verifier_pb2, verifier_pb2_grpc

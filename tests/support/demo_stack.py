@@ -3,11 +3,17 @@ does): real processes on loopback, mutual TLS between them, simulator roots allo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
 
+from keybroker_cli.demo_prepare import Ports, prepare_deployment
 from keybroker_cli.demo_setup import DemoLayout, write_broker_config
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
+from support.admin import free_port
 
 
 def start_verifier(layout: DemoLayout) -> ServiceProcess:
@@ -38,4 +44,42 @@ def demo_services(layout: DemoLayout, *, challenge_ttl: int = 60,
         finally:
             broker.stop()
     finally:
+        verifier.stop()
+
+
+@dataclass
+class Prepared:
+    """A ``keybroker demo --prepare-only`` deployment (free ports) with both services running."""
+
+    layout: DemoLayout
+    ports: Ports
+    secret: bytes
+    verifier: ServiceProcess
+    broker: ServiceProcess
+
+
+@contextmanager
+def prepared_services(root: Path, *, broker_settings: str = "", verifier_settings: str = "",
+                      global_args: Sequence[str] = ()) -> Iterator[Prepared]:
+    """Prepare a deployment under ``root`` and run its verifier and broker (``global_args``
+    go before the subcommand, for example ``--log-level DEBUG``); both stopped on exit (a
+    stopped verifier is continued first)."""
+    layout = DemoLayout(root)
+    ports = Ports(*(free_port() for _ in range(6)))
+    secret = prepare_deployment(layout, ports=ports, broker_settings=broker_settings,
+                                verifier_settings=verifier_settings)
+    verifier = ServiceProcess.start("verifier", keybroker_command(
+        *global_args, "verifier", "serve", "--config", str(layout.verifier_config),
+        "--insecure-simulator"), log_path=layout.verifier / "verifier.log")
+    try:
+        broker = ServiceProcess.start("broker", keybroker_command(
+            *global_args, "broker", "serve", "--config", str(layout.broker_config),
+            "--insecure-simulator"), log_path=layout.broker / "broker.log")
+        try:
+            yield Prepared(layout, ports, secret, verifier, broker)
+        finally:
+            broker.stop()
+    finally:
+        with suppress(ProcessLookupError):
+            os.kill(verifier.pid, signal.SIGCONT)
         verifier.stop()

@@ -91,19 +91,24 @@ def test_warning_accepted_only_if_every_rule_accepts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key_id", ["other/key", "demo", "DEMO/tls", "xdemo/tls"])
 def test_key_without_rule_denied(tmp_path: Path, key_id: str) -> None:
-    """A key no rule matches (fnmatch is case-sensitive) is a PLATFORM_POLICY deny."""
+    """A key no rule matches (fnmatch is case-sensitive) is its own MALFORMED denial naming
+    the key, from both the challenge check and the release requirements."""
     rules = _rules(tmp_path)
-    with pytest.raises(PlatformPolicyViolation) as exc:
-        rules.requirements(["demo/tls", key_id])
-    assert exc.value.category is Category.PLATFORM_POLICY
-    assert exc.value.rule == "release.rule"
-    assert exc.value.actual == key_id
+    for check in (rules.requirements, rules.check_known):
+        with pytest.raises(Malformed) as exc:
+            check(["demo/tls", key_id])
+        assert exc.value.category is Category.MALFORMED
+        assert exc.value.rule == "release.unknown-key"
+        assert exc.value.actual == key_id
+        assert f"unknown key id {key_id!r}" in exc.value.reason
+    rules.check_known(["demo/tls"])  # a covered key passes
 
 
 def test_empty_request_is_not_a_pass() -> None:
     """An empty rule set yields no pass for any key."""
-    with pytest.raises(PlatformPolicyViolation):
+    with pytest.raises(Malformed) as exc:
         ReleaseRules(()).requirements(["demo/a"])
+    assert exc.value.rule == "release.unknown-key"
     assert ReleaseRule("demo/*", "p").matches("demo/a")
 
 

@@ -4,11 +4,15 @@ works."""
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
+
 import pytest
 
+from attester_agent.cli import build_parser as build_agent_parser
 from attester_agent.cli import main as agent_main
 from keybroker.version import version
-from keybroker_cli.main import main
+from keybroker_cli.main import build_parser, main
 
 
 def test_version_of_both_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -43,3 +47,33 @@ def test_tee_offers_only_what_verifies(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["verify", "x", "--tee", "tpm"]) == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'tpm'" in err and "'snp'" in err and "nitro" not in err
+
+
+def _command_paths(parser: argparse.ArgumentParser,
+                   prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of ``parser`` (``()`` for the top level), depth first."""
+    paths = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            described = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                assert described.get(name), f"{' '.join((*prefix, name))} has no help line"
+                paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+@pytest.mark.parametrize(("cli", "build"), [(main, build_parser),
+                                            (agent_main, build_agent_parser)])
+def test_every_subcommand_help_is_for_operators(cli: Callable[[list[str]], int],
+                                                build: Callable[[], argparse.ArgumentParser],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command and subcommand of both tools: ``--help`` exits 0, each subcommand has a
+    one-line description in its parent's list, and no help holds module-docstring vocabulary
+    ("Invariants", RST double backticks)."""
+    paths = _command_paths(build())
+    assert len(paths) > (30 if cli is main else 3)
+    for path in paths:
+        assert cli([*path, "--help"]) == 0, path
+        out = capsys.readouterr().out
+        assert out.startswith("usage: "), path
+        assert "Invariants" not in out and "``" not in out, (path, out)

@@ -39,7 +39,8 @@ def test_example_release_rules_load() -> None:
     assert [r.policy for r in rules.requirements(["prod/api"])] == ["snp-strict"]
     with pytest.raises(KeybrokerError) as exc:
         rules.requirements(["other/key"])
-    assert exc.value.category is Category.PLATFORM_POLICY
+    assert exc.value.category is Category.MALFORMED
+    assert exc.value.rule == "release.unknown-key"
 
 
 def test_example_tdx_policy_loads() -> None:

@@ -335,14 +335,16 @@ def test_missing_qe_identity_is_collateral_stale() -> None:
     assert (err.category, err.rule) == (Category.COLLATERAL_STALE, "collateral-missing")
 
 
-def test_signing_certificate_missing_or_expired_is_chain_untrusted() -> None:
-    """2025 collateral with no TCB Signing certificate at all, or with only the 2018-2025 one
-    (expired by then), does not count."""
+def test_signing_certificate_missing_or_expired() -> None:
+    """2025 collateral with no TCB Signing certificate at all is COLLATERAL_STALE naming the
+    missing chain (the signatures cannot be checked); with only the 2018-2025 one (expired by
+    then) it is CHAIN_UNTRUSTED."""
     gnr = (V / "tdx/trustee-gnr-v4/tdx_quote_6.dat").read_bytes()
     at = datetime(2025, 11, 1, tzinfo=UTC)
     none = CollateralStore.load([V / "tdx/trustee-gnr-v4", ROOTS / "IntelSGXRootCA.der"])
     err = category(lambda: DcapVerifier(none).verify_tdx(gnr, at=at, allow_missing_crl=True))
-    assert (err.category, err.rule) == (Category.CHAIN_UNTRUSTED, "collateral-sig")
+    assert (err.category, err.rule) == (Category.COLLATERAL_STALE, "collateral-missing")
+    assert "TCB-Info-Issuer-Chain" in err.reason
     old_only = CollateralStore.load([V / "tdx/trustee-gnr-v4",
                                      ROOTS / "tcb-signing-chain-2018-2025.pem"])
     err = category(lambda: DcapVerifier(old_only).verify_tdx(gnr, at=at,

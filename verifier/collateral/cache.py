@@ -7,9 +7,12 @@ Invariants:
   "signature": ...}`` or ``{"enclaveIdentity": ..., "signature": ...}``), or a collateral
   bundle JSON (tcb_info, tcb_info_signature, qe_identity, qe_identity_signature, pck_crl,
   root_ca_crl and the PEM issuer chains; CRLs as hex DER), whose parts are indexed like the
-  corresponding separate files. Anything else is skipped and logged.
+  corresponding separate files. Anything else is skipped and named in ``skipped`` (file and
+  why), which the CLI prints and the verifier logs as warnings. Inside a directory, README
+  files are documentation and not read.
 - Loading happens once (``CollateralStore.load``); lookups never touch the file system or the
-  network. A missing path raises ``FileNotFoundError`` so a misconfiguration is loud.
+  network. A missing path raises ``FileNotFoundError`` (with the path as its filename) so a
+  misconfiguration is loud.
 - The store only indexes; it trusts nothing. Self-signed certificates in it are never anchors
   (chain validation takes roots from the trust store and compares DER bytes). Intel documents
   are indexed by their UNVERIFIED id, FMSPC and dates only to find candidates; the DCAP
@@ -21,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -43,6 +47,8 @@ from verifier.pki import Certificate, common_name
 _log = logging.getLogger(__name__)
 
 MAX_FILE_SIZE = 16 * 1024 * 1024
+_UNRECOGNISED = ("not a certificate, CRL, Intel TCB Info / enclave identity or collateral "
+                 "bundle")
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)\r?\n-----END \1-----", re.DOTALL)
 
@@ -96,7 +102,9 @@ class CollateralStore:
 
     def __init__(self, certs: Sequence[CollateralCert] = (),
                  crls: Sequence[CollateralCrl] = (),
-                 intel_documents: Sequence[IntelDocument] = ()) -> None:
+                 intel_documents: Sequence[IntelDocument] = (),
+                 skipped: Sequence[str] = ()) -> None:
+        self.skipped = tuple(skipped)
         seen: set[str] = set()
         unique = []
         for cert in certs:
@@ -137,13 +145,16 @@ class CollateralStore:
         for given in paths:
             path = Path(given)
             if not path.exists():
-                raise FileNotFoundError(f"collateral path does not exist: {path}")
-            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+                raise FileNotFoundError(errno.ENOENT, "no such file or directory", str(path))
+            files = (sorted(p for p in path.rglob("*")
+                            if p.is_file() and not p.name.upper().startswith("README"))
+                     if path.is_dir() else [path])
             for file in files:
                 _load_file(file, sink)
-        store = cls(sink.certs, sink.crls, sink.docs)
-        _log.info("collateral loaded: %d certificates, %d CRLs, %d Intel documents",
-                  len(store.certificates), len(store.crls), len(store.intel_documents))
+        store = cls(sink.certs, sink.crls, sink.docs, sink.skipped)
+        _log.info("collateral loaded: %d certificates, %d CRLs, %d Intel documents, "
+                  "%d files not recognised", len(store.certificates), len(store.crls),
+                  len(store.intel_documents), len(store.skipped))
         return store
 
     @property
@@ -176,6 +187,22 @@ class CollateralStore:
             wanted = chip_id[:8] if len(c.amd.hw_id) == 8 else chip_id
             if c.amd.hw_id == wanted and not c.amd.spl_mismatches(reported_tcb):
                 out.append(c.entry)
+        return out
+
+    def vcek_mismatches(self, chip_id: bytes, reported_tcb: bytes) -> list[str]:
+        """Why each VCEK in the cache does not endorse this report: ``hwID ...`` (another chip)
+        or the SPL differences (this chip at another TCB); for messages only."""
+        out = []
+        for c in self._certs:
+            if (c.amd is None or c.amd.hw_id is None
+                    or common_name(c.entry.cert.subject) != "SEV-VCEK"):
+                continue
+            wanted = chip_id[:8] if len(c.amd.hw_id) == 8 else chip_id
+            if c.amd.hw_id != wanted:
+                out.append(f"hwID {c.amd.hw_id.hex()[:16]}… (another chip)")
+            else:
+                out.append("this chip at another TCB: "
+                           + ", ".join(c.amd.spl_mismatches(reported_tcb)))
         return out
 
     def vleks_for(self, reported_tcb: bytes) -> list[Certificate]:
@@ -216,12 +243,13 @@ class _Sink:
     certs: list[CollateralCert] = field(default_factory=list)
     crls: list[CollateralCrl] = field(default_factory=list)
     docs: list[IntelDocument] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 def _load_file(path: Path, sink: _Sink) -> None:
     size = path.stat().st_size
     if size > MAX_FILE_SIZE:
-        _log.warning("collateral file %s skipped: %d bytes is over the limit", path, size)
+        sink.skipped.append(f"{path}: {size} bytes is over the {MAX_FILE_SIZE}-byte limit")
         return
     data = path.read_bytes()
     if data.lstrip()[:1] == b"{":
@@ -239,7 +267,7 @@ def _load_certs_and_crls(path: Path, data: bytes, sink: _Sink) -> None:
                 ders.append((label.decode(), base64.b64decode(b"".join(body.split()),
                                                                validate=True)))
             except ValueError:
-                _log.warning("collateral file %s: a PEM block does not decode", path)
+                sink.skipped.append(f"{path}: a PEM block does not decode")
     else:
         ders.append(("", data))
     before = len(certs) + len(crls)
@@ -254,17 +282,17 @@ def _load_certs_and_crls(path: Path, data: bytes, sink: _Sink) -> None:
             if crl is not None:
                 crls.append(crl)
     if len(certs) + len(crls) == before:
-        _log.debug("collateral file %s holds nothing recognised", path)
+        sink.skipped.append(f"{path}: {_UNRECOGNISED}")
 
 
 def _load_json(path: Path, data: bytes, sink: _Sink) -> None:
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError):
-        _log.warning("collateral file %s is not JSON; skipped", path)
+        sink.skipped.append(f"{path}: starts like JSON but does not parse")
         return
     if not isinstance(doc, dict):
-        _log.debug("collateral file %s holds nothing recognised", path)
+        sink.skipped.append(f"{path}: JSON that is not an object ({_UNRECOGNISED})")
         return
     try:
         if set(doc) == {"tcbInfo", "signature"}:
@@ -275,9 +303,10 @@ def _load_json(path: Path, data: bytes, sink: _Sink) -> None:
         elif set(doc) >= _BUNDLE_KEYS:
             _load_bundle(path, doc, sink)
         else:
-            _log.debug("collateral file %s: JSON of no known collateral shape", path)
+            sink.skipped.append(f"{path}: JSON with keys {', '.join(sorted(doc)[:6])} "
+                                f"({_UNRECOGNISED})")
     except (KeybrokerError, ValueError, TypeError, KeyError) as exc:
-        _log.warning("collateral file %s skipped: %s", path, exc)
+        sink.skipped.append(f"{path}: {exc}")
 
 
 def _load_bundle(path: Path, doc: dict[str, object], sink: _Sink) -> None:
@@ -295,7 +324,7 @@ def _load_bundle(path: Path, doc: dict[str, object], sink: _Sink) -> None:
     for key in ("root_ca_crl", "pck_crl"):
         crl = _try_crl(bytes.fromhex(text(key)))
         if crl is None:
-            _log.warning("collateral bundle %s: %s is not a DER CRL", path, key)
+            sink.skipped.append(f"{path}: bundle member {key} is not a DER CRL")
         else:
             sink.crls.append(crl)
     for key in ("tcb_info_issuer_chain", "qe_identity_issuer_chain", "pck_crl_issuer_chain"):

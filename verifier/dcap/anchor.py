@@ -210,9 +210,10 @@ class Anchor:
             if parsed is None:
                 if self._signed_elsewhere(doc, kind):
                     continue  # another root's collateral (e.g. a simulator's): not a candidate
-                _log.warning("collateral %s (%s %s) is not signed by a TCB Signing certificate "
-                             "of root %s", doc.source, doc.kind, doc.id,
-                             self.trust.root.fingerprint[:16])
+                if self.signers():
+                    _log.warning("collateral %s (%s %s) is not signed by a TCB Signing "
+                                 "certificate of root %s", doc.source, doc.kind, doc.id,
+                                 self.trust.root.fingerprint[:16])
                 forged.append(doc)
             else:
                 verified.append(VerifiedDocument(source=doc, parsed=parsed,
@@ -244,6 +245,15 @@ class Anchor:
                 self._check_signer(doc, what, at, root_crl)
                 return doc
         forged = [d for d in candidates.forged if d.issue_date <= at < d.next_update]
+        if forged and not self.signers():
+            raise CollateralStale(
+                f"no {SIGNING_CN} certificate of the root in the collateral, so the {what} "
+                "signature cannot be checked (add the TCB signing chain: the "
+                "TCB-Info-Issuer-Chain or SGX-Enclave-Identity-Issuer-Chain header of PCS)",
+                rule="collateral-missing",
+                expected=f"an {SIGNING_CN} certificate issued by root "
+                         f"{self.trust.root.fingerprint[:16]}",
+                actual=f"none; {what} from {forged[0].source}")
         if forged:
             raise ChainUntrusted(f"{what} signature does not verify under a TCB Signing "
                                  "certificate of the root", rule="collateral-sig",

@@ -126,13 +126,27 @@ class SnpVerifier:
             raise ChainUntrusted("the evidence carries an endorsement key of the other type",
                                  rule="key-type", expected=kind.upper(),
                                  actual="VLEK" if kind == "vcek" else "VCEK")
-        raise CollateralStale(f"no {kind.upper()} for this report in the evidence or the "
-                              "collateral cache", rule="collateral",
-                              expected=f"{kind.upper()} for chip {report.chip_id.hex()[:16]}… "
-                                       f"at TCB {report.reported_tcb.hex()}"
-                              if kind == "vcek" else
-                              f"VLEK at TCB {report.reported_tcb.hex()}",
+        if kind == "vcek":
+            raise _no_vcek(report, self._collateral.vcek_mismatches(report.chip_id,
+                                                                    report.reported_tcb))
+        raise CollateralStale("no VLEK for this report in the evidence or the collateral cache",
+                              rule="collateral",
+                              expected=f"VLEK at TCB {report.reported_tcb.hex()}",
                               actual="none found")
+
+
+def _no_vcek(report: SnpReport, mismatches: list[str]) -> CollateralStale:
+    """COLLATERAL_STALE naming why the VCEKs at hand do not fit (chip or TCB), if any."""
+    expected = (f"VCEK for CHIP_ID {report.chip_id.hex()[:16]}… at TCB "
+                f"{report.reported_tcb.hex()}")
+    if not mismatches:
+        return CollateralStale("no VCEK for this report in the evidence or the collateral cache",
+                               rule="collateral", expected=expected, actual="none found")
+    same_chip = any(m.startswith("this chip") for m in mismatches)
+    reason = ("the collateral's VCEK for this chip is for another TCB" if same_chip else
+              "the collateral's VCEKs are for other chips (hwID differs from CHIP_ID)")
+    return CollateralStale(reason, rule="collateral", expected=expected,
+                           actual="; ".join(mismatches[:4]))
 
 
 def _match_report(key: EndorsementKey, report: SnpReport) -> None:
