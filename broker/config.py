@@ -24,7 +24,8 @@ Invariants:
 - ``max_challenges`` (total) and ``max_challenges_per_peer`` bound the outstanding challenges
   (RESOURCE_EXHAUSTED past them); expired ones are purged every ``challenge_purge_seconds``.
 - Metrics (``metrics_listen``, ``metrics_client_ca``) as ``keybroker.metrics`` says; off
-  unless ``metrics_listen`` is set.
+  unless ``metrics_listen`` is set. Tracing (``tracing``, ``tracing_file``) as
+  ``keybroker.tracing`` says; off by default.
 - Dependencies (database, audit sink, KEK provider, verifier) are probed every
   ``health_check_seconds`` (0.1..300) for gRPC health and ``keybroker status``.
 - ``accept_insecure_results`` is only read here; refusing to start with it (unless the operator
@@ -46,6 +47,7 @@ from keybroker.errors import Malformed
 from keybroker.metrics import METRICS_KEYS, MetricsSettings, metrics_settings
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
+from keybroker.tracing import TracingSettings, tracing_settings
 
 ALGORITHMS = ("ES256", "ES384")
 
@@ -115,6 +117,7 @@ class BrokerConfig:
     challenge_purge_seconds: float = 30.0
     health_check_seconds: float = 2.0
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 _DEFAULTS: dict[str, object] = {
@@ -146,6 +149,8 @@ _DEFAULTS: dict[str, object] = {
     "audit_checkpoint_every": 100,
     **{key: "" for key in ADMIN_KEYS},
     **{key: "" for key in METRICS_KEYS},
+    "tracing": "off",
+    "tracing_file": "",
     "kek_provider": "file",
     "pkcs11_module": "",
     "pkcs11_token_label": "",
@@ -256,6 +261,8 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
     return dataclasses.replace(config, **_transport(path, merged), **_kek(path, merged),
                                admin=admin_settings(merged, path.parent, f"{path} [broker]"),
                                metrics=metrics_settings(merged, path.parent,
+                                                        f"{path} [broker]"),
+                               tracing=tracing_settings(merged, path.parent,
                                                         f"{path} [broker]"))
 
 

@@ -44,6 +44,7 @@ from keybroker.health import HealthMonitor
 from keybroker.logs import REQUEST_ID_METADATA
 from keybroker.reload import Watched
 from keybroker.rpc_errors import error_from_rpc
+from keybroker.tracing import Tracing
 from keybroker.v1 import broker_pb2, evidence_pb2, verifier_pb2, verifier_pb2_grpc
 from keybroker.wrapping import PublicKey, Suite, load_public_key, release_info, seal
 
@@ -82,6 +83,7 @@ class GrpcAppraiser:
         self._options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         self._channel: grpc.aio.Channel | None = None
         self._retired: list[grpc.aio.Channel] = []
+        self.tracing = Tracing()  # the server's, once started
 
     def _open(self) -> grpc.aio.Channel:
         # Created lazily so the channel belongs to the event loop that serves requests.
@@ -126,9 +128,11 @@ class GrpcAppraiser:
     async def appraise(self, request: verifier_pb2.AppraiseRequest) -> str:
         """Call Appraise; failures without a Denial (refused, deadline) are Unavailable."""
         try:
-            response = await self._stub().Appraise(
-                request, timeout=self._timeout,
-                metadata=((REQUEST_ID_METADATA, request.request_id),))
+            with self.tracing.span("keybroker.v1.Verifier/Appraise", kind="client"):
+                response = await self._stub().Appraise(
+                    request, timeout=self._timeout,
+                    metadata=((REQUEST_ID_METADATA, request.request_id),
+                              *self.tracing.outgoing()))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, "verifier") from exc
         except (grpc.RpcError, OSError) as exc:
@@ -233,6 +237,7 @@ class Broker:
         self.suites = tuple(Suite)
         self.watched_rules: Watched[ReleaseRules] | None = None
         self.monitor: HealthMonitor | None = None  # set by the server (status replies)
+        self.tracing = Tracing()  # spans (off unless configured; set by the server)
         # (tee, release-rule patterns, category or "" for a release) after every request.
         self.observer: Callable[[str, tuple[str, ...], str], None] | None = None
 

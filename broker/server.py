@@ -39,6 +39,7 @@ from keybroker.health import HealthMonitor
 from keybroker.metrics import serve_metrics
 from keybroker.policy_store import PolicyStore
 from keybroker.tls import ServerTls, TlsFiles, check_plaintext
+from keybroker.tracing import start_tracing
 from keybroker.v1 import admin_pb2_grpc, broker_pb2_grpc
 
 _log = logging.getLogger(__name__)
@@ -175,6 +176,9 @@ async def serve(
     tls = agent_tls(config, plaintext)
     if broker.watched_rules is not None:
         broker.watched_rules.start(config.policy_poll_seconds)
+    broker.tracing = start_tracing("keybroker-broker", config.tracing)
+    if isinstance(broker.appraiser, GrpcAppraiser):
+        broker.appraiser.tracing = broker.tracing
     monitor = broker_monitor(broker, interval=config.health_check_seconds)
     broker.monitor = monitor
     metrics = BrokerMetrics()
@@ -215,6 +219,7 @@ async def serve(
         await monitor.shutdown()
         if scrape is not None:
             scrape.stop()
+        broker.tracing.shutdown()
         if admin is not None:
             await admin[0].stop(GRACE_SECONDS)
         await running.stop()

@@ -216,11 +216,14 @@ class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
     ) -> broker_pb2.ReleaseKeyResponse:
         """Run the release decision; denials carry only category and safe message."""
         request_id = effective_request_id(request.request_id)
-        with request_scope(request_id):
+        with request_scope(request_id), self._broker.tracing.span(
+                "keybroker.v1.KeyBroker/ReleaseKey", kind="server",
+                attributes={"keybroker.request_id": request_id}) as span:
             try:
                 return await self._broker.release(request, request_id=request_id,
                                                   peer=_peer(context))
             except KeybrokerError as err:
+                span.set("keybroker.category", err.category.value)
                 await abort(context, err, request_id, with_detail=False)
             except Exception as exc:  # release() types everything; this is a last resort
                 _log.exception("ReleaseKey: unexpected failure")

@@ -159,7 +159,8 @@ def _run_steps(layout: DemoLayout, tee: Tee, releases: int, *, keep: bool) -> in
                                 timings=timings)
         show_audit(layout, steps, (release_id, deny_id), keep=keep)
         timed = timed_releases(layout, broker.address, secret, releases, tee)
-        show_metrics(steps, layout, {k: f"https://{v}/metrics" for k, v in metrics.items()})
+        show_metrics(steps, layout, {k: f"https://{v}/metrics" for k, v in metrics.items()},
+                     len(timed))
     steps.say("verifier and broker stopped (exit codes: "
               + ", ".join(f"{name} {code}" for name, code in codes.items()) + ")")
     say("")

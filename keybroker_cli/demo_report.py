@@ -92,8 +92,9 @@ def scrape(url: str, ca: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
-def show_metrics(steps: Steps, layout: DemoLayout, urls: dict[str, str]) -> None:
-    """One step: the release, denial and appraisal counters the services export."""
+def show_metrics(steps: Steps, layout: DemoLayout, urls: dict[str, str], timed: int) -> None:
+    """One step: the release, denial and appraisal counters the services export (they also
+    count the ``timed`` releases that follow the steps)."""
     broker = scrape(urls["broker"], layout.tls.ca)
     verifier = scrape(urls["verifier"], layout.tls.ca)
 
@@ -102,7 +103,8 @@ def show_metrics(steps: Steps, layout: DemoLayout, urls: dict[str, str]) -> None
         return int(sum(v for (n, ls), v in samples.items() if n == name
                        and all(dict(ls).get(k) == want for k, want in labels.items())))
 
-    steps.say(f"metrics (Prometheus): broker {urls['broker']}, verifier {urls['verifier']}")
+    steps.say(f"metrics (Prometheus): broker {urls['broker']}, verifier {urls['verifier']}; "
+              f"they count the release above and the {timed} timed ones below")
     steps.more(f"broker: keybroker_releases_total {total(broker, 'keybroker_releases_total')}, "
                "keybroker_denials_total{category=\"MEASUREMENT\"} "
                f"{total(broker, 'keybroker_denials_total', category='MEASUREMENT')}")

@@ -19,7 +19,8 @@ Invariants:
   plaintext verifier, which ``keybroker verifier serve`` runs only with
   ``--insecure-plaintext`` on loopback.
 - Metrics: ``metrics_listen`` and ``metrics_client_ca`` (``keybroker.metrics``; off unless
-  ``metrics_listen`` is set).
+  ``metrics_listen`` is set). Tracing: ``tracing`` and ``tracing_file`` (``keybroker.tracing``;
+  off by default).
 - Admin API: ``admin_listen`` and the ``admin_*`` keys as for the broker
   (``keybroker.admin_auth.admin_settings``); admin calls are recorded in ``audit_database``.
 - The configuration only names trust-anchor files; each TEE folder loads its own
@@ -43,6 +44,7 @@ from keybroker.errors import Malformed
 from keybroker.metrics import METRICS_KEYS, MetricsSettings, metrics_settings
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
+from keybroker.tracing import TRACING_KEYS, TracingSettings, tracing_settings
 from verifier.pki import certificates_in
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
@@ -58,7 +60,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "admins": dict, "reference_providers": list,
     "tls_cert": str, "tls_key": str, "tls_client_ca": str, "allowed_clients": list,
     "audit_database": str, **{key: str for key in ADMIN_KEYS},
-    **{key: str for key in METRICS_KEYS},
+    **{key: str for key in METRICS_KEYS}, **{key: str for key in TRACING_KEYS},
 }
 _TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
 _PROVIDER_KEYS = ("name", "key", "sets")
@@ -98,6 +100,7 @@ class VerifierConfig:
     policy_poll_seconds: float = 1.0
     health_check_seconds: float = 2.0
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     admins: Admins = field(default_factory=lambda: NO_ADMINS)
     reference_providers: tuple[ReferenceProvider, ...] = ()
     tls: TlsFiles | None = None  # None: plaintext, only with --insecure-plaintext on loopback
@@ -196,6 +199,7 @@ def load_config(path: Path) -> VerifierConfig:
         tls=_tls(path, table),
         admin=admin_settings(table, path.parent, f"{path} [verifier]"),
         metrics=metrics_settings(table, path.parent, f"{path} [verifier]"),
+        tracing=tracing_settings(table, path.parent, f"{path} [verifier]"),
         audit_database=_paths(path, "audit_database",
                               [table.get("audit_database", "verifier-audit.db")])[0],
         allowed_clients=_allowed_clients(path, table, table.get("allowed_clients", [])),

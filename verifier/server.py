@@ -38,6 +38,7 @@ from keybroker.metrics import serve_metrics
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
 from keybroker.tls import ServerTls, TlsFiles, check_plaintext
+from keybroker.tracing import start_tracing
 from keybroker.v1 import admin_pb2_grpc, verifier_pb2_grpc
 from verifier import registry
 from verifier.admin import VerifierAdminServicer
@@ -245,6 +246,7 @@ async def serve(
         probes["audit"] = blocking(admin[2].probe)
     monitor = HealthMonitor(SERVICE_NAME, probes, interval=config.health_check_seconds)
     servicer.monitor = monitor
+    servicer.tracing = start_tracing("keybroker-verifier", config.tracing)
     metrics = VerifierMetrics()
     metrics.attach(servicer, monitor)
     if admin is not None:
@@ -280,6 +282,7 @@ async def serve(
         await monitor.shutdown()
         if scrape is not None:
             scrape.stop()
+        servicer.tracing.shutdown()
         if admin is not None:
             await admin[0].stop(SHUTDOWN_GRACE_SECONDS)
             admin[2].close()

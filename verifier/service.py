@@ -50,6 +50,7 @@ from keybroker.logs import REQUEST_ID_METADATA, request_scope
 from keybroker.reload import Watched
 from keybroker.rpc_errors import abort, metadata_value
 from keybroker.tls import require_peer
+from keybroker.tracing import Tracing
 from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
 from verifier import registry
 from verifier.collateral.cache import CollateralStore
@@ -159,6 +160,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self.collateral: CollateralStore = CollateralStore.empty()  # for status and metrics
         # (tee, seconds, category or "" when affirmed) after every appraisal (metrics).
         self.observer: Callable[[str, float, str], None] | None = None
+        self.tracing = Tracing()  # spans (off unless configured; set by the server)
 
     def start_background(self, poll_seconds: float) -> None:
         """Start watching the state database for applied policies and reference values."""
@@ -279,7 +281,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         """gRPC entry point: token or typed denial (fail closed)."""
         request_id = (request.request_id
                       or metadata_value(context, REQUEST_ID_METADATA))[:MAX_REQUEST_ID_CHARS]
-        with request_scope(request_id):
+        with request_scope(request_id), self.tracing.span(
+                "keybroker.v1.Verifier/Appraise", kind="server",
+                parent=tuple(context.invocation_metadata() or ()),
+                attributes={"keybroker.request_id": request_id,
+                            "keybroker.tee": request.evidence.WhichOneof("kind") or "none"}):
             token = await self._appraise_scoped(request, context, request_id)
         return verifier_pb2.AppraiseResponse(result_token=token)
 

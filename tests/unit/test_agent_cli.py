@@ -168,7 +168,24 @@ def test_dcap_simulator_without_ca_is_an_error(
     code = main(["get-secret", *BROKER, "--key-id", "k", "--insecure-simulator",
                  "--simulator-dir", str(tmp_path), "--sim-tee", tee])
     assert code == 1
-    assert capsys.readouterr().err.startswith("error: UNAVAILABLE: cannot load the DCAP")
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: UNAVAILABLE: cannot load the DCAP simulator test CA from "
+                          f"{tmp_path / 'dcap'}")
+    assert "keybroker demo --workdir DIR --prepare-only" in err  # how to make one
+    assert "No such file or directory" in err  # the cause, not only the symptom
+
+
+def test_snp_simulator_without_ca_names_the_cause(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The README case: --simulator-dir without a simulator CA says which file is missing and
+    which command writes one (UNAVAILABLE, exit 1)."""
+    code = main(["get-secret", *BROKER, "--key-id", "k", "--insecure-simulator",
+                 "--simulator-dir", str(tmp_path / "sim")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: UNAVAILABLE: cannot load the simulator test CA from "
+                          f"{tmp_path / 'sim'}")
+    assert "ark.pem" in err and "--prepare-only" in err
 
 
 @pytest.mark.parametrize("extra", [

@@ -5,13 +5,16 @@ works."""
 from __future__ import annotations
 
 import argparse
+import subprocess
 from collections.abc import Callable
 
 import pytest
+from support.paths import ROOT
 
 from attester_agent.cli import build_parser as build_agent_parser
 from attester_agent.cli import main as agent_main
 from keybroker.version import version
+from keybroker_cli.launcher import keybroker_command
 from keybroker_cli.main import build_parser, main
 
 
@@ -77,3 +80,17 @@ def test_every_subcommand_help_is_for_operators(cli: Callable[[list[str]], int],
         out = capsys.readouterr().out
         assert out.startswith("usage: "), path
         assert "Invariants" not in out and "``" not in out, (path, out)
+
+
+def test_one_shot_commands_log_only_warnings_by_default() -> None:
+    """`keybroker verify` writes no INFO log lines unless asked (`--log-level INFO`)."""
+    vectors = ROOT / "tests" / "vectors" / "sev-snp" / "gosev-milan-v2"
+    argv = [str(vectors / "attestation.bin"), "--tee", "snp", "--collateral",
+            str(vectors / "vcek.der"), "--at", "2022-09-24T01:00:00Z", "--allow-missing-crl"]
+    quiet = subprocess.run(keybroker_command("verify", *argv), capture_output=True, text=True,
+                           check=False)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "INFO" not in quiet.stderr and "collateral loaded" not in quiet.stderr
+    loud = subprocess.run(keybroker_command("--log-level", "INFO", "verify", *argv),
+                          capture_output=True, text=True, check=False)
+    assert '"level":"INFO"' in loud.stderr and "collateral loaded" in loud.stderr
