@@ -83,7 +83,8 @@ class BrokerAdminServicer(admin_pb2_grpc.BrokerAdminServicer):
                       "audit_head": or_unavailable(self._broker.audit.head)}
             return admin_pb2.StatusResponse(service="broker", principal=p.name,
                                             roles=sorted(p.roles), json=json.dumps(status))
-        return await self._gate.call(context, "Status", ROLE_OF["Status"], work)
+        return await self._gate.call(context, "Status", ROLE_OF["Status"], work,
+                                     diagnostic=True)
 
     async def PutSecret(self, request: admin_pb2.PutSecretRequest,
                         context: Context) -> admin_pb2.JsonResponse:

@@ -200,6 +200,8 @@ async def serve(
         for server_tls in (tls, admin[1] if admin else None):
             if server_tls is not None:
                 server_tls.reload()
+        if scrape is not None:
+            scrape.restart()
         if isinstance(broker.appraiser, GrpcAppraiser):
             broker.appraiser.reconnect()
 

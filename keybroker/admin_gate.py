@@ -4,7 +4,9 @@ Invariants:
 - Order: principal from the channel (``keybroker.admin_auth``), role check, an ``admin`` audit
   record written durably, then the action; so nothing happens that is not on record. A refused
   call is recorded too (principal if known, category, reason), and an action that fails after
-  it was allowed gets a second record with its category.
+  it was allowed gets a second record with its category. The one exception is a read-only
+  diagnostic (``Status``): when the audit sink itself is down it still answers an authorised
+  caller (so an operator can see that), and the unrecorded call is logged at CRITICAL.
 - Refusals travel as the category's gRPC status plus a Denial: identity failures without
   detail (an unknown caller learns nothing), every other error with rule, expected and actual
   (the caller is an authenticated administrator).
@@ -60,8 +62,11 @@ class AdminGate:
                                      reason=reason[:2000], principal=principal))
 
     async def call(self, context: Context, rpc: str, role: str,
-                   work: Callable[[Principal], T], *, target: str = "") -> T:
-        """Run ``work`` for the authenticated caller if it holds ``role`` (module invariants)."""
+                   work: Callable[[Principal], T], *, target: str = "",
+                   diagnostic: bool = False) -> T:
+        """Run ``work`` for the authenticated caller if it holds ``role`` (module invariants);
+        ``diagnostic`` marks a read-only status call that still answers when the audit sink
+        is down (the unrecorded call is logged at CRITICAL)."""
         request_id = str(uuid.uuid4())
         call = _Call(request_id, rpc, target)
         ctx: CallContext = context
@@ -81,7 +86,8 @@ class AdminGate:
         try:
             await self._record_async(call, principal.name, "allowed", None)
         except KeybrokerError as err:
-            await abort(context, err, request_id, with_detail=True)
+            if not diagnostic:
+                await abort(context, err, request_id, with_detail=True)
         try:
             return await asyncio.to_thread(work, principal)
         except KeybrokerError as err:

@@ -10,11 +10,15 @@ Invariants:
   services in one process (tests) never collide.
 - Label values are bounded: method names, status codes, categories, TEE names, dependency
   names and release-rule patterns; never key ids, request ids, principals or evidence.
-- Importing this module starts nothing; ``serve_metrics`` is the only server.
+- Importing this module starts nothing; ``serve_metrics`` is the only server. SIGHUP restarts
+  it on the same port with the certificate files as they are then (a set that does not load
+  keeps the old server).
 """
 
 from __future__ import annotations
 
+import logging
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from keybroker.errors import Malformed, Unavailable
 from keybroker.tls import TlsFiles, check_plaintext
+
+_log = logging.getLogger(__name__)
 
 METRICS_KEYS = ("metrics_listen", "metrics_client_ca")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -57,16 +63,35 @@ def metrics_settings(table: Mapping[str, object], base: Path, where: str) -> Met
 
 @dataclass
 class MetricsServer:
-    """A running metrics endpoint."""
+    """A running metrics endpoint (``restart`` re-reads its certificate files)."""
 
+    settings: MetricsSettings
+    registry: CollectorRegistry
+    tls: TlsFiles | None
     server: WSGIServer
     address: str
-    scheme: str
+
+    @property
+    def scheme(self) -> str:
+        """``https``, or ``http`` in the insecure plaintext mode."""
+        return "https" if self.tls else "http"
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
         self.server.shutdown()
         self.server.server_close()
+
+    def restart(self) -> None:
+        """Serve again on the same port with the certificate files as they are now (SIGHUP);
+        files that do not load keep the running server."""
+        port = int(self.address.rpartition(":")[2])
+        try:
+            _check_files(self.tls)
+        except (OSError, ValueError) as exc:
+            _log.error("metrics certificate not reloaded, the old one stays: %s", exc)
+            return
+        self.stop()
+        self.server = _start(self.settings, self.registry, self.tls, port)
 
 
 def serve_metrics(settings: MetricsSettings, registry: CollectorRegistry,
@@ -76,20 +101,33 @@ def serve_metrics(settings: MetricsSettings, registry: CollectorRegistry,
     if not settings.listen:
         return None
     host, _, port = settings.listen.rpartition(":")
-    host = host.strip("[]")
     if tls is None:
         check_plaintext(settings.listen, flag="--insecure-plaintext")
+    server = _start(settings, registry, tls, int(port))
+    return MetricsServer(settings, registry, tls, server,
+                         f"{host.strip('[]')}:{server.server_address[1]}")
+
+
+def _start(settings: MetricsSettings, registry: CollectorRegistry, tls: TlsFiles | None,
+           port: int) -> WSGIServer:
+    host = settings.listen.rpartition(":")[0].strip("[]")
     try:
         server, _ = start_http_server(
-            int(port), addr=host, registry=registry,
+            port, addr=host, registry=registry,
             certfile=str(tls.cert) if tls else None, keyfile=str(tls.key) if tls else None,
             client_cafile=str(settings.client_ca) if tls and settings.client_ca else None,
             client_auth_required=bool(tls and settings.client_ca))
     except (OSError, ValueError) as exc:
         raise Unavailable(f"cannot serve metrics on {settings.listen}", rule="config.metrics",
                           actual=str(exc)[:200]) from exc
-    bound = server.server_address[1]
-    return MetricsServer(server, f"{host}:{bound}", "https" if tls else "http")
+    return server
+
+
+def _check_files(tls: TlsFiles | None) -> None:
+    """Raise if the certificate and key do not load together (before a restart)."""
+    if tls is not None:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            str(tls.cert), str(tls.key))
 
 
 class ServiceMetrics:

@@ -117,10 +117,11 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
                       "policies_in_force": sorted(x.policy_id for x in self._in_force().values()),
                       "reference_sets": or_unavailable(lambda: sorted(
                           {v.name for v in self._references.versions()})),
-                      "audit_head": self._gate.audit.head()}
+                      "audit_head": or_unavailable(self._gate.audit.head)}
             return admin_pb2.StatusResponse(service="verifier", principal=p.name,
                                             roles=sorted(p.roles), json=json.dumps(status))
-        return await self._gate.call(context, "Status", ROLE_OF["Status"], work)
+        return await self._gate.call(context, "Status", ROLE_OF["Status"], work,
+                                     diagnostic=True)
 
     async def ValidatePolicy(self, request: admin_pb2.DocumentRequest,
                              context: Context) -> admin_pb2.ValidateResponse:

@@ -267,6 +267,8 @@ async def serve(
         for server_tls in (tls, admin[1] if admin else None):
             if server_tls is not None:
                 server_tls.reload()
+        if scrape is not None:
+            scrape.restart()
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     servicer.start_background(config.policy_poll_seconds)

@@ -96,6 +96,25 @@ def moved_away(path: Path) -> Iterator[None]:
         shutil.move(away, path)
 
 
+def _status_until(deployment: Deployment, service: str, dependency: str, ok: bool,
+                  capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, object]]:
+    """Ask ``keybroker status`` until it reports ``dependency`` up (``ok``) or down."""
+    deadline = time.monotonic() + 10
+    code, status = deployment.status(service, capsys)
+    while _dependency(status, dependency)["ok"] is not ok and time.monotonic() < deadline:
+        time.sleep(0.1)
+        code, status = deployment.status(service, capsys)
+    assert _dependency(status, dependency)["ok"] is ok, status
+    return code, status
+
+
+@pytest.fixture(autouse=True)
+def serving_first(deployment: Deployment) -> None:
+    """Each test starts from both services SERVING (a previous test may have just ended)."""
+    _until(deployment.verifier_health, SERVING)
+    _until(deployment.broker_health, SERVING)
+
+
 def _dependency(status: dict[str, object], name: str) -> dict[str, object]:
     deps = status["dependencies"]
     assert isinstance(deps, dict)
@@ -130,17 +149,16 @@ def test_health_broker_store_down_and_back(deployment: Deployment, file: str, de
     path = deployment.layout.broker / file
     with moved_away(path):
         _until(deployment.broker_health, NOT_SERVING)
-        code, status = deployment.status("broker", capsys)
+        code, status = _status_until(deployment, "broker", dependency, False, capsys)
         assert code == 1 and status["serving"] is False
-        dep = _dependency(status, dependency)
-        assert dep["ok"] is False and str(path) in str(dep["detail"])
+        assert str(path) in str(_dependency(status, dependency)["detail"])
         capsys.readouterr()
         assert main(["status", "--profile", str(deployment.layout.root / "admin" / "admin.toml"),
                      "--service", "broker"]) == 1
         assert f"{dependency}" in capsys.readouterr().out
     _until(deployment.broker_health, SERVING)
-    code, status = deployment.status("broker", capsys)
-    assert code == 0 and _dependency(status, dependency)["ok"] is True
+    code, _ = _status_until(deployment, "broker", dependency, True, capsys)
+    assert code == 0
 
 
 def test_health_verifier_unresponsive(deployment: Deployment,
@@ -150,8 +168,8 @@ def test_health_verifier_unresponsive(deployment: Deployment,
     os.kill(deployment.verifier.pid, signal.SIGSTOP)
     try:
         _until(deployment.broker_health, NOT_SERVING)
-        code, status = deployment.status("broker", capsys)
-        assert code == 1 and _dependency(status, "verifier")["ok"] is False
+        code, _ = _status_until(deployment, "broker", "verifier", False, capsys)
+        assert code == 1
     finally:
         os.kill(deployment.verifier.pid, signal.SIGCONT)
     _until(deployment.broker_health, SERVING)
@@ -164,10 +182,10 @@ def test_health_verifier_state_database_down(deployment: Deployment,
     path = deployment.layout.verifier / "verifier-state.db"
     with moved_away(path):
         _until(deployment.verifier_health, NOT_SERVING)
-        code, status = deployment.status("verifier", capsys)
+        code, status = _status_until(deployment, "verifier", "database", False, capsys)
         assert code == 1 and str(path) in str(_dependency(status, "database")["detail"])
         _until(deployment.broker_health, NOT_SERVING)
-        code, status = deployment.status("broker", capsys)
+        _, status = _status_until(deployment, "broker", "verifier", False, capsys)
         assert "NOT_SERVING" in str(_dependency(status, "verifier")["detail"])
     _until(deployment.verifier_health, SERVING)
     _until(deployment.broker_health, SERVING)
