@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 
 from keybroker.logs import LOG_FORMATS, LOG_LEVELS, configure
 from keybroker.version import version
-from keybroker_cli import broker_cmd, demo, status_cmd, tls_cmd, verifier_cmd, verify
+from keybroker_cli import (
+    broker_cmd,
+    demo,
+    eventlog_cmd,
+    status_cmd,
+    tls_cmd,
+    verifier_cmd,
+    verify,
+)
 from keybroker_cli.admin import command as admin_command
 
 # Each registration function adds its subparsers and sets ``func`` on them.
@@ -25,6 +33,7 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     admin_command.register,
     tls_cmd.register,
     status_cmd.register,
+    eventlog_cmd.register,
 )
 
 DESCRIPTION = """\

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keybroker.errors import KeybrokerError, Malformed
+from keybroker_cli import verify_maa, verify_tpm
 from keybroker_cli.evidence_input import (
     UsageError,
     decode_quote,
@@ -44,10 +45,12 @@ from keybroker_cli.evidence_input import (
 if TYPE_CHECKING:
     from verifier.collateral.cache import CollateralStore
     from verifier.dcap.claims import SgxClaims, TdxClaims
+    from verifier.maa.claims import MaaClaims
     from verifier.policy.model import AppraisalPolicy
     from verifier.reference.values import ReferenceSnapshot
     from verifier.snp.claims import SnpClaims
     from verifier.tee import Claims
+    from verifier.tpm.claims import TpmClaims
     from verifier.verdict import Appraisal
 
 VERIFY_HELP = """\
@@ -58,6 +61,9 @@ appraisal policy. Nothing touches the network: collateral comes from --collatera
 examples:
   keybroker verify report.bin --tee snp --collateral ./amd-certs/ --at 2025-06-01T00:00:00Z
   keybroker verify quote.dat --tee tdx --collateral ./intel-pcs/ --policy tdx.yaml --json
+  keybroker verify quote.attest --tee tpm --signature quote.sig --ak ak.tpmt \
+      --pcrs pcrs_sha256.json --eventlog binary_bios_measurements --nonce 0011...
+  keybroker verify token.jwt --tee maa --jwks maa-certs.json --issuer https://x.attest.azure.net
 
 exit codes: 0 verified, 1 rejected (category and reason printed), 2 usage error"""
 _DCAP_ONLY = ("ccel_table", "ccel_data", "runtime_log")
@@ -107,6 +113,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="ReferenceValues document (YAML), taken as an active set "
                              "(with --policy; repeatable)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify_tpm.add_arguments(parser)
+    verify_maa.add_arguments(parser)
     parser.add_argument("--insecure-simulator-root", type=Path, action="append", default=[],
                         metavar="FILE", help="INSECURE: also trust this simulator root (AMD ARK "
                                              "PEM or DCAP simulator root, PEM or DER)")
@@ -121,6 +129,10 @@ def _usage(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Execute ``keybroker verify``; returns the exit code."""
     runner = _RUNNERS[args.tee]  # argparse offers only these
+    for tee, names in (("tpm", verify_tpm.TPM_ONLY), ("maa", verify_maa.MAA_ONLY)):
+        used = [f"--{n}" for n in names if getattr(args, n) not in (None, [])]
+        if used and args.tee != tee:
+            return _usage(f"{', '.join(used)} apply to --tee {tee} only")
     try:
         return runner(args)
     except UsageError as exc:
@@ -200,14 +212,15 @@ def _run_snp(args: argparse.Namespace) -> int:
 
 
 def _conclude(args: argparse.Namespace,
-              verify: Callable[[], tuple[SnpClaims | TdxClaims | SgxClaims, tuple[str, ...]]],
+              verify: Callable[[], tuple[SnpClaims | TdxClaims | SgxClaims | TpmClaims
+                                         | MaaClaims, tuple[str, ...]]],
               *, policy: AppraisalPolicy | None, at: datetime, init_data: bytes,
               references: ReferenceSnapshot, insecure: bool,
               extend: Callable[[Any], Any] | None = None) -> int:
     """Verify, print the collateral warnings, add what the event logs prove (``extend``),
     appraise (with --policy) and print the result (with the verified claims even when a
     later step rejects); the exit code (0 verified, 1 rejected)."""
-    claims: SnpClaims | TdxClaims | SgxClaims | None = None
+    claims: SnpClaims | TdxClaims | SgxClaims | TpmClaims | MaaClaims | None = None
     appraisal: dict[str, object] | None = None
     workload: dict[str, object] | None = None
     try:
@@ -310,7 +323,7 @@ def _appraisal_doc(result: Appraisal) -> dict[str, object]:
 
 
 def _emit(as_json: bool, *, verdict: str, error: KeybrokerError | None,
-          claims: SnpClaims | TdxClaims | SgxClaims | None,
+          claims: SnpClaims | TdxClaims | SgxClaims | TpmClaims | MaaClaims | None,
           appraisal: Mapping[str, object] | None, workload: Mapping[str, object] | None,
           at: datetime) -> None:
     doc: dict[str, object] = {
@@ -357,9 +370,20 @@ def _flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:
     return [(prefix.rstrip("."), value)]
 
 
+def _plain(args: argparse.Namespace, verified: Callable[[], tuple[Any, tuple[str, ...]]],
+           at: datetime) -> int:
+    """Conclude without a policy (the TPM and MAA forms take none yet)."""
+    return _conclude(args, verified, policy=None, at=at, init_data=b"",
+                     references=_load_references(args, at), insecure=False)
+
+
 # The command's table of TEEs: evidence kind -> how ``keybroker verify`` reads and verifies it.
 _RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "snp": _run_snp,
     "tdx": _run_dcap,
     "sgx": _run_dcap,
+    "tpm": lambda args: verify_tpm.run_tpm(
+        args, lambda verified: _plain(args, verified, datetime.now(UTC))),
+    "maa": lambda args: verify_maa.run_maa(
+        args, lambda verified, at: _plain(args, verified, at)),
 }

@@ -1,0 +1,140 @@
+"""``keybroker verify QUOTE --tee tpm``: a TPM2_Quote checked offline against an AK the
+operator trusts, with the PCR values reported beside it and, optionally, the boot event log.
+
+Invariants:
+- The AK is given by the operator (``--ak``: a TPMT_PUBLIC / TPM2B_PUBLIC, or a PEM/DER public
+  key): trusting it is the operator's decision here. A PEM key has no TPM Name, so the claims
+  show none and no scheme restriction applies.
+- ``--pcrs`` files are JSON maps of PCR index to hex value, one file per bank, the bank told
+  by the value length (20 SHA-1, 32 SHA-256, 48 SHA-384, 64 SHA-512). Unreadable or
+  inconsistent files are usage errors (exit 2), never a verdict.
+- Without ``--nonce`` extraData is not checked, and the output says so.
+- ``--eventlog`` must replay to the quoted PCRs (EVENT_LOG otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from keybroker.errors import KeybrokerError
+from keybroker_cli.evidence_input import UsageError, read_input
+
+_SIZES = {20: 0x0004, 32: 0x000B, 48: 0x000C, 64: 0x000D}
+TPM_ONLY = ("signature", "ak", "pcrs", "eventlog", "nonce")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--tee tpm`` options of ``keybroker verify``."""
+    group = parser.add_argument_group("TPM (--tee tpm; the positional file is the TPMS_ATTEST)")
+    group.add_argument("--signature", type=Path, metavar="FILE",
+                       help="the quote's TPMT_SIGNATURE")
+    group.add_argument("--ak", type=Path, metavar="FILE",
+                       help="the attestation key: TPMT_PUBLIC, TPM2B_PUBLIC or a PEM/DER "
+                            "public key")
+    group.add_argument("--pcrs", type=Path, action="append", default=[], metavar="FILE",
+                       help="JSON map of PCR index to hex value, one file per bank "
+                            "(repeatable)")
+    group.add_argument("--eventlog", type=Path, metavar="FILE",
+                       help="TCG binary event log, replayed to the quoted PCRs")
+    group.add_argument("--nonce", metavar="HEX",
+                       help="the expected extraData (absent: not checked, and said so)")
+
+
+def load_pcrs(path: Path) -> tuple[int, dict[int, bytes]]:
+    """(bank algorithm, PCR index -> value) from one ``--pcrs`` file."""
+    try:
+        doc = json.loads(read_input(path) or b"")
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(doc, dict) or not doc:
+        raise UsageError(f"{path}: expected a JSON object of PCR index to hex value")
+    values: dict[int, bytes] = {}
+    for key, value in doc.items():
+        try:
+            index, raw = int(key), bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{path}: PCR {key!r}: expected an index 0..23 and a hex value"
+                             ) from None
+        if not 0 <= index <= 23:
+            raise UsageError(f"{path}: PCR index {index} out of range 0..23")
+        values[index] = raw
+    sizes = {len(v) for v in values.values()}
+    if len(sizes) != 1 or next(iter(sizes)) not in _SIZES:
+        raise UsageError(f"{path}: every value must have one bank's size (20, 32, 48 or 64 "
+                         f"bytes); found {sorted(sizes)}")
+    return _SIZES[sizes.pop()], values
+
+
+def _load_ak(path: Path) -> tuple[Any, bool]:
+    """(TpmPublic, has a TPM Name) from ``--ak``."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: PLC0415
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        load_der_public_key,
+        load_pem_public_key,
+    )
+
+    from keybroker.evidence.tpm_public import (  # noqa: PLC0415
+        parse_public,
+        public_from_key,
+    )
+
+    data = read_input(path) or b""
+    if data.lstrip().startswith(b"-----BEGIN") or data[:1] == b"\x30":
+        try:
+            key = (load_pem_public_key(data) if data.lstrip().startswith(b"-----")
+                   else load_der_public_key(data))
+        except ValueError as exc:
+            raise UsageError(f"--ak {path}: not a public key ({exc})") from None
+        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise UsageError(f"--ak {path}: an RSA or EC public key is needed")
+        return public_from_key(key), False
+    try:
+        return parse_public(data), True
+    except KeybrokerError as exc:
+        raise UsageError(f"--ak {path}: {exc.detail}") from None
+
+
+def run_tpm(args: argparse.Namespace,
+            conclude: Callable[[Callable[[], tuple[Any, tuple[str, ...]]]], int]) -> int:
+    """Verify the quote through ``conclude`` (the command's verify-and-print step); the exit
+    code."""
+    from keybroker.evidence.tcg_log import parse_event_log  # noqa: PLC0415
+    from verifier.eventlog.pcr import check_pcrs  # noqa: PLC0415
+    from verifier.tpm.claims import TpmClaims  # noqa: PLC0415
+    from verifier.tpm.quote import verify_quote  # noqa: PLC0415
+
+    if args.signature is None or args.ak is None:
+        raise UsageError("--tee tpm needs --signature and --ak")
+    if args.policy is not None or args.collateral or args.cert_table is not None:
+        raise UsageError("--policy, --collateral and --cert-table do not apply to --tee tpm")
+    try:
+        nonce = bytes.fromhex(args.nonce) if args.nonce is not None else None
+    except ValueError:
+        raise UsageError(f"--nonce: not hex: {args.nonce!r}") from None
+    banks: dict[int, dict[int, bytes]] = {}
+    for path in args.pcrs:
+        alg, values = load_pcrs(path)
+        if alg in banks:
+            raise UsageError(f"{path}: a second file for the same bank")
+        banks[alg] = values
+    attest = read_input(args.file) or b""
+    signature = read_input(args.signature) or b""
+    eventlog = read_input(args.eventlog)
+    ak, named = _load_ak(args.ak)
+    if nonce is None:
+        print("note: no --nonce given: the quote's extraData is not checked (freshness "
+              "unproven)", file=sys.stderr)
+
+    def verified() -> tuple[TpmClaims, tuple[str, ...]]:
+        quote = verify_quote(attest, signature, ak, banks, nonce=nonce)
+        replayed = (check_pcrs(parse_event_log(eventlog), quote.pcrs)
+                    if eventlog is not None else None)
+        return TpmClaims.of(quote, ak, nonce_checked=nonce is not None, replayed=replayed,
+                            named=named), ()
+
+    return conclude(verified)
