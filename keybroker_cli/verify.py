@@ -383,7 +383,7 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "tdx": _run_dcap,
     "sgx": _run_dcap,
     "tpm": lambda args: verify_tpm.run_tpm(
-        args, lambda verified: _plain(args, verified, datetime.now(UTC))),
+        args, lambda verified, at: _plain(args, verified, at)),
     "maa": lambda args: verify_maa.run_maa(
         args, lambda verified, at: _plain(args, verified, at)),
 }

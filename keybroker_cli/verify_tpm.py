@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from keybroker.errors import KeybrokerError
 from keybroker_cli.evidence_input import UsageError, read_input
 
 _SIZES = {20: 0x0004, 32: 0x000B, 48: 0x000C, 64: 0x000D}
-TPM_ONLY = ("signature", "ak", "pcrs", "eventlog", "nonce")
+TPM_ONLY = ("signature", "ak", "ak_cert", "ak_ca", "pcrs", "eventlog", "nonce")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ak", type=Path, metavar="FILE",
                        help="the attestation key: TPMT_PUBLIC, TPM2B_PUBLIC or a PEM/DER "
                             "public key")
+    group.add_argument("--ak-cert", type=Path, metavar="FILE",
+                       help="the AK's certificate (DER or PEM), chained to an --ak-ca root at "
+                            "--at (default now); with --ak it must certify that key")
+    group.add_argument("--ak-ca", type=Path, action="append", default=[], metavar="PATH",
+                       help="EK/AK CA certificates (files or directories): self-signed ones "
+                            "are the trusted roots, the others intermediates (repeatable)")
     group.add_argument("--pcrs", type=Path, action="append", default=[], metavar="FILE",
                        help="JSON map of PCR index to hex value, one file per bank "
                             "(repeatable)")
@@ -99,8 +106,33 @@ def _load_ak(path: Path) -> tuple[Any, bool]:
         raise UsageError(f"--ak {path}: {exc.detail}") from None
 
 
+def _load_ak_cert(args: argparse.Namespace) -> tuple[Any, list[Any], list[Any]]:
+    """(AK certificate or None, roots, intermediates) from --ak-cert and --ak-ca."""
+    from verifier.pki import certificates_in  # noqa: PLC0415 - keep CLI start-up light
+    from verifier.tpm.ak import lenient_names  # noqa: PLC0415
+
+    if args.ak_cert is None:
+        return None, [], []
+    found = certificates_in(read_input(args.ak_cert) or b"")
+    if len(found) != 1:
+        raise UsageError(f"--ak-cert {args.ak_cert}: expected one certificate, found "
+                         f"{len(found)}")
+    pool = []
+    for given in args.ak_ca:
+        path = Path(given)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            pool.extend(certificates_in(read_input(file) or b""))
+    with lenient_names():
+        roots = [c for c in pool if c.issuer == c.subject]
+    if not roots:
+        raise UsageError("--ak-ca holds no self-signed root certificate")
+    return found[0], roots, [c for c in pool if all(c is not r for r in roots)]
+
+
 def run_tpm(args: argparse.Namespace,
-            conclude: Callable[[Callable[[], tuple[Any, tuple[str, ...]]]], int]) -> int:
+            conclude: Callable[[Callable[[], tuple[Any, tuple[str, ...]]], datetime], int]
+            ) -> int:
     """Verify the quote through ``conclude`` (the command's verify-and-print step); the exit
     code."""
     from keybroker.evidence.tcg_log import parse_event_log  # noqa: PLC0415
@@ -108,8 +140,10 @@ def run_tpm(args: argparse.Namespace,
     from verifier.tpm.claims import TpmClaims  # noqa: PLC0415
     from verifier.tpm.quote import verify_quote  # noqa: PLC0415
 
-    if args.signature is None or args.ak is None:
-        raise UsageError("--tee tpm needs --signature and --ak")
+    if args.signature is None or (args.ak is None and args.ak_cert is None):
+        raise UsageError("--tee tpm needs --signature and --ak (or --ak-cert)")
+    if args.ak_cert is not None and not args.ak_ca:
+        raise UsageError("--ak-cert needs --ak-ca (the roots it must chain to)")
     if args.policy is not None or args.collateral or args.cert_table is not None:
         raise UsageError("--policy, --collateral and --cert-table do not apply to --tee tpm")
     try:
@@ -125,16 +159,36 @@ def run_tpm(args: argparse.Namespace,
     attest = read_input(args.file) or b""
     signature = read_input(args.signature) or b""
     eventlog = read_input(args.eventlog)
-    ak, named = _load_ak(args.ak)
+    cert, roots, intermediates = _load_ak_cert(args)
+    if args.ak is not None:
+        ak, named = _load_ak(args.ak)
+    else:
+        from keybroker.evidence.tpm_public import public_from_key  # noqa: PLC0415
+
+        assert cert is not None
+        ak, named = public_from_key(cert.public_key()), False
+    at = args.at or datetime.now(UTC)
     if nonce is None:
         print("note: no --nonce given: the quote's extraData is not checked (freshness "
               "unproven)", file=sys.stderr)
 
     def verified() -> tuple[TpmClaims, tuple[str, ...]]:
+        chain: tuple[str, ...] = ()
+        if cert is not None:
+            from verifier.tpm.ak import (  # noqa: PLC0415
+                check_certified_key,
+                lenient_names,
+                verify_ak_certificate,
+            )
+
+            links = verify_ak_certificate(cert, intermediates, roots, at=at)
+            check_certified_key(cert, ak)
+            with lenient_names():
+                chain = tuple(c.subject.rfc4514_string()[:120] for c in links[1:])
         quote = verify_quote(attest, signature, ak, banks, nonce=nonce)
         replayed = (check_pcrs(parse_event_log(eventlog), quote.pcrs)
                     if eventlog is not None else None)
         return TpmClaims.of(quote, ak, nonce_checked=nonce is not None, replayed=replayed,
-                            named=named), ()
+                            named=named, ak_chain=chain), ()
 
-    return conclude(verified)
+    return conclude(verified, at)

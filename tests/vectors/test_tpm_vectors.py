@@ -7,15 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from support.paths import VECTORS
 
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.tcg_log import EV_NO_ACTION, build_event_log, parse_event_log
 from keybroker_cli.main import main
 from verifier.eventlog.pcr import check_pcrs
+from verifier.pki import certificates_in
+from verifier.tpm.ak import lenient_names, verify_ak_certificate
 
 README = (VECTORS / "README.md").read_text()
 GCE = VECTORS / "tpm" / "gce-cos85-vtpm-no-nonce"
@@ -189,3 +193,51 @@ def test_tpm_options_and_eventlog_errors(tmp_path: Path,
     assert main(["eventlog", str(GCE / "ak_cert.der")]) == 1
     assert capsys.readouterr().err.startswith("error MALFORMED: ")
     assert main(["eventlog", str(tmp_path / "absent")]) == 2
+
+
+CA = VECTORS / "tpm" / "gce-ek-ak-ca"
+CERTS = VECTORS / "tpm" / "gce-ek-ak-certs"
+
+
+@pytest.mark.parametrize(("extra", "category", "rule"), [
+    ([], None, None),                                               # the README's chain
+    (["--at", "2060-01-01T00:00:00Z"], "CHAIN_UNTRUSTED", "tpm.ak-cert"),   # AK cert expired
+    (["--ak-cert-from", "pca_tpm_rsa_sign_cert.pem"], "SIG_INVALID", "tpm.ak-cert-key"),
+    (["--roots-only", "gcp_ek_ak_ca_root.crt"], "CHAIN_UNTRUSTED", "tpm.ak-cert"),
+])
+def test_ak_certificate_chain(capsys: pytest.CaptureFixture[str], extra: list[str],
+                              category: str | None, rule: str | None) -> None:
+    """ak_cert.der chains ak <- tpm_ek_intermediate_2 <- tpm_ek_root_1 (README) and certifies
+    ak_pub.tpmt; refused when expired, when it certifies another key, or when only the other
+    Google hierarchy is configured."""
+    cert, ca, at = GCE / "ak_cert.der", CA, "2024-01-01T00:00:00Z"
+    if extra[:1] == ["--ak-cert-from"]:
+        cert, extra = CERTS / extra[1], []
+    elif extra[:1] == ["--roots-only"]:
+        ca, extra = CA / extra[1], []
+    elif extra:
+        at, extra = extra[1], []
+    code, out = verify(capsys, "sha256", "--ak-cert", str(cert), "--ak-ca", str(ca),
+                       "--at", at)
+    if category is None:
+        assert code == 0, out
+        chain = out["claims"]["ak_chain"]  # type: ignore[index]
+        assert "tpm_ek_v1_cloud_host-signer-0-2020-10-22" in chain[0]
+        assert "tpm_ek_v1_cloud_host_root-signer" in chain[1]
+    else:
+        assert (code, out["category"], out["rule"]) == (1, category, rule), out
+
+
+@pytest.mark.parametrize("name", ["pca_tpm_rsa_sign_cert.pem", "pca_tpm_ecc_sign_cert.pem",
+                                  "uca_tpm_rsa_enc_cert.pem", "uca_tpm_ecc_enc_cert.pem"])
+def test_gce_ek_and_ak_certificates_chain_to_their_roots(name: str) -> None:
+    """Every real GCE EK/AK certificate chains to the hierarchy the README names (pca_* to
+    the EK/AK CA Root through its intermediate, uca_* to tpm_ek_root_1)."""
+    pool = [c for p in sorted(CA.iterdir()) for c in certificates_in(p.read_bytes())]
+    with lenient_names():
+        roots = [c for c in pool if c.issuer == c.subject]
+        (leaf,) = certificates_in((CERTS / name).read_bytes())
+        chain = verify_ak_certificate(leaf, [c for c in pool if c not in roots], roots,
+                                      at=datetime(2024, 1, 1, tzinfo=UTC))
+        root = chain[-1].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert ("EK/AK CA Root" in str(root)) == name.startswith("pca_")

@@ -32,11 +32,12 @@ class TpmClaims:
     firmware_version: int
     pcrs: dict[str, dict[int, bytes]]
     eventlog_pcrs: dict[str, tuple[int, ...]]
+    ak_chain: tuple[str, ...] = ()  # issuers up to the configured root, when certified
 
     @classmethod
     def of(cls, quote: VerifiedQuote, ak: TpmPublic, *, nonce_checked: bool,
            replayed: dict[int, dict[int, bytes]] | None = None,
-           named: bool = True) -> TpmClaims:
+           named: bool = True, ak_chain: tuple[str, ...] = ()) -> TpmClaims:
         """The claims of ``quote`` signed by ``ak`` (and what a log replayed); ``named``
         False for an AK given as a bare public key (it has no TPM Name)."""
         attest, sig = quote.attest, quote.signature
@@ -51,7 +52,8 @@ class TpmClaims:
             pcrs={BANK_NAMES.get(a, hex(a)): dict(sorted(v.items()))
                   for a, v in quote.pcrs.items()},
             eventlog_pcrs={BANK_NAMES.get(a, hex(a)): tuple(sorted(v))
-                           for a, v in (replayed or {}).items()})
+                           for a, v in (replayed or {}).items()},
+            ak_chain=ak_chain)
 
     @property
     def report_data(self) -> bytes:
@@ -79,4 +81,5 @@ class TpmClaims:
             "pcrs": {bank: {str(i): v.hex() for i, v in values.items()}
                      for bank, values in self.pcrs.items()},
             "eventlog_pcrs": {bank: list(pcrs) for bank, pcrs in self.eventlog_pcrs.items()},
+            "ak_chain": list(self.ak_chain),
         }
