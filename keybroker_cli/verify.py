@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keybroker.errors import KeybrokerError, Malformed
-from keybroker_cli import verify_maa, verify_tpm
+from keybroker_cli import verify_azure, verify_maa, verify_tpm
 from keybroker_cli.evidence_input import (
     UsageError,
     decode_quote,
@@ -129,10 +129,12 @@ def _usage(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Execute ``keybroker verify``; returns the exit code."""
     runner = _RUNNERS[args.tee]  # argparse offers only these
-    for tee, names in (("tpm", verify_tpm.TPM_ONLY), ("maa", verify_maa.MAA_ONLY)):
+    for tees, names in (((*verify_azure.AZURE, "tpm"), ("nonce",)),
+                        (("tpm",), tuple(n for n in verify_tpm.TPM_ONLY if n != "nonce")),
+                        (("maa",), verify_maa.MAA_ONLY)):
         used = [f"--{n}" for n in names if getattr(args, n) not in (None, [])]
-        if used and args.tee != tee:
-            return _usage(f"{', '.join(used)} apply to --tee {tee} only")
+        if used and args.tee not in tees:
+            return _usage(f"{', '.join(used)} apply to --tee {' | '.join(tees)} only")
     try:
         return runner(args)
     except UsageError as exc:
@@ -386,4 +388,7 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
         args, lambda verified, at: _plain(args, verified, at)),
     "maa": lambda args: verify_maa.run_maa(
         args, lambda verified, at: _plain(args, verified, at)),
+    **{tee: lambda args: verify_azure.run_azure(
+        args, lambda verified, at: _plain(args, verified, at), _load_collateral)
+       for tee in verify_azure.AZURE},
 }
