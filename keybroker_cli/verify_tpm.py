@@ -26,7 +26,7 @@ from keybroker.errors import KeybrokerError
 from keybroker_cli.evidence_input import UsageError, read_input
 
 _SIZES = {20: 0x0004, 32: 0x000B, 48: 0x000C, 64: 0x000D}
-TPM_ONLY = ("signature", "ak", "ak_cert", "ak_ca", "pcrs", "eventlog", "nonce")
+TPM_ONLY = ("signature", "ak", "ak_cert", "ak_ca", "pcrs", "eventlog", "ima_log", "nonce")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "(repeatable)")
     group.add_argument("--eventlog", type=Path, metavar="FILE",
                        help="TCG binary event log, replayed to the quoted PCRs")
+    group.add_argument("--ima-log", type=Path, metavar="FILE",
+                       help="IMA ascii_runtime_measurements, replayed to the quoted PCR 10")
     group.add_argument("--nonce", metavar="HEX",
                        help="the expected extraData (absent: not checked, and said so)")
 
@@ -130,6 +132,20 @@ def _load_ak_cert(args: argparse.Namespace) -> tuple[Any, list[Any], list[Any]]:
     return found[0], roots, [c for c in pool if all(c is not r for r in roots)]
 
 
+def _ima(raw: bytes, pcrs: dict[int, dict[int, bytes]]) -> Any:
+    """The IMA replay against the quoted PCR 10 (SHA-256 bank preferred, else SHA-1)."""
+    from keybroker.errors import MeasurementMismatch  # noqa: PLC0415
+    from keybroker.evidence.ima_log import parse_ima_log  # noqa: PLC0415
+    from verifier.eventlog.ima import IMA_PCR, replay_ima  # noqa: PLC0415
+
+    bank = next((b for b in (0x000B, 0x0004, 0x000C) if IMA_PCR in pcrs.get(b, {})), None)
+    if bank is None:
+        raise MeasurementMismatch("the quote does not cover PCR 10, which the IMA log extends",
+                                  rule="tpm.pcr-selection", expected="PCR 10 quoted",
+                                  actual="not selected")
+    return replay_ima(parse_ima_log(raw), pcrs[bank][IMA_PCR], bank)
+
+
 def run_tpm(args: argparse.Namespace,
             conclude: Callable[[Callable[[], tuple[Any, tuple[str, ...]]], datetime], int]
             ) -> int:
@@ -137,6 +153,7 @@ def run_tpm(args: argparse.Namespace,
     code."""
     from keybroker.evidence.tcg_log import parse_event_log  # noqa: PLC0415
     from verifier.eventlog.pcr import check_pcrs  # noqa: PLC0415
+    from verifier.eventlog.secure_boot import secure_boot_claims  # noqa: PLC0415
     from verifier.tpm.claims import TpmClaims  # noqa: PLC0415
     from verifier.tpm.quote import verify_quote  # noqa: PLC0415
 
@@ -159,6 +176,7 @@ def run_tpm(args: argparse.Namespace,
     attest = read_input(args.file) or b""
     signature = read_input(args.signature) or b""
     eventlog = read_input(args.eventlog)
+    ima_log = read_input(args.ima_log)
     cert, roots, intermediates = _load_ak_cert(args)
     if args.ak is not None:
         ak, named = _load_ak(args.ak)
@@ -186,9 +204,13 @@ def run_tpm(args: argparse.Namespace,
             with lenient_names():
                 chain = tuple(c.subject.rfc4514_string()[:120] for c in links[1:])
         quote = verify_quote(attest, signature, ak, banks, nonce=nonce)
-        replayed = (check_pcrs(parse_event_log(eventlog), quote.pcrs)
-                    if eventlog is not None else None)
+        log = parse_event_log(eventlog) if eventlog is not None else None
+        replayed = check_pcrs(log, quote.pcrs) if log is not None else None
+        secure_boot = (secure_boot_claims(log) if log is not None and replayed is not None
+                       and any(7 in bank for bank in replayed.values()) else None)
+        ima = _ima(ima_log, quote.pcrs) if ima_log is not None else None
         return TpmClaims.of(quote, ak, nonce_checked=nonce is not None, replayed=replayed,
-                            named=named, ak_chain=chain), ()
+                            named=named, ak_chain=chain, ima=ima,
+                            secure_boot=secure_boot), ()
 
     return conclude(verified, at)

@@ -16,8 +16,10 @@ from support.paths import VECTORS
 
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.tcg_log import EV_NO_ACTION, build_event_log, parse_event_log
+from keybroker.evidence.tpm_quote import parse_attest
 from keybroker_cli.main import main
 from verifier.eventlog.pcr import check_pcrs
+from verifier.eventlog.secure_boot import secure_boot_claims
 from verifier.pki import certificates_in
 from verifier.tpm.ak import lenient_names, verify_ak_certificate
 
@@ -241,3 +243,72 @@ def test_gce_ek_and_ak_certificates_chain_to_their_roots(name: str) -> None:
                                       at=datetime(2024, 1, 1, tzinfo=UTC))
         root = chain[-1].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
     assert ("EK/AK CA Root" in str(root)) == name.startswith("pca_")
+
+
+def test_ima_log_against_the_quoted_pcr10(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The GCE quote's PCR 10 holds that VM's IMA measurements: a log of another machine (here
+    the real boot_aggregate line alone) does not replay to it, EVENT_LOG; an entry whose
+    template hash does not cover its data is refused before any replay."""
+    pcr10 = json.loads((GCE / "pcrs_sha256.json").read_text())["10"]
+    assert pcr10 != "00" * 32
+    line = ("10 0adefe762c149c7cec19da62f0da1297fcfbffff ima-ng sha256:" + "00" * 32
+            + " boot_aggregate\n")
+    log = tmp_path / "ima.txt"
+    log.write_text(line)
+    code, out = verify(capsys, "sha256", "--ima-log", str(log))
+    assert (code, out["category"], out["rule"]) == (1, "EVENT_LOG", "ima.replay")
+    assert out["expected"] == pcr10
+    log.write_text(line.replace("sha256:00", "sha256:11"))
+    code, out = verify(capsys, "sha256", "--ima-log", str(log))
+    assert (code, out["category"], out["rule"]) == (1, "EVENT_LOG", "ima.template-hash")
+
+
+def test_row_4_lying_tpm2b_length_is_malformed() -> None:
+    """Row 4: a TPM2B whose size exceeds the buffer (extraData claiming 0xFFFF bytes)."""
+    raw = bytearray((GCE / "quote_sha256.attest").read_bytes())
+    signer_len = int.from_bytes(raw[6:8], "big")
+    offset = 8 + signer_len  # extraData's size field
+    raw[offset:offset + 2] = b"\xff\xff"
+    with pytest.raises(KeybrokerError) as exc:
+        parse_attest(bytes(raw))
+    assert exc.value.category is Category.MALFORMED
+
+
+def test_row_52_bank_at_reset_value_with_events_is_event_log() -> None:
+    """Row 52: the SHA-256 bank reported at its reset value while the log extends it."""
+    pcrs = {i: bytes(32) for i in range(24)}
+    with pytest.raises(KeybrokerError) as exc:
+        check_pcrs(parse_event_log((GCE / "eventlog.bin").read_bytes()), {0x000B: pcrs})
+    assert (exc.value.category, exc.value.rule) == (Category.EVENT_LOG, "tpm.eventlog")
+
+
+def test_secure_boot_claims_from_the_replayed_log(capsys: pytest.CaptureFixture[str]) -> None:
+    """The GCE log, replayed to the quote, proves secure boot on and the key databases'
+    digests; the two Shielded VM logs named "no_secure_boot" say it was off."""
+    code, out = verify(capsys, "sha256", "--eventlog", str(GCE / "eventlog.bin"))
+    assert code == 0, out
+    secure = out["claims"]["secure_boot"]  # type: ignore[index]
+    assert secure["enabled"] is True and sorted(secure["variables"]) == ["KEK", "PK", "db",
+                                                                         "dbx"]
+    for name in ("goatt-coreos_36_shielded_vm_no_secure_boot_eventlog",
+                 "goatt-ubuntu_2104_shielded_vm_no_secure_boot_eventlog"):
+        claims = secure_boot_claims(parse_event_log((LOGS / name).read_bytes()))
+        assert claims is not None and claims.enabled is False
+
+
+def test_variable_data_not_covered_by_its_digest_is_event_log() -> None:
+    """The SecureBoot byte flipped while the event keeps its digests: the replay still
+    matches, but the data a claim would use is not what was measured (EVENT_LOG)."""
+    log = parse_event_log((LOGS / "goatt-coreos_36_shielded_vm_no_secure_boot_eventlog")
+                          .read_bytes())
+    events = list(log.events)
+    position = next(i for i, ev in enumerate(events)
+                    if ev.event_type == 0x8000_0001 and ev.data.endswith(b"\x00")
+                    and "SecureBoot".encode("utf-16-le") in ev.data)
+    victim = events[position]
+    events[position] = type(victim)(victim.index, victim.event_type, victim.digests,
+                                    victim.data[:-1] + b"\x01")
+    with pytest.raises(KeybrokerError) as exc:
+        secure_boot_claims(type(log)(log.spec_id, tuple(events), log.length))
+    assert (exc.value.category, exc.value.rule) == (Category.EVENT_LOG, "tpm.secure-boot")

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keybroker.evidence.tpm_public import ALG_RSA, TpmPublic
+from verifier.eventlog.ima import ImaReplay
+from verifier.eventlog.secure_boot import SecureBootClaims
 from verifier.tpm.quote import BANK_NAMES, VerifiedQuote
 
 
@@ -33,11 +35,16 @@ class TpmClaims:
     pcrs: dict[str, dict[int, bytes]]
     eventlog_pcrs: dict[str, tuple[int, ...]]
     ak_chain: tuple[str, ...] = ()  # issuers up to the configured root, when certified
+    ima_files: dict[str, str] | None = None  # path -> "algo:hex", measured before the quote
+    ima_pending: int = 0  # IMA entries logged after the quote (not claimed)
+    secure_boot: SecureBootClaims | None = None  # from a replayed log covering PCR 7
 
     @classmethod
     def of(cls, quote: VerifiedQuote, ak: TpmPublic, *, nonce_checked: bool,
            replayed: dict[int, dict[int, bytes]] | None = None,
-           named: bool = True, ak_chain: tuple[str, ...] = ()) -> TpmClaims:
+           named: bool = True, ak_chain: tuple[str, ...] = (),
+           ima: ImaReplay | None = None,
+           secure_boot: SecureBootClaims | None = None) -> TpmClaims:
         """The claims of ``quote`` signed by ``ak`` (and what a log replayed); ``named``
         False for an AK given as a bare public key (it has no TPM Name)."""
         attest, sig = quote.attest, quote.signature
@@ -53,7 +60,11 @@ class TpmClaims:
                   for a, v in quote.pcrs.items()},
             eventlog_pcrs={BANK_NAMES.get(a, hex(a)): tuple(sorted(v))
                            for a, v in (replayed or {}).items()},
-            ak_chain=ak_chain)
+            ak_chain=ak_chain,
+            ima_files=({p: f"{a}:{d}" for p, (a, d) in ima.files().items()}
+                       if ima is not None else None),
+            ima_pending=len(ima.pending) if ima is not None else 0,
+            secure_boot=secure_boot)
 
     @property
     def report_data(self) -> bytes:
@@ -82,4 +93,8 @@ class TpmClaims:
                      for bank, values in self.pcrs.items()},
             "eventlog_pcrs": {bank: list(pcrs) for bank, pcrs in self.eventlog_pcrs.items()},
             "ak_chain": list(self.ak_chain),
+            **({"ima": {"files": self.ima_files, "pending": self.ima_pending}}
+               if self.ima_files is not None else {}),
+            **({"secure_boot": self.secure_boot.as_dict()}
+               if self.secure_boot is not None else {}),
         }
