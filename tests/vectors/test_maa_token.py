@@ -22,7 +22,8 @@ from support.paths import VECTORS
 
 from keybroker.errors import Category, KeybrokerError, Malformed
 from keybroker_cli.main import main
-from verifier.maa.token import MaaInstance, load_jwks, verify_maa_token
+from verifier.maa.claims import MaaClaims
+from verifier.maa.token import MaaInstance, MaaToken, load_jwks, verify_maa_token
 
 MAA = VECTORS / "azure" / "maa-sgx-token-sharedeus"
 ISSUER = "https://sharedeus.eus.attest.azure.net"
@@ -161,3 +162,27 @@ def test_jwks_and_token_parsing_raise_only_typed_errors(data: bytes) -> None:
         verify_maa_token(data, MaaInstance(KEYS, ISSUER), at=datetime.now(UTC))
     except KeybrokerError as exc:
         assert exc.category in (Category.MALFORMED, Category.TOKEN_INVALID)
+
+
+def test_maa_cvm_token_claims_parse(tmp_path: Path) -> None:
+    """The real MAA Azure VM token (no JWKS published with it: parse only). Its claims type as
+    the README states: attestation type azurevm and the SEV-SNP isolation TEE with its launch
+    measurement and report data. Without its instance's keys it is refused, never accepted."""
+    token = (VECTORS / "azure" / "maa-cvm-token-sharedweu-parse-only" / "token.jwt"
+             ).read_text().strip()
+    payload = token.split(".")[1]
+    body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims = MaaClaims.of(MaaToken(kid="dRKh+hBcWUfQimSl3Iv6ZhStW3TSOt0ThwiTgUUqZAo=",
+                                   issuer=body["iss"], claims=body))
+    assert (claims.attestation_type, claims.issued_at, claims.expires_at) == (
+        "azurevm", 1680173374, 1680202174)
+    tee = claims.isolation_tee
+    assert tee is not None and tee["x-ms-attestation-type"] == "sevsnpvm"
+    assert tee["x-ms-compliance-status"] == "azure-compliant-cvm"
+    assert tee["x-ms-sevsnpvm-launchmeasurement"] == (
+        "8962535933f5c4b429ec41d6550c187c163aa76f3be1f8d750a272a9d8995023e8286a2e431a96c"
+        "36087ac46d4188676")
+    assert claims.as_dict()["isolation_tee"] == tee and claims.sgx_mrenclave is None
+    with pytest.raises(KeybrokerError) as exc:
+        verify_maa_token(token, MaaInstance(KEYS), at=datetime(2023, 3, 30, 12, tzinfo=UTC))
+    assert (exc.value.category, exc.value.rule) == (Category.TOKEN_INVALID, "maa.kid")
