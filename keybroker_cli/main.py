@@ -8,6 +8,7 @@ Exit codes: 0 success/verified, 1 rejected or failed, 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -77,7 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     configure(args.log_level or getattr(args, "default_log_level", "WARNING"), args.log_format)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except BrokenPipeError:
+        # The reader went away (``keybroker eventlog LOG | head``): stop quietly, as other
+        # command-line tools do, instead of a traceback; nothing more can be written.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

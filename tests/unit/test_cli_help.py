@@ -94,3 +94,13 @@ def test_one_shot_commands_log_only_warnings_by_default() -> None:
     loud = subprocess.run(keybroker_command("--log-level", "INFO", "verify", *argv),
                           capture_output=True, text=True, check=False)
     assert '"level":"INFO"' in loud.stderr and "collateral loaded" in loud.stderr
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`keybroker eventlog LOG | head -1`: the reader leaves early; no traceback on stderr."""
+    log = ROOT / "tests" / "vectors" / "tpm" / "eventlogs" / "keylime-binary_bios_measurements"
+    command = " ".join(keybroker_command("eventlog", str(log)))
+    done = subprocess.run(["bash", "-c", f"{command} | head -1"], capture_output=True,
+                          text=True, check=False)
+    assert done.stdout.count("\n") == 1 and "EV_NO_ACTION" in done.stdout
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
