@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from keybroker.errors import KeybrokerError
+from keybroker.evidence.tcg_log import HASH_NAMES
 from keybroker_cli.evidence_input import UsageError, read_input
 
 HELP = """\
@@ -32,7 +33,7 @@ examples:
 
 exit codes: 0 printed, 1 the log does not parse or replay, 2 usage error"""
 
-_BANKS = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
+_BANKS = HASH_NAMES
 _TYPES = {0x0: "EV_PREBOOT_CERT", 0x1: "EV_POST_CODE", 0x3: "EV_NO_ACTION",
           0x4: "EV_SEPARATOR", 0x5: "EV_ACTION", 0x6: "EV_EVENT_TAG",
           0x7: "EV_S_CRTM_CONTENTS", 0x8: "EV_S_CRTM_VERSION", 0x9: "EV_CPU_MICROCODE",

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from keybroker.errors import KeybrokerError
+from keybroker.evidence.tcg_log import HASH_NAMES, KNOWN_DIGEST_SIZES
 from keybroker_cli.evidence_input import UsageError, read_input
 
-_SIZES = {20: 0x0004, 32: 0x000B, 48: 0x000C, 64: 0x000D}
+_SIZES = {KNOWN_DIGEST_SIZES[alg]: alg for alg in HASH_NAMES}  # value length -> bank
 TPM_ONLY = ("signature", "ak", "ak_cert", "ak_ca", "pcrs", "eventlog", "ima_log", "nonce")
 
 

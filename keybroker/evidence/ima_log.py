@@ -25,10 +25,11 @@ import struct
 from dataclasses import dataclass
 
 from keybroker.errors import Malformed
+from keybroker.evidence.tcg_log import HASH_NAMES, KNOWN_DIGEST_SIZES
 
 MAX_LOG = 32 << 20
 MAX_ENTRIES = 500_000
-ALGORITHMS = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+ALGORITHMS = {name: KNOWN_DIGEST_SIZES[alg] for alg, name in HASH_NAMES.items()}
 TEMPLATES = ("ima-ng", "ima-sig")
 
 

@@ -38,6 +38,9 @@ ALG_SHA512 = 0x000D
 ALG_SM3_256 = 0x0012
 KNOWN_DIGEST_SIZES = {ALG_SHA1: 20, ALG_SHA256: 32, ALG_SHA384: 48, ALG_SHA512: 64,
                       ALG_SM3_256: 32}
+# TCG algorithm ids of the hashes hashlib computes (event-log banks, TPM structures).
+HASH_NAMES = {ALG_SHA1: "sha1", ALG_SHA256: "sha256", ALG_SHA384: "sha384",
+              ALG_SHA512: "sha512"}
 _T = TypeVar("_T")
 SPEC_ID_SIGNATURE = b"Spec ID Event03\x00"
 END_MARKER = 0xFFFF_FFFF

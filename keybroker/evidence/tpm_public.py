@@ -20,12 +20,13 @@ import construct as c
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keybroker.errors import Malformed
+from keybroker.evidence.tcg_log import HASH_NAMES
 
 ALG_RSA = 0x0001
 ALG_ECC = 0x0023
 ALG_NULL = 0x0010
 ALG_ECDAA = 0x001A
-HASHES = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
+HASHES = HASH_NAMES
 CURVES: dict[int, ec.EllipticCurve] = {0x0003: ec.SECP256R1(), 0x0004: ec.SECP384R1(),
                                        0x0005: ec.SECP521R1()}
 MAX_PUBLIC = 1024

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
+from keybroker_cli.demo_serve import free_port
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
 from keybroker_cli.tls_cmd import init_tls
 from support.paths import ROOT
@@ -103,13 +103,6 @@ class SnpLab:
                            chip_id=chip_id, policy=policy)
         raw, table = sim.attest(REPORT_DATA)
         return self.verifier.verify(raw, table, at=VERIFIED_AT)
-
-
-def free_port() -> int:
-    """A loopback port free right now (for configs that need a fixed admin port)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 from keybroker.errors import EventLogMismatch
 from keybroker.evidence.ima_log import ImaEntry
+from keybroker.evidence.tcg_log import HASH_NAMES, KNOWN_DIGEST_SIZES
 
 IMA_PCR = 10
-_BANKS = {0x0004: ("sha1", 20), 0x000B: ("sha256", 32), 0x000C: ("sha384", 48),
-          0x000D: ("sha512", 64)}
+_BANKS = {alg: (name, KNOWN_DIGEST_SIZES[alg]) for alg, name in HASH_NAMES.items()}
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ import hashlib
 from collections.abc import Mapping
 
 from keybroker.errors import EventLogMismatch, Malformed, MeasurementMismatch
-from keybroker.evidence.tcg_log import EV_NO_ACTION, EventLog
+from keybroker.evidence.tcg_log import EV_NO_ACTION, HASH_NAMES, EventLog
 
 PCR_COUNT = 24
 _DRTM = range(17, 23)
 _STARTUP_LOCALITY = b"StartupLocality\x00"
-_NAMES = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
+_NAMES = HASH_NAMES
 
 
 def _start(pcr: int, size: int, locality: int) -> bytes:

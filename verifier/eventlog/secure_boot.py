@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import construct as c
 
 from keybroker.errors import EventLogMismatch, Malformed
-from keybroker.evidence.tcg_log import EventLog
+from keybroker.evidence.tcg_log import HASH_NAMES, EventLog
 from keybroker.evidence.uefi_event import (
     EV_EFI_VARIABLE_DRIVER_CONFIG,
     EV_SEPARATOR,
@@ -36,7 +36,7 @@ GLOBAL = uuid.UUID("8be4df61-93ca-11d2-aa0d-00e098032b8c").bytes_le
 IMAGE_SECURITY = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f").bytes_le
 VARIABLES = {"SecureBoot": GLOBAL, "PK": GLOBAL, "KEK": GLOBAL, "db": IMAGE_SECURITY,
              "dbx": IMAGE_SECURITY}
-_HASHES = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
+_HASHES = HASH_NAMES
 
 
 @dataclass(frozen=True)

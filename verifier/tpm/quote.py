@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from keybroker.errors import FreshnessError, MeasurementMismatch, SignatureInvalid
+from keybroker.evidence.tcg_log import HASH_NAMES
 from keybroker.evidence.tpm_public import ALG_NULL, HASHES, TpmPublic
 from keybroker.evidence.tpm_quote import (
     ALG_ECDSA,
@@ -41,7 +42,7 @@ from keybroker.evidence.tpm_quote import (
     parse_signature,
 )
 
-BANK_NAMES = {0x0004: "sha1", 0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512"}
+BANK_NAMES = HASH_NAMES
 BANK_IDS = {name: alg for alg, name in BANK_NAMES.items()}
 Banks = Mapping[int, Mapping[int, bytes]]  # bank algorithm -> PCR index -> value
 
