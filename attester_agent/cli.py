@@ -1,4 +1,4 @@
-"""The ``attester-agent`` command: ``detect``, ``get-secret`` and ``measure``.
+"""The ``attester-agent`` command: ``detect``, ``get-secret``, ``enrol-tpm`` and ``measure``.
 
 Invariants:
 - Exit codes: 0 success, 1 denied or failed, 2 usage error.
@@ -25,12 +25,13 @@ from pathlib import Path
 
 import grpc
 
-from attester_agent import client, measure
+from attester_agent import client, measure, tpm_options
 from attester_agent.collectors import gramine, registry, sev_guest, tdx_guest
 from attester_agent.collectors.base import Collector
 from attester_agent.collectors.ccel import DEFAULT_ACPI_TABLES, CcelReader
 from attester_agent.collectors.configfs_tsm import DEFAULT_ROOT
 from attester_agent.collectors.tdx_evidence import TdxSources
+from attester_agent.enrolment import enrol_tpm
 from attester_agent.secret_output import (
     SecretOutputRefused,
     check_secret_target,
@@ -103,19 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "at most 128 characters; default: a fresh UUID, printed on stderr)")
     get.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT,
                      help="per-RPC deadline in seconds")
-    tls = get.add_argument_group("TLS")
-    tls.add_argument("--ca", type=Path,
-                     help="PEM CA bundle that signed the broker certificate (required unless "
-                          "--insecure-plaintext)")
-    tls.add_argument("--pin-sha256", metavar="HEX",
-                     help="also require the broker certificate's SHA-256 (hex) to be this")
-    tls.add_argument("--cert", type=Path,
-                     help="PEM client certificate (mutual TLS; the challenge and the evidence "
-                          "binding then cover it)")
-    tls.add_argument("--key", type=Path, help="PEM client private key (with --cert)")
-    tls.add_argument("--insecure-plaintext", action="store_true",
-                     help="INSECURE: talk to a loopback broker without TLS (local experiments "
-                          "only)")
+    _add_tls_options(get)
     sim = get.add_argument_group("INSECURE simulator")
     sim.add_argument("--insecure-simulator", action="store_true",
                      help="use the SEV-SNP simulator under a TEST CA (never in production)")
@@ -129,7 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="runtime event log sent with TDX evidence (default "
                           f"{measure.DEFAULT_RUNTIME_LOG}; simulator: DIR/tdx/"
                           "runtime-events.jsonl)")
+    tpm_options.add_tpm_options(get)
     get.set_defaults(func=cmd_get_secret)
+
+    enrol = sub.add_parser("enrol-tpm", help="enrol this machine's TPM attestation key with "
+                                             "the broker's verifier (once, before get-secret)")
+    enrol.add_argument("--broker", required=True, help="broker address host:port")
+    enrol.add_argument("--request-id", default=None, metavar="ID",
+                       help="request id for the broker's logs (default: a fresh UUID)")
+    enrol.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT,
+                       help="per-RPC deadline in seconds")
+    _add_tls_options(enrol)
+    esim = enrol.add_argument_group("INSECURE simulator")
+    esim.add_argument("--insecure-simulator", action="store_true",
+                      help="enrol a swtpm (given by --tpm-tcti) instead of the machine's TPM")
+    esim.add_argument("--simulator-dir", type=Path, help="simulator directory")
+    tpm_options.add_tpm_options(enrol)
+    enrol.set_defaults(func=cmd_enrol_tpm)
 
     meas = sub.add_parser("measure", help="extend RTMR3 with a container image digest and "
                                           "record it in the runtime event log")
@@ -145,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
     msim.add_argument("--simulator-dir", type=Path, help="simulator directory")
     meas.set_defaults(func=cmd_measure)
     return parser
+
+
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--ca", type=Path,
+                     help="PEM CA bundle that signed the broker certificate (required unless "
+                          "--insecure-plaintext)")
+    tls.add_argument("--pin-sha256", metavar="HEX",
+                     help="also require the broker certificate's SHA-256 (hex) to be this")
+    tls.add_argument("--cert", type=Path,
+                     help="PEM client certificate (mutual TLS; the challenge and the evidence "
+                          "binding then cover it)")
+    tls.add_argument("--key", type=Path, help="PEM client private key (with --cert)")
+    tls.add_argument("--insecure-plaintext", action="store_true",
+                     help="INSECURE: talk to a loopback broker without TLS (local experiments "
+                          "only)")
 
 
 def _add_interface_paths(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +226,23 @@ def cmd_get_secret(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_enrol_tpm(args: argparse.Namespace) -> int:
+    """Enrol the TPM's AK: EK certificate and AK to the verifier, credential activated."""
+    if args.insecure_simulator and args.simulator_dir is None:
+        raise UsageError("--insecure-simulator needs --simulator-dir")
+    if not args.insecure_simulator and args.simulator_dir is not None:
+        raise UsageError("--simulator-dir needs --insecure-simulator")
+    try:
+        collector = tpm_options.tpm_collector(args, simulated=args.insecure_simulator)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    credentials, _ = _credentials(args)
+    enrolled = enrol_tpm(args.broker, collector, timeout=args.timeout,
+                         credentials=credentials, request_id=args.request_id)
+    print(f"enrolled AK {enrolled.ak_name.hex()} for EK {enrolled.ek_fingerprint}")
+    return EXIT_OK
+
+
 def _suite(value: str | None) -> Suite | None:
     if value is None:
         return None
@@ -253,6 +291,11 @@ def _collector(args: argparse.Namespace, init_data: bytes) -> Collector:
             ccel=CcelReader(args.acpi_tables_root),
             runtime_log=args.runtime_log or measure.DEFAULT_RUNTIME_LOG,
         )
+        if name == registry.TPM:
+            try:
+                return tpm_options.tpm_collector(args, simulated=False)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from exc
         if name is None:
             return registry.auto_select(
                 tsm_root=args.tsm_root, sev_guest_device=args.sev_guest_device,

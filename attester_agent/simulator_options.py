@@ -40,7 +40,8 @@ def add_simulator_options(sim: argparse._ArgumentGroup) -> None:
     sim.add_argument("--sim-version", type=int,
                      help="report/quote version (snp: 3 or 5, tdx: 4 or 5)")
     sim.add_argument("--sim-tee", choices=tuple(SIMULATORS),
-                     help="simulated TEE: snp (default), tdx or sgx")
+                     help="simulated TEE: snp (default), tdx, sgx or tpm (a swtpm given by "
+                          "--tpm-tcti)")
     sim.add_argument("--sim-tcb", help="TDX/SGX platform TCB status: UpToDate (default), "
                                        "SWHardeningNeeded, OutOfDate, Revoked, unsupported")
     sim.add_argument("--sim-debug", action="store_true",
@@ -162,6 +163,13 @@ def _sgx_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
     )
 
 
+def _tpm_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
+    del init_data  # a TPM quote does not bind init-data (PCR 8 is not interpreted)
+    from attester_agent.tpm_options import tpm_collector  # noqa: PLC0415
+
+    return tpm_collector(args, simulated=True)
+
+
 SIMULATORS: Mapping[str, SimulatedTee] = {
     "snp": SimulatedTee(frozenset({"sim_measurement", "sim_policy", "sim_vmpl", "sim_version"}),
                         _snp_simulator),
@@ -169,6 +177,7 @@ SIMULATORS: Mapping[str, SimulatedTee] = {
                                    "sim_td_attributes", "sim_mr_config_id"}), _tdx_simulator),
     "sgx": SimulatedTee(frozenset({"sim_tcb", "sim_debug", "sim_mrenclave", "sim_mrsigner",
                                    "sim_isv_prod_id", "sim_isv_svn"}), _sgx_simulator),
+    "tpm": SimulatedTee(frozenset(), _tpm_simulator),
 }
 # Every TEE-specific option, in the order their errors are reported.
 _ALL_OPTIONS = (

@@ -5,7 +5,8 @@ N agent processes that each run releases back to back for a fixed duration. Prin
 releases/s, p50/p99 latency, the server-side CPU time per release (verifier + broker, read
 from /proc), and, measured in the same run, the cryptographic floor of one release:
 the evidence signatures (SNP: one P-384 ECDSA verify of the report; TDX/SGX: two P-256 ECDSA
-verifies, the QE report and the quote), one ES256 sign (the result token), one ES256 verify
+verifies, the QE report and the quote; TPM: one P-256 ECDSA verify of the quote by the AK),
+one ES256 sign (the result token), one ES256 verify
 (the broker checks it) and one HPKE seal. Then:
 
     floor_ratio = server CPU seconds per release / floor seconds
@@ -15,13 +16,19 @@ Transport is the demo's: each release is a new agent connection with a mutual-TL
 the verifier. ``--insecure-plaintext`` runs the same on plaintext loopback, to show what TLS
 costs in the same session.
 
-Usage: python bench/release.py [--agents N] [--seconds S] [--suite SUITE_ID] [--tee snp|tdx|sgx]
-       [--insecure-plaintext]
+With ``--tee tpm`` the agents quote with a real swtpm machine (enrolled first). swtpm has no
+resource manager (a kernel's /dev/tpmrm0 gives each client its own object slots), so the
+default there is one agent and releases/s is the swtpm's pace; the CPU per release and the
+ratio are the services' alone.
+
+Usage: python bench/release.py [--agents N] [--seconds S] [--suite SUITE_ID]
+       [--tee snp|tdx|sgx|tpm] [--insecure-plaintext]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -63,6 +70,9 @@ def crypto_floor(suite: Suite, tee: str) -> dict[str, float]:
     if tee == "snp":
         evidence = {"p384_verify": per_op(
             lambda: pub384.verify(sig384, report, ec.ECDSA(hashes.SHA384())))}
+    elif tee == "tpm":
+        evidence = {"p256_verify": per_op(
+            lambda: pub256.verify(sig256, claims, ec.ECDSA(hashes.SHA256())))}
     else:
         evidence = {"p256_verify_x2": 2 * per_op(
             lambda: pub256.verify(sig256, claims, ec.ECDSA(hashes.SHA256())))}
@@ -101,13 +111,15 @@ def agent_worker(args: tuple[str, str, float, str, str, bool]) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--agents", type=int, default=None,
+                        help="agent processes (default 4; 1 for --tee tpm)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--suite", default=Suite.X25519_HKDFSHA256_AES256GCM.value)
-    parser.add_argument("--tee", default="snp", choices=["snp", "tdx", "sgx"])
+    parser.add_argument("--tee", default="snp", choices=["snp", "tdx", "sgx", "tpm"])
     parser.add_argument("--insecure-plaintext", action="store_true",
                         help="no TLS anywhere (loopback), for comparison")
     args = parser.parse_args()
+    args.agents = args.agents or (1 if args.tee == "tpm" else 4)
     transport = ["--insecure-plaintext"] if args.insecure_plaintext else []
     suite = Suite.from_id(args.suite)
 
@@ -131,7 +143,15 @@ def main() -> int:
                                     str(layout.broker_config), "--insecure-simulator",
                                     *transport),
         log_path=layout.broker / "broker.log")
+    machines = contextlib.ExitStack()
     try:
+        if args.tee == "tpm":
+            from keybroker_cli.demo_setup import DEMO_TEES, agent_channel
+            from keybroker_cli.demo_tpm import tpm_machines
+
+            machines.enter_context(tpm_machines(
+                layout.sim, (DEMO_TEES["tpm"].measurement,), broker.address,
+                agent_channel(layout)[0]))
         # Warm-up (chain caches, connections), not measured.
         agent_worker((broker.address, str(layout.root), time.time() + 1.0, suite.value,
                       args.tee, args.insecure_plaintext))
@@ -147,6 +167,7 @@ def main() -> int:
         v_cpu, b_cpu = cpu_seconds(verifier.pid) - v0, cpu_seconds(broker.pid) - b0
         cpu = v_cpu + b_cpu
     finally:
+        machines.close()
         broker.stop()
         verifier.stop()
 

@@ -10,7 +10,8 @@ Invariants:
 
 from __future__ import annotations
 
-from broker.release import Broker, GrpcAppraiser
+from broker.release import Broker
+from broker.verifier_client import GrpcAppraiser
 from keybroker.health import DEFAULT_INTERVAL, HealthMonitor, Probe, blocking
 from keybroker.v1 import broker_pb2
 

@@ -28,24 +28,19 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from broker.challenges import NO_PEER, Challenge, ChallengeStore, Clock, Peer, validate_key_ids
 from broker.rules import ReleaseRules, Requirement
 from broker.secrets import MAX_VERSION, SecretStore, SecretVersion
 from broker.token import TokenVerifier, evidence_digest
+from broker.verifier_client import Appraiser
 from keybroker.audit_log import AuditEntry, AuditLog
 from keybroker.binding import init_data_digest, report_data
 from keybroker.errors import Category, FreshnessError, KeybrokerError, Malformed, Unavailable
 from keybroker.health import HealthMonitor
-from keybroker.logs import REQUEST_ID_METADATA
 from keybroker.reload import Watched
-from keybroker.rpc_errors import error_from_rpc
 from keybroker.tracing import Tracing
-from keybroker.v1 import broker_pb2, evidence_pb2, verifier_pb2, verifier_pb2_grpc
+from keybroker.v1 import broker_pb2, evidence_pb2, verifier_pb2
 from keybroker.wrapping import PublicKey, Suite, load_public_key, release_info, seal
 
 _log = logging.getLogger(__name__)
@@ -59,92 +54,8 @@ TEE_EVIDENCE = {
     evidence_pb2.TEE_TYPE_SEV_SNP: "snp",
     evidence_pb2.TEE_TYPE_TDX: "tdx",
     evidence_pb2.TEE_TYPE_SGX: "sgx",
+    evidence_pb2.TEE_TYPE_TPM: "tpm",
 }
-
-
-class Appraiser(Protocol):
-    """Something that appraises evidence and returns an EAR JWT (the verifier)."""
-
-    async def appraise(self, request: verifier_pb2.AppraiseRequest) -> str:
-        """Return the result token or raise a typed error (Unavailable when unreachable)."""
-        ...
-
-
-class GrpcAppraiser:
-    """The keybroker.v1.Verifier service over gRPC (mutual TLS unless ``credentials`` is None,
-    the insecure plaintext mode), with a deadline on every call."""
-
-    def __init__(self, target: str, *, timeout_seconds: float,
-                 credentials: Callable[[], grpc.ChannelCredentials] | None = None,
-                 server_name: str = "") -> None:
-        self.target = target
-        self._timeout = timeout_seconds
-        self._credentials = credentials
-        self._options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-        self._channel: grpc.aio.Channel | None = None
-        self._retired: list[grpc.aio.Channel] = []
-        self.tracing = Tracing()  # the server's, once started
-
-    def _open(self) -> grpc.aio.Channel:
-        # Created lazily so the channel belongs to the event loop that serves requests.
-        if self._channel is None:
-            if self._credentials is None:
-                self._channel = grpc.aio.insecure_channel(self.target)
-            else:
-                self._channel = grpc.aio.secure_channel(self.target, self._credentials(),
-                                                        options=self._options)
-        return self._channel
-
-    def _stub(self) -> verifier_pb2_grpc.VerifierAsyncStub:
-        return verifier_pb2_grpc.VerifierStub(self._open())
-
-    async def probe(self, timeout: float = 2.0) -> None:
-        """Health probe: the verifier's gRPC health is SERVING (``Unavailable`` otherwise)."""
-        try:
-            reply = await health_pb2_grpc.HealthStub(self._open()).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"verifier {self.target} unreachable", rule="health.verifier",
-                              actual=f"{exc.code().name}: {exc.details() or ''}"[:200]
-                              ) from None
-        if reply.status != health_pb2.HealthCheckResponse.SERVING:
-            raise Unavailable(f"verifier {self.target} is not serving", rule="health.verifier",
-                              actual=health_pb2.HealthCheckResponse.ServingStatus.Name(
-                                  reply.status))
-
-    def reconnect(self) -> None:
-        """Re-read the client certificate: the next call opens a new channel (the old one is
-        closed at ``close``, letting calls in flight finish). A bad file keeps the old one."""
-        if self._credentials is None or self._channel is None:
-            return
-        try:
-            self._credentials()
-        except KeybrokerError as exc:
-            _log.error("verifier client certificate not reloaded: %s", exc.detail)
-            return
-        self._retired.append(self._channel)
-        self._channel = None
-
-    async def appraise(self, request: verifier_pb2.AppraiseRequest) -> str:
-        """Call Appraise; failures without a Denial (refused, deadline) are Unavailable."""
-        try:
-            with self.tracing.span("keybroker.v1.Verifier/Appraise", kind="client"):
-                response = await self._stub().Appraise(
-                    request, timeout=self._timeout,
-                    metadata=((REQUEST_ID_METADATA, request.request_id),
-                              *self.tracing.outgoing()))
-        except grpc.aio.AioRpcError as exc:
-            raise error_from_rpc(exc, "verifier") from exc
-        except (grpc.RpcError, OSError) as exc:
-            raise Unavailable("verifier unavailable", actual=type(exc).__name__) from exc
-        return response.result_token
-
-    async def close(self) -> None:
-        """Close the channel (and any retired by ``reconnect``)."""
-        for channel in [*self._retired, *([self._channel] if self._channel else [])]:
-            await channel.close()
-        self._retired.clear()
-        self._channel = None
 
 
 @dataclass

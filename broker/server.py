@@ -30,8 +30,9 @@ from broker.challenges import Clock
 from broker.config import BrokerConfig
 from broker.dependencies import broker_monitor
 from broker.metrics import BrokerMetrics
-from broker.release import Broker, GrpcAppraiser
+from broker.release import Broker
 from broker.service import SERVICE_NAME, KeyBrokerServicer, agent_tls, build_broker
+from broker.verifier_client import GrpcAppraiser
 from keybroker.admin_auth import Authenticator
 from keybroker.admin_gate import AdminGate, admin_enabled, start_admin_server
 from keybroker.errors import KeybrokerError, Unavailable

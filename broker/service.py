@@ -13,13 +13,17 @@ Invariants:
   plaintext flag, on loopback, logged as INSECURE.
   The caller's identity for a challenge (address, client certificate digest) is read from the
   channel in this module, never from the request.
+- TPM AK enrolment (EnrolTpm, ActivateTpm) is forwarded to the verifier, which keeps the
+  enrolments; its denials reach the agent as category and safe message only.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import grpc
 import sqlite_utils
@@ -28,11 +32,12 @@ from broker.challenges import ChallengeStore, Clock, Peer, challenge_schema
 from broker.config import BrokerConfig
 from broker.kek import KekBackend
 from broker.keystore import kek_schema, open_backend, open_ring
-from broker.release import Appraiser, Broker, GrpcAppraiser, effective_request_id
+from broker.release import Broker, effective_request_id
 from broker.rules import KIND as RULES_KIND
 from broker.rules import ReleaseRules, load_rules, parse_rules
 from broker.secrets import SecretStore, secret_schema
 from broker.token import TokenVerifier, load_jwks
+from broker.verifier_client import Appraiser, GrpcAppraiser, TpmEnroller
 from keybroker.audit_log import AuditLog
 from keybroker.database import Database
 from keybroker.errors import KeybrokerError, Malformed, Unavailable
@@ -54,6 +59,7 @@ _log = logging.getLogger(__name__)
 SERVICE_NAME = broker_pb2.DESCRIPTOR.services_by_name["KeyBroker"].full_name
 
 Context = grpc.aio.ServicerContext[object, object]
+_R = TypeVar("_R")
 
 
 def broker_schema(db: sqlite_utils.Database) -> None:
@@ -229,3 +235,37 @@ class KeyBrokerServicer(broker_pb2_grpc.KeyBrokerServicer):
                 _log.exception("ReleaseKey: unexpected failure")
                 await abort(context, Unavailable("internal error", actual=type(exc).__name__),
                             request_id)
+
+    def _enroller(self) -> TpmEnroller:
+        appraiser = self._broker.appraiser
+        if not isinstance(appraiser, TpmEnroller):
+            raise Unavailable("this broker's verifier client does not forward TPM enrolment",
+                              rule="broker.enrolment")
+        return appraiser
+
+    async def _enrolment(self, request_id: str, context: Context, what: str,
+                         step: Callable[[TpmEnroller], Awaitable[_R]]) -> _R:
+        """One enrolment step forwarded to the verifier (denials: category only)."""
+        request_id = effective_request_id(request_id)
+        with request_scope(request_id):
+            try:
+                answer = await step(self._enroller())
+            except KeybrokerError as err:
+                _log.warning("%s denied: %s", what, err)
+                await abort(context, err, request_id, with_detail=False)
+            _log.info("%s forwarded to the verifier", what)
+            return answer
+
+    async def EnrolTpm(self, request: evidence_pb2.EnrolTpmRequest,
+                       context: Context) -> evidence_pb2.EnrolTpmChallenge:
+        """TPM AK enrolment step 1: the EK certificate and AK, answered with a credential."""
+        request.request_id = effective_request_id(request.request_id)
+        return await self._enrolment(request.request_id, context, "EnrolTpm",
+                                     lambda enroller: enroller.enrol_tpm(request))
+
+    async def ActivateTpm(self, request: evidence_pb2.ActivateTpmRequest,
+                          context: Context) -> evidence_pb2.TpmEnrolment:
+        """TPM AK enrolment step 2: the activated credential, answered with the enrolment."""
+        request.request_id = effective_request_id(request.request_id)
+        return await self._enrolment(request.request_id, context, "ActivateTpm",
+                                     lambda enroller: enroller.activate_tpm(request))

@@ -1,8 +1,9 @@
 """`keybroker demo`: the whole release flow on embedded defaults, end to end.
 
 Starts a verifier and a broker as separate OS processes on loopback (SQLite files, generated
-keys, a simulator under a freshly generated INSECURE test root: SEV-SNP by default, TDX or SGX
-with ``--tee``), stores a demo secret with a release rule, releases it through the attester
+keys, a simulator under a freshly generated INSECURE test root: SEV-SNP by default, TDX, SGX
+or TPM with ``--tee``; TPM runs real swtpm machines whose AKs are enrolled first), stores a
+demo secret with a release rule, releases it through the attester
 agent (a real agent process; on TDX after ``attester-agent measure`` put the demo container
 image into RTMR3, which the policy requires), shows a denied request (wrong launch
 measurement) with its category and reason, prints timings, stops both processes and exits 0
@@ -29,7 +30,7 @@ from pathlib import Path
 from attester_agent.client import get_secrets
 from attester_agent.collectors.base import Collector
 from keybroker.errors import KeybrokerError
-from keybroker_cli import demo_serve
+from keybroker_cli import demo_serve, demo_tpm
 from keybroker_cli.demo_prepare import Ports, prepare_deployment, prepared_summary
 from keybroker_cli.demo_report import Steps, Timings, ms, say, show_audit, show_metrics
 from keybroker_cli.demo_setup import (
@@ -56,7 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--releases", type=int, default=20,
                         help="timed in-process releases after the first (default 20)")
     parser.add_argument("--tee", choices=TEES, default="snp",
-                        help="simulated platform: snp (default), tdx or sgx")
+                        help="simulated platform: snp (default), tdx, sgx, or tpm (real swtpm "
+                             "processes: the Debian packages swtpm and swtpm-tools)")
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--serve", action="store_true",
                       help="start the services of an existing --workdir in the background, "
@@ -150,6 +152,12 @@ def _run_steps(layout: DemoLayout, tee: Tee, releases: int, *, keep: bool) -> in
         steps.say(f"broker started: pid {broker.pid}, {broker.address}, TLS for agents with a "
                   f"{DEMO_AGENT} client certificate bound into the evidence, mutual TLS to the "
                   "verifier")
+        if tee == "tpm":
+            credentials, _ = agent_channel(layout)
+            for line in stack.enter_context(demo_tpm.tpm_machines(
+                    layout.sim, (DEMO_TEES[tee].measurement, DEMO_TEES[tee].wrong_measurement),
+                    broker.address, credentials)):
+                steps.say(line)
         refused = plaintext_refused(broker.address, layout, tee, steps)
         release_id, deny_id = f"demo-release-{uuid.uuid4().hex[:8]}", \
             f"demo-denial-{uuid.uuid4().hex[:8]}"
@@ -192,7 +200,7 @@ def agent_sim_args(layout: DemoLayout, tee: Tee) -> list[str]:
     """The agent's simulator flags for ``tee`` (the launch measurement the policy accepts)."""
     demo = DEMO_TEES[tee]
     args = ["--insecure-simulator", "--simulator-dir", str(layout.sim),
-            *demo.measurement_flags, demo.measurement.hex()]
+            *demo.agent_args(layout.sim, demo.measurement)]
     if demo.binds_init_data:
         args += ["--init-data", str(layout.init_data)]
     return args

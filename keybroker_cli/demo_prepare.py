@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from keybroker_cli.demo_setup import (
@@ -22,6 +23,7 @@ from keybroker_cli.demo_setup import (
     DEMO_KEY_ID,
     DEMO_TEES,
     DemoLayout,
+    PolicySpec,
     Tee,
     prepare,
     write_broker_config,
@@ -44,16 +46,17 @@ class Ports:
 
 
 def prepare_deployment(layout: DemoLayout, *, tee: Tee = "snp", ports: Ports = Ports(),
-                       broker_settings: str = "", verifier_settings: str = "") -> bytes:
+                       broker_settings: str = "", verifier_settings: str = "",
+                       extra_policies: Sequence[PolicySpec] = ()) -> bytes:
     """Write the deployment (module invariants); returns the demo secret. ``*_settings`` are
-    extra config lines (tests)."""
+    extra config lines and ``extra_policies`` extra policies with their rules (tests)."""
     ca = layout.tls.ca
     admins = f"admins = {{ {ADMIN} = {json.dumps(list(ADMIN_ROLES))} }}\n"
     served = DemoLayout(layout.root, broker_settings=(
         layout.broker_settings
         + f'admin_listen = "127.0.0.1:{ports.broker_admin}"\nadmin_client_ca = "{ca}"\n'
         + f'metrics_listen = "127.0.0.1:{ports.broker_metrics}"\n' + admins + broker_settings))
-    secret = prepare(served, tee=tee)
+    secret = prepare(served, tee=tee, extra_policies=extra_policies)
     text = layout.verifier_config.read_text().replace(
         'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{ports.verifier}"')
     layout.verifier_config.write_text(
@@ -75,7 +78,7 @@ def prepared_summary(layout: DemoLayout, tee: Tee, ports: Ports) -> str:
     """What was written and the commands that use it."""
     demo = DEMO_TEES[tee]
     root = layout.root
-    flags = " ".join((*demo.measurement_flags, demo.measurement.hex(),
+    flags = " ".join((*demo.agent_args(layout.sim, demo.measurement),
                       *(("--init-data", str(layout.init_data)) if demo.binds_init_data else ())))
     return "\n".join((
         f"prepared a {demo.display_name} simulator deployment in {root} (INSECURE test roots; "

@@ -39,11 +39,12 @@ from attester_agent.simulator.dcap import DcapTestCa
 from attester_agent.simulator.snp import SnpTestCa
 from keybroker.strict_yaml import dump_yaml
 from keybroker.tls import certificate_digest, client_credentials, load_certificates
+from keybroker_cli import demo_tpm
 from keybroker_cli.launcher import keybroker_command
 from keybroker_cli.tls_cmd import DEFAULT_CLIENTS, TlsDir, init_tls
 
-Tee = Literal["snp", "tdx", "sgx"]
-TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx")
+Tee = Literal["snp", "tdx", "sgx", "tpm"]
+TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx", "tpm")
 DEMO_KEY_ID = "demo/db-password"
 DEMO_AGENT = "demo-agent"  # client certificate name of the demo's agents
 DEMO_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1").digest()
@@ -160,6 +161,8 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
     layout.init_data.write_bytes(DEMO_INIT_DATA)
     run_cli("verifier", "init", "--dir", str(layout.verifier))
     specs = [default_policy(tee), *extra_policies]
+    tpm_roots = (demo_tpm.ek_roots(layout.sim, (demo_tpm.DEMO_KERNEL, demo_tpm.WRONG_KERNEL))
+                 if any(spec.tee == "tpm" for spec in specs) else [])
     for spec in specs:
         write_policy(layout, spec)
     policies = ", ".join(f'"policies/{p.name}.yaml"' for p in specs)
@@ -173,6 +176,7 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
         'audience = "keybroker-broker"\n'
         f'simulator_roots = ["{layout.sim / "ark.pem"}"]\n'
         f'simulator_intel_roots = ["{layout.dcap_root}"]\n'
+        f"simulator_tpm_roots = [{', '.join(f'{str(p)!r}' for p in tpm_roots)}]\n"
         f'tls_cert = "{layout.tls.cert("verifier")}"\n'
         f'tls_key = "{layout.tls.key("verifier")}"\n'
         f'tls_client_ca = "{layout.tls.ca}"\n'
@@ -248,18 +252,31 @@ class DemoTee:
     binds_init_data: bool
     images: tuple[str, ...]  # images the policy requires measured into the runtime register
     section: Callable[[PolicySpec], dict[str, object]]
-    measurement_flags: tuple[str, ...]  # agent flags followed by the measurement's hex
+    agent_args: Callable[[Path, bytes], tuple[str, ...]]  # (simulator dir, measurement)
     collector: Callable[[Path, bytes, bytes], Collector]  # (simulator dir, measurement, init)
 
 
 # The demo's table of TEEs (``keybroker demo --tee``).
+def _flags(*flags: str) -> Callable[[Path, bytes], tuple[str, ...]]:
+    """Agent flags followed by the measurement's hex."""
+    return lambda sim, measurement: (*flags, measurement.hex())
+
+
+def _tpm_section(spec: PolicySpec) -> dict[str, object]:
+    return demo_tpm.tpm_section(spec.measurement)
+
+
 DEMO_TEES: Mapping[Tee, DemoTee] = {
     "snp": DemoTee("sev-snp", "SEV-SNP", "snp-demo", DEMO_MEASUREMENT, WRONG_MEASUREMENT,
-                   True, (), _snp_section, ("--sim-measurement",), _snp_collector),
+                   True, (), _snp_section, _flags("--sim-measurement"), _snp_collector),
     "tdx": DemoTee("tdx", "TDX", "tdx-demo", DEMO_MRTD, WRONG_MRTD, True, (DEMO_IMAGE,),
-                   _tdx_section, ("--sim-tee", "tdx", "--sim-mrtd"), _tdx_collector),
+                   _tdx_section, _flags("--sim-tee", "tdx", "--sim-mrtd"), _tdx_collector),
     "sgx": DemoTee("sgx", "SGX", "sgx-demo", DEMO_MRENCLAVE, WRONG_MRENCLAVE, False, (),
-                   _sgx_section, ("--sim-tee", "sgx", "--sim-mrenclave"), _sgx_collector),
+                   _sgx_section, _flags("--sim-tee", "sgx", "--sim-mrenclave"), _sgx_collector),
+    # The measurement is the booted kernel's digest (PCR 4); the machines are real swtpms.
+    "tpm": DemoTee("tpm", "TPM 2.0 (swtpm)", "tpm-demo", demo_tpm.DEMO_KERNEL,
+                   demo_tpm.WRONG_KERNEL, False, (), _tpm_section, demo_tpm.agent_args,
+                   demo_tpm.tpm_collector),
 }
 
 

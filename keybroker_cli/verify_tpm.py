@@ -133,30 +133,13 @@ def _load_ak_cert(args: argparse.Namespace) -> tuple[Any, list[Any], list[Any]]:
     return found[0], roots, [c for c in pool if all(c is not r for r in roots)]
 
 
-def _ima(raw: bytes, pcrs: dict[int, dict[int, bytes]]) -> Any:
-    """The IMA replay against the quoted PCR 10 (SHA-256 bank preferred, else SHA-1)."""
-    from keybroker.errors import MeasurementMismatch  # noqa: PLC0415
-    from keybroker.evidence.ima_log import parse_ima_log  # noqa: PLC0415
-    from verifier.eventlog.ima import IMA_PCR, replay_ima  # noqa: PLC0415
-
-    bank = next((b for b in (0x000B, 0x0004, 0x000C) if IMA_PCR in pcrs.get(b, {})), None)
-    if bank is None:
-        raise MeasurementMismatch("the quote does not cover PCR 10, which the IMA log extends",
-                                  rule="tpm.pcr-selection", expected="PCR 10 quoted",
-                                  actual="not selected")
-    return replay_ima(parse_ima_log(raw), pcrs[bank][IMA_PCR], bank)
-
-
 def run_tpm(args: argparse.Namespace,
             conclude: Callable[[Callable[[], tuple[Any, tuple[str, ...]]], datetime], int]
             ) -> int:
     """Verify the quote through ``conclude`` (the command's verify-and-print step); the exit
     code."""
-    from keybroker.evidence.tcg_log import parse_event_log  # noqa: PLC0415
-    from verifier.eventlog.pcr import check_pcrs  # noqa: PLC0415
-    from verifier.eventlog.secure_boot import secure_boot_claims  # noqa: PLC0415
     from verifier.tpm.claims import TpmClaims  # noqa: PLC0415
-    from verifier.tpm.quote import verify_quote  # noqa: PLC0415
+    from verifier.tpm.verify import AkTrust, verify_tpm_quote  # noqa: PLC0415
 
     if args.signature is None or (args.ak is None and args.ak_cert is None):
         raise UsageError("--tee tpm needs --signature and --ak (or --ak-cert)")
@@ -204,14 +187,8 @@ def run_tpm(args: argparse.Namespace,
             check_certified_key(cert, ak)
             with lenient_names():
                 chain = tuple(c.subject.rfc4514_string()[:120] for c in links[1:])
-        quote = verify_quote(attest, signature, ak, banks, nonce=nonce)
-        log = parse_event_log(eventlog) if eventlog is not None else None
-        replayed = check_pcrs(log, quote.pcrs) if log is not None else None
-        secure_boot = (secure_boot_claims(log) if log is not None and replayed is not None
-                       and any(7 in bank for bank in replayed.values()) else None)
-        ima = _ima(ima_log, quote.pcrs) if ima_log is not None else None
-        return TpmClaims.of(quote, ak, nonce_checked=nonce is not None, replayed=replayed,
-                            named=named, ak_chain=chain, ima=ima,
-                            secure_boot=secure_boot), ()
+        trust = AkTrust("certificate" if cert is not None else "operator", chain)
+        return verify_tpm_quote(attest, signature, ak, banks, nonce=nonce, trust=trust,
+                                event_log=eventlog, ima_log=ima_log, named=named), ()
 
     return conclude(verified, at)

@@ -1,5 +1,5 @@
 """The verifier's admin API (keybroker.v1.VerifierAdmin): appraisal policies, reference values,
-the TCB report, audit and status.
+the TCB report, TPM AK enrolments (list, revoke), audit and status.
 
 Invariants:
 - Every RPC goes through ``keybroker.admin_gate.AdminGate`` with the role of ``ROLE_OF``; the
@@ -9,11 +9,14 @@ Invariants:
   configured provider allowed to publish its set). The running service picks up changes
   through its state poll.
 - Dry-run and the TCB report read recorded appraisals and change nothing.
+- Revoking a TPM enrolment (policy-admin) stops the quote path trusting that AK at once (it
+  reads the state database per request) and lets the EK enrol another AK.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,13 +40,16 @@ from verifier.records import AppraisalRecord, RecordStore
 from verifier.reference.manifest import load_provider
 from verifier.reference.store import ReferenceStore
 from verifier.reference.values import RefSetVersion, RefState
+from verifier.tpm.enrolment import EkRoots, TpmEnrolments
 
 Context = Any  # grpc.aio.ServicerContext (typed by the gate)
 KIND_POLICY = "AppraisalPolicy"
 _MAX_SINCE = 90 * 86400
+_FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
 
 ROLE_OF = {
-    "Status": OPERATOR, "TcbReport": OPERATOR,
+    "Status": OPERATOR, "TcbReport": OPERATOR, "ListTpmEnrolments": OPERATOR,
+    "RevokeTpmEnrolment": POLICY_ADMIN,
     "ValidatePolicy": POLICY_ADMIN, "ApplyPolicy": POLICY_ADMIN, "PolicyHistory": POLICY_ADMIN,
     "RollbackPolicy": POLICY_ADMIN, "DryRunPolicy": POLICY_ADMIN,
     "ImportReferenceValues": REFVALUE_ADMIN, "SetReferenceState": REFVALUE_ADMIN,
@@ -101,6 +107,7 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
         self._policies = DocumentAdmin(PolicyStore(config.state_db), KIND_POLICY,
                                        lambda raw, src: _policy_of(raw, src).name)
         self._references = ReferenceStore(config.state_db)
+        self._tpm = TpmEnrolments(config.state_db, EkRoots())  # listing and revoking only
 
     def _records(self, seconds: int) -> list[AppraisalRecord]:
         store = RecordStore(self._config.state_db,
@@ -222,6 +229,29 @@ class VerifierAdminServicer(admin_pb2_grpc.VerifierAdminServicer):
                                  self._references.snapshot())
             return _json([e.as_dict() for e in entries])
         return await self._gate.call(context, "TcbReport", ROLE_OF["TcbReport"], work)
+
+    async def ListTpmEnrolments(self, request: admin_pb2.TpmEnrolmentRequest,
+                                context: Context) -> admin_pb2.JsonResponse:
+        return await self._gate.call(
+            context, "ListTpmEnrolments", ROLE_OF["ListTpmEnrolments"],
+            lambda _: _json(self._tpm.listing(request.ek_fingerprint)))
+
+    async def RevokeTpmEnrolment(self, request: admin_pb2.TpmEnrolmentRequest,
+                                 context: Context) -> admin_pb2.JsonResponse:
+        def work(_: Principal) -> admin_pb2.JsonResponse:
+            if not _FINGERPRINT_RE.fullmatch(request.ek_fingerprint):
+                raise Malformed("EK fingerprint is not SHA-256 hex", rule="admin.tpm",
+                                expected="64 lowercase hex digits",
+                                actual=request.ek_fingerprint[:80])
+            if not self._tpm.revoke(request.ek_fingerprint):
+                raise Malformed("no enrolled AK for this EK", rule="admin.tpm",
+                                expected="an EK with an enrolled, unrevoked AK",
+                                actual=request.ek_fingerprint)
+            return _json(self._tpm.listing(request.ek_fingerprint)[0])
+        return await self._gate.call(context, "RevokeTpmEnrolment",
+                                     ROLE_OF["RevokeTpmEnrolment"], work,
+                                     target=f"EK {request.ek_fingerprint[:64]}: "
+                                            f"{request.comment[:160]}")
 
     async def ListAudit(self, request: admin_pb2.ListAuditRequest,
                         context: Context) -> admin_pb2.JsonResponse:

@@ -4,7 +4,8 @@ Invariants:
 - Unknown keys and wrong types are refused (``Malformed`` naming the file and key).
 - Relative paths are resolved against the directory of the config file, never the CWD.
 - Test anchors never in production (hostile-evidence row 58): ``ensure_secure`` refuses a
-  configuration with ``simulator_roots`` (AMD), ``simulator_intel_roots`` (DCAP) or with any
+  configuration with ``simulator_roots`` (AMD), ``simulator_intel_roots`` (DCAP),
+  ``simulator_tpm_roots`` (swtpm's EK/AK CA) or with any
   simulator certificate (subject or issuer O containing "INSECURE TEST ROOT") among the
   collateral unless the process was started with the explicit insecure switch.
 - ``state_db`` (policy versions, reference-value sets, recorded appraisals) defaults to
@@ -23,6 +24,9 @@ Invariants:
   off by default).
 - Admin API: ``admin_listen`` and the ``admin_*`` keys as for the broker
   (``keybroker.admin_auth.admin_settings``); admin calls are recorded in ``audit_database``.
+- TPM: ``tpm_ek_roots`` (EK manufacturer or cloud roots, for enrolment by credential
+  activation) and ``tpm_ak_roots`` (roots of AK certificates); both empty by default, so no
+  TPM AK is trusted until an operator names its roots.
 - The configuration only names trust-anchor files; each TEE folder loads its own
   (``verifier.dcap.trust.load_simulator_roots`` for ``simulator_intel_roots``).
 """
@@ -55,6 +59,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "policies": list, "collateral": list, "result_key": str,
     "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
     "simulator_intel_roots": list, "max_request_bytes": int,
+    "tpm_ek_roots": list, "tpm_ak_roots": list, "simulator_tpm_roots": list,
     "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
     "health_check_seconds": (int, float),
     "admins": dict, "reference_providers": list,
@@ -95,6 +100,9 @@ class VerifierConfig:
     simulator_roots: tuple[Path, ...] = ()
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     simulator_intel_roots: tuple[Path, ...] = ()
+    tpm_ek_roots: tuple[Path, ...] = ()  # TPM manufacturer / cloud EK roots (enrolment)
+    tpm_ak_roots: tuple[Path, ...] = ()  # roots of AK certificates (no enrolment needed)
+    simulator_tpm_roots: tuple[Path, ...] = ()  # swtpm's CA: EK and AK roots, insecure
     state_db: Path = Path(DEFAULT_STATE_DB)
     record_days: int = 7
     policy_poll_seconds: float = 1.0
@@ -190,6 +198,8 @@ def load_config(path: Path) -> VerifierConfig:
         max_request_bytes=max_bytes,
         simulator_intel_roots=_paths(path, "simulator_intel_roots",
                                      table.get("simulator_intel_roots", [])),
+        **{key: _paths(path, key, table.get(key, []))
+           for key in ("tpm_ek_roots", "tpm_ak_roots", "simulator_tpm_roots")},
         state_db=_paths(path, "state_db", [table.get("state_db", DEFAULT_STATE_DB)])[0],
         record_days=record_days,
         policy_poll_seconds=float(poll),
@@ -299,7 +309,8 @@ def ensure_secure(config: VerifierConfig, *, insecure: bool) -> None:
     if insecure:
         return
     for key, roots in (("simulator_roots", config.simulator_roots),
-                       ("simulator_intel_roots", config.simulator_intel_roots)):
+                       ("simulator_intel_roots", config.simulator_intel_roots),
+                       ("simulator_tpm_roots", config.simulator_tpm_roots)):
         if roots:
             raise Malformed(
                 f"{config.source}: {key} is set but the verifier was not started with "

@@ -20,8 +20,9 @@ from keybroker.errors import Malformed
 from verifier.dcap.tee import FAMILY as DCAP
 from verifier.snp.tee import FAMILY as SNP
 from verifier.tee import Claims, EvidenceFamily, Tee
+from verifier.tpm.tee import FAMILY as TPM
 
-FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP)
+FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP, TPM)
 
 
 @dataclass(frozen=True)

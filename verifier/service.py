@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -51,7 +52,7 @@ from keybroker.reload import Watched
 from keybroker.rpc_errors import abort, metadata_value
 from keybroker.tls import require_peer
 from keybroker.tracing import Tracing
-from keybroker.v1 import verifier_pb2, verifier_pb2_grpc
+from keybroker.v1 import evidence_pb2, verifier_pb2, verifier_pb2_grpc
 from verifier import registry
 from verifier.collateral.cache import CollateralStore
 from verifier.policy.decision import appraise_claims, evidence_workload
@@ -59,7 +60,7 @@ from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import PolicyState, read_policy_files
 from verifier.records import AppraisalRecord, RecordWriter
 from verifier.result import ResultSigner
-from verifier.tee import Claims, EvidenceVerifier, Tee, check_binding
+from verifier.tee import Claims, Enrolling, EvidenceVerifier, Tee, check_binding
 from verifier.verdict import Appraisal
 from verifier.workload import WorkloadClaims
 
@@ -73,6 +74,7 @@ MAX_POLICIES = 32
 MAX_INIT_DATA_BYTES = 0xFFFF
 
 Clock = Callable[[], datetime]
+_R = TypeVar("_R")
 
 
 def utc_now() -> datetime:
@@ -292,6 +294,46 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     def _observe(self, tee: str, start: float, category: str) -> None:
         if self.observer is not None:
             self.observer(tee, time.perf_counter() - start, category)
+
+    def _enrolling(self) -> Enrolling:
+        found = next((v for v in self._verifiers.values() if isinstance(v, Enrolling)), None)
+        if found is None:
+            raise Malformed("no evidence family of this verifier enrols attestation keys",
+                            rule="request.enrolment", expected="TPM evidence configured",
+                            actual=" | ".join(self._verifiers) or "none")
+        return found
+
+    async def _enrolment(self, context: grpc.aio.ServicerContext[object, object],
+                         request_id: str, step: Callable[[Enrolling], _R]) -> _R:
+        """One enrolment step for an authorised peer, off the event loop; typed errors sent."""
+        with request_scope(request_id[:MAX_REQUEST_ID_CHARS]):
+            try:
+                if self._clients is not None:
+                    require_peer(context, self._clients, service="the verifier")
+                answer = await asyncio.to_thread(step, self._enrolling())
+            except KeybrokerError as err:
+                logger.info("tpm enrolment refused: %s", err)
+                await abort(context, err, request_id, with_detail=True)
+            except Exception:
+                logger.exception("tpm enrolment failed unexpectedly")
+                await abort(context, Unavailable("internal verifier error"), request_id,
+                            with_detail=True)
+            logger.info("tpm enrolment step done")
+            return answer
+
+    async def EnrolTpm(self, request: evidence_pb2.EnrolTpmRequest,
+                       context: grpc.aio.ServicerContext[object, object]
+                       ) -> evidence_pb2.EnrolTpmChallenge:
+        """gRPC entry point: TPM AK enrolment, step 1 (the credential to activate)."""
+        return await self._enrolment(context, request.request_id,
+                                     lambda family: family.enrol(request))
+
+    async def ActivateTpm(self, request: evidence_pb2.ActivateTpmRequest,
+                          context: grpc.aio.ServicerContext[object, object]
+                          ) -> evidence_pb2.TpmEnrolment:
+        """gRPC entry point: TPM AK enrolment, step 2 (the activated credential)."""
+        return await self._enrolment(context, request.request_id,
+                                     lambda family: family.activate(request))
 
     async def _appraise_scoped(self, request: verifier_pb2.AppraiseRequest,
                                context: grpc.aio.ServicerContext[object, object],

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from keybroker.document_reader import DocumentReader
 from keybroker.errors import BindingMismatch, Malformed
@@ -98,6 +98,20 @@ class EvidenceVerifier(Protocol):
                expected_report_data: bytes) -> Claims:
         """Typed claims of ``evidence`` (an arm of this family), or a typed error; a family
         that does more work after the report data is known checks the binding first."""
+        ...
+
+
+@runtime_checkable
+class Enrolling(Protocol):
+    """A family verifier that enrols attestation keys first (TPM credential activation); the
+    service answers the enrolment RPCs through it."""
+
+    def enrol(self, request: evidence_pb2.EnrolTpmRequest) -> evidence_pb2.EnrolTpmChallenge:
+        """Step 1: the credential for the TPM to activate, or a typed error."""
+        ...
+
+    def activate(self, request: evidence_pb2.ActivateTpmRequest) -> evidence_pb2.TpmEnrolment:
+        """Step 2: the enrolled AK, or a typed error."""
         ...
 
 

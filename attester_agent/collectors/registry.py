@@ -4,13 +4,13 @@ entry.
 
 Invariants:
 - Only hardware-backed collectors are known here (configfs-tsm, sev-guest, tdx-guest,
-  gramine). The simulators are deliberately absent: they are never detected nor selected
+  gramine, tpm). The simulators are deliberately absent: they are never detected nor selected
   automatically, only constructed explicitly with their insecure flag
   (``attester_agent.simulator_options``).
 - Automatic selection follows the table's order of preference: configfs-tsm (SEV-SNP or TDX,
   by provider), then /dev/sev-guest, then /dev/tdx_guest, then Gramine's /dev/attestation,
-  and fails with UNAVAILABLE when nothing usable is present; it never falls back to anything
-  weaker.
+  then the TPM's /dev/tpmrm0, and fails with UNAVAILABLE when nothing usable is present; it
+  never falls back to anything weaker.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from attester_agent.collectors.gramine import GramineSgxCollector
 from attester_agent.collectors.sev_guest import SevGuestCollector
 from attester_agent.collectors.tdx_evidence import TdxSources
 from attester_agent.collectors.tdx_guest import TdxGuestCollector
+from attester_agent.collectors.tpm import DEFAULT_IMA_LOG, TpmCollector
 from keybroker.errors import KeybrokerError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ CONFIGFS_TSM: Final = "configfs-tsm"
 SEV_GUEST: Final = "sev-guest"
 TDX_GUEST: Final = "tdx-guest"
 GRAMINE: Final = "gramine"
+TPM: Final = "tpm"
 DEFAULT_DEVICE: Final = sev_guest.DEFAULT_DEVICE  # kept for callers of the SNP-only API
 
 
@@ -108,12 +110,23 @@ def _probe_gramine(collector: Collector, where: Interfaces) -> str | None:
     return f"{where.attestation_dir} attestation_type=dcap" if collector.available() else None
 
 
-# Most preferred first.
+def _tpm(where: Interfaces) -> Collector:
+    del where  # the kernel's resource manager and securityfs logs (when present)
+    return TpmCollector(ima_log=DEFAULT_IMA_LOG, logs_optional=True)
+
+
+def _probe_tpm(collector: Collector, where: Interfaces) -> str | None:
+    del where
+    return "/dev/tpmrm0 (TPM 2.0, AK enrolment first)" if collector.available() else None
+
+
+# Most preferred first (a TPM last: a confidential VM's own report is stronger evidence).
 HARDWARE: Final = (
     HardwareCollector(CONFIGFS_TSM, _tsm, _probe_tsm),
     HardwareCollector(SEV_GUEST, _sev_guest, _probe_sev_guest),
     HardwareCollector(TDX_GUEST, _tdx_guest, _probe_tdx_guest),
     HardwareCollector(GRAMINE, _gramine, _probe_gramine),
+    HardwareCollector(TPM, _tpm, _probe_tpm),
 )
 HARDWARE_COLLECTORS: Final = tuple(entry.name for entry in HARDWARE)
 

@@ -15,6 +15,8 @@ Synopsis::
     keybroker admin refvalues deprecate NAME VERSION --retire-at T --comment C API
     keybroker admin refvalues list [NAME] --config CFG [--json]
     keybroker admin tcb report --config CFG [--since 7d] [--json]
+    keybroker admin tpm list [--ek FP] [--json] API
+    keybroker admin tpm revoke EK_FINGERPRINT --comment C API
     keybroker admin secret|audit|status ... API
     where API is --profile FILE, or --server HOST:PORT --ca CA (--cert C --key K | --token T)
 
@@ -36,13 +38,14 @@ from keybroker_cli.admin import appraisal as admin_appraisal
 from keybroker_cli.admin import policy as admin_policy
 from keybroker_cli.admin import refvalues as admin_refvalues
 from keybroker_cli.admin import remote as admin_remote
+from keybroker_cli.admin import tpm as admin_tpm
 from keybroker_cli.admin.target import command
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``admin`` and its command groups to the ``keybroker`` parser."""
     parser = sub.add_parser(
-        "admin", help="administer policies, reference values, secrets, audit, TCB debt",
+        "admin", help="administer policies, reference values, secrets, audit, TCB debt, TPM AKs",
         description="Administer the services. Checks and reports work offline on files (or, "
                     "with --config, on a service's stores); every change goes through a "
                     "service's admin API with the identity of the channel (--profile, or "
@@ -72,3 +75,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     tcb = groups.add_parser("tcb", help="TCB debt of attesting platforms")
     tcb_cmds = tcb.add_subparsers(dest="tcb_command", required=True)
     admin_appraisal.register_tcb(tcb_cmds)
+    admin_tpm.register(groups)

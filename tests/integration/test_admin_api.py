@@ -160,6 +160,11 @@ def _verifier_calls(env_layout: DemoLayout) -> dict[str, Call]:
         "ListAudit": lambda c, m: stub(c).ListAudit(admin_pb2.ListAuditRequest(), metadata=m),
         "VerifyAudit": lambda c, m: stub(c).VerifyAudit(admin_pb2.VerifyAuditRequest(),
                                                         metadata=m),
+        "ListTpmEnrolments": lambda c, m: stub(c).ListTpmEnrolments(
+            admin_pb2.TpmEnrolmentRequest(), metadata=m),
+        "RevokeTpmEnrolment": lambda c, m: stub(c).RevokeTpmEnrolment(
+            admin_pb2.TpmEnrolmentRequest(ek_fingerprint="ab" * 32, comment="matrix"),
+            metadata=m),
     }
 
 

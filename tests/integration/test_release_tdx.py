@@ -9,29 +9,29 @@ broker, and the broker's audit log holds a denial record with that category for 
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
-import sys
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import jwt
 import pytest
-from support.agent_tls import channel_binding, secure_channel, tls_kwargs
+from support.agent_tls import secure_channel, tls_kwargs
 from support.demo_stack import demo_services
+from support.release_attempts import (
+    Env,
+    agent,
+    assert_denied,
+    build_attempt,
+    open_released,
+    records_for,
+    send,
+)
 
 from attester_agent.client import get_secrets
-from attester_agent.collectors.base import Collector
 from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
-from keybroker import binding
-from keybroker.errors import Category, KeybrokerError
-from keybroker.rpc_errors import error_from_rpc
-from keybroker.v1 import broker_pb2, broker_pb2_grpc, evidence_pb2
-from keybroker.wrapping import AgentKeyPair, Suite, release_info
+from keybroker.errors import Category
+from keybroker.v1 import broker_pb2_grpc, evidence_pb2
 from keybroker_cli.demo_setup import (
     DEMO_IMAGE,
     DEMO_INIT_DATA,
@@ -44,28 +44,13 @@ from keybroker_cli.demo_setup import (
     prepare,
     put_secret,
 )
-from keybroker_cli.launcher import ServiceProcess, keybroker_command
+from keybroker_cli.launcher import keybroker_command
 
 pytestmark = pytest.mark.integration
 
 GRACE_KEY = "grace/api-token"
 SGX_KEY = "sgx/signing-key"
 OTHER_IMAGE = "sha256:" + "cd" * 32
-
-
-@dataclass
-class Env:
-    layout: DemoLayout
-    secret: bytes
-    verifier: ServiceProcess
-    broker: ServiceProcess
-    channel: grpc.Channel
-    stub: broker_pb2_grpc.KeyBrokerStub
-
-
-def agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "attester_agent.cli", *args],
-                          capture_output=True, text=True, check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -96,70 +81,6 @@ def tdx(env: Env, sim_dir: Path | None = None, **kwargs: object) -> TdxSimulator
     args: dict[str, object] = {"mr_td": DEMO_MRTD, "init_data": DEMO_INIT_DATA}
     args.update(kwargs)
     return TdxSimulatorCollector(sim_dir or env.layout.sim, insecure=True, **args)  # type: ignore[arg-type]
-
-
-def records_for(env: Env, request_id: str) -> list[dict[str, object]]:
-    done = subprocess.run(
-        keybroker_command("broker", "audit", "list", "--config", str(env.layout.broker_config),
-                          "--json"),
-        capture_output=True, text=True, check=True)
-    records = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
-    return [r for r in records if r.get("request_id") == request_id]
-
-
-@dataclass
-class Attempt:
-    request: broker_pb2.ReleaseKeyRequest
-    keypair: AgentKeyPair
-    challenge: broker_pb2.Challenge
-
-
-def build_attempt(env: Env, collector: Collector, *, key_id: str = DEMO_KEY_ID,
-                  init_data: bytes = DEMO_INIT_DATA,
-                  mutate: Callable[[evidence_pb2.Evidence], None] | None = None) -> Attempt:
-    """GetChallenge, then the collector's evidence bound to (nonce, key, init-data)."""
-    challenge = env.stub.GetChallenge(broker_pb2.GetChallengeRequest(
-        tee=collector.tee, key_ids=[key_id]))  # type: ignore[arg-type]
-    suite = Suite.X25519_HKDFSHA256_AES256GCM
-    keypair = AgentKeyPair.generate(suite)
-    digest = binding.init_data_digest(init_data) if init_data else b""
-    report_data = binding.report_data(challenge.nonce, suite.value, keypair.public_bytes, digest,
-                                      channel_binding(env.layout))
-    evidence = collector.collect(report_data)
-    if mutate is not None:
-        mutate(evidence)
-    request = broker_pb2.ReleaseKeyRequest(
-        challenge_id=challenge.challenge_id, evidence=evidence,
-        public_key=keypair.public_bytes, suite=evidence_pb2.HpkeSuite.ValueType(suite.wire),
-        keys=[broker_pb2.KeyRef(key_id=key_id)], init_data=init_data,
-        request_id=str(uuid.uuid4()))
-    return Attempt(request, keypair, challenge)
-
-
-def send(env: Env, request: broker_pb2.ReleaseKeyRequest) -> broker_pb2.ReleaseKeyResponse:
-    try:
-        response: broker_pb2.ReleaseKeyResponse = env.stub.ReleaseKey(request, timeout=20)
-    except grpc.RpcError as exc:
-        raise error_from_rpc(exc, "broker") from exc
-    return response
-
-
-def open_released(attempt: Attempt, response: broker_pb2.ReleaseKeyResponse) -> bytes:
-    (wrapped,) = response.keys
-    info = release_info(wrapped.key_id, wrapped.version, attempt.challenge.challenge_id)
-    return attempt.keypair.open(wrapped.sealed, info)
-
-
-def assert_denied(env: Env, attempt: Attempt, category: Category) -> KeybrokerError:
-    """Refused with ``category``, nothing released, and the audit log says so."""
-    with pytest.raises(KeybrokerError) as exc:
-        send(env, attempt.request)
-    assert exc.value.category is category, str(exc.value)
-    records = records_for(env, attempt.request.request_id)
-    assert any(r.get("kind") == "denied" and r.get("category") == category.value
-               for r in records), records
-    assert not any(r.get("kind") == "released" for r in records)
-    return exc.value
 
 
 def test_release_through_agent_process_with_measured_image(env: Env) -> None:

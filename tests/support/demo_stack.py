@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keybroker_cli.demo_prepare import Ports, prepare_deployment
-from keybroker_cli.demo_setup import DemoLayout, write_broker_config
+from keybroker_cli.demo_setup import DemoLayout, PolicySpec, Tee, write_broker_config
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
 from support.admin import free_port
 
@@ -60,14 +60,20 @@ class Prepared:
 
 @contextmanager
 def prepared_services(root: Path, *, broker_settings: str = "", verifier_settings: str = "",
-                      global_args: Sequence[str] = ()) -> Iterator[Prepared]:
+                      global_args: Sequence[str] = (), tee: Tee = "snp",
+                      extra_policies: Sequence[PolicySpec] = (),
+                      before_start: Callable[[DemoLayout], None] | None = None
+                      ) -> Iterator[Prepared]:
     """Prepare a deployment under ``root`` and run its verifier and broker (``global_args``
-    go before the subcommand, for example ``--log-level DEBUG``); both stopped on exit (a
-    stopped verifier is continued first)."""
+    go before the subcommand, for example ``--log-level DEBUG``; ``before_start`` may change
+    the written files); both stopped on exit (a stopped verifier is continued first)."""
     layout = DemoLayout(root)
     ports = Ports(*(free_port() for _ in range(6)))
     secret = prepare_deployment(layout, ports=ports, broker_settings=broker_settings,
-                                verifier_settings=verifier_settings)
+                                verifier_settings=verifier_settings, tee=tee,
+                                extra_policies=extra_policies)
+    if before_start is not None:
+        before_start(layout)
     verifier = ServiceProcess.start("verifier", keybroker_command(
         *global_args, "verifier", "serve", "--config", str(layout.verifier_config),
         "--insecure-simulator"), log_path=layout.verifier / "verifier.log")

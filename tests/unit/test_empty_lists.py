@@ -18,7 +18,8 @@ from keybroker.document_reader import EMPTY_LIST_EXPECTED, DocumentReader
 from keybroker.errors import Category, Malformed
 from verifier.policy.compile import parse_policy
 
-_DEMO = {"snp": "snp-demo.yaml", "tdx": "tdx-demo.yaml", "sgx": "sgx-demo.yaml"}
+_DEMO = {"snp": "snp-demo.yaml", "tdx": "tdx-demo.yaml", "sgx": "sgx-demo.yaml",
+         "tpm": "tpm-demo.yaml"}
 
 
 def _list_fields() -> Iterator[tuple[str, ...]]:

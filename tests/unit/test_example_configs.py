@@ -11,12 +11,15 @@ from attester_agent.simulator.dcap import (
     TdBoot,
     mr_td_for,
 )
+from attester_agent.simulator.tpm import DEFAULT_KERNEL as DEMO_KERNEL
+from attester_agent.simulator.tpm import SimulatedBoot
 from broker.config import load_config
 from broker.rules import load_rules
 from keybroker.errors import Category, KeybrokerError
 from verifier.config import load_config as load_verifier_config
 from verifier.dcap.policy import sgx_section, tdx_section
 from verifier.policy.compile import load_policy
+from verifier.tpm.policy import tpm_section
 
 
 def test_example_broker_config_loads() -> None:
@@ -61,6 +64,17 @@ def test_example_sgx_policy_loads() -> None:
     assert sgx.mrenclave == frozenset({DEFAULT_MR_ENCLAVE})
     assert sgx.signer is not None and sgx.signer.mrsigner == frozenset({DEFAULT_MR_SIGNER})
     assert (sgx.signer.isv_prod_id, sgx.signer.min_isv_svn) == (1, 1)
+
+
+def test_example_tpm_policy_loads() -> None:
+    """config/policies/tpm-demo.yaml pins PCRs 0, 4 and 7 of the demo machine's simulated boot
+    (computed independently by the simulator) and requires the log and secure boot."""
+    policy = load_policy(CONFIG / "policies" / "tpm-demo.yaml", version=1)
+    tpm = tpm_section(policy)
+    boot = SimulatedBoot(kernel_digest=DEMO_KERNEL).pcrs()
+    assert tpm.pcrs == {"sha256": {pcr: frozenset({boot[pcr]}) for pcr in (0, 4, 7)}}
+    assert tpm.ak_trust == frozenset({"enrolled"})
+    assert tpm.require_event_log and tpm.secure_boot and tpm.ima is None
 
 
 def test_example_verifier_config_lists_every_example_policy() -> None:

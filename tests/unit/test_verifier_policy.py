@@ -31,6 +31,7 @@ from verifier.dcap.policy import sgx_section, tdx_section
 from verifier.policy.compile import load_policy, parse_policy
 from verifier.policy.model import AppraisalPolicy, ReferenceBinding
 from verifier.snp.policy import snp_section
+from verifier.tpm.policy import tpm_section
 from verifier.workload import WorkloadPolicy
 
 M1 = "ab" * 48
@@ -58,11 +59,13 @@ def test_example_policies_load(name: str) -> None:
     policy = load_policy(path, version=3)
     assert policy.policy_id == f"{policy.name}@3" and policy.name == name.removesuffix(".yaml")
     prefix = name.partition("-")[0]
-    assert policy.platform == {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx"}[prefix]
+    assert policy.platform == {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx", "tpm": "tpm"}[prefix]
     if policy.platform == "sev-snp":
         assert snp_section(policy).measurements
     elif policy.platform == "tdx":
         assert tdx_section(policy).mrtd
+    elif policy.platform == "tpm":
+        assert tpm_section(policy).pcrs
     else:
         assert sgx_section(policy).mrenclave or sgx_section(policy).signer
     assert policy.digest == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -54,44 +54,47 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 def verify_ak_certificate(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
-                          roots: Sequence[x509.Certificate], *, at: datetime
-                          ) -> tuple[x509.Certificate, ...]:
-    """The chain leaf .. root (module invariants)."""
+                          roots: Sequence[x509.Certificate], *, at: datetime,
+                          what: str = "AK") -> tuple[x509.Certificate, ...]:
+    """The chain leaf .. root (module invariants); ``what`` = "AK" or "EK" (the same rules
+    chain an EK certificate to its manufacturer root at enrolment)."""
     with lenient_names():
-        return _chain(leaf, intermediates, roots, at)
+        return _chain(leaf, intermediates, roots, at, what)
 
 
 def _chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
-           roots: Sequence[x509.Certificate], at: datetime) -> tuple[x509.Certificate, ...]:
+           roots: Sequence[x509.Certificate], at: datetime,
+           what: str) -> tuple[x509.Certificate, ...]:
+    rule = f"tpm.{what.lower()}-cert"
     if not roots:
-        raise ChainUntrusted("no EK/AK CA root configured", rule="tpm.ak-cert",
+        raise ChainUntrusted(f"no {what} CA root configured", rule=rule,
                              expected="a configured root", actual="none")
-    check_validity(leaf, at, "AK certificate", rule="tpm.ak-cert")
+    check_validity(leaf, at, f"{what} certificate", rule=rule)
     chain = [leaf]
     pool = list(intermediates)
     current = leaf
     for _ in range(MAX_DEPTH):
         for root in roots:
             if current.issuer == root.subject and _signed_by(current, root):
-                check_validity(root, at, f"root {_label(root)}", rule="tpm.ak-cert")
+                check_validity(root, at, f"root {_label(root)}", rule=rule)
                 return (*chain, root)
         parent = next((c for c in pool if c.subject == current.issuer
                        and _signed_by(current, c)), None)
         if parent is None:
-            raise ChainUntrusted("AK certificate does not chain to a configured root",
-                                 rule="tpm.ak-cert",
+            raise ChainUntrusted(f"{what} certificate does not chain to a configured root",
+                                 rule=rule,
                                  expected=", ".join(_label(r) for r in roots)[:200],
                                  actual=f"no issuer for {_label(current)} (issuer "
                                         f"{common_name(current.issuer)[:80]})")
         if not _is_ca(parent):
-            raise ChainUntrusted(f"{_label(parent)} is not a CA", rule="tpm.ak-cert",
+            raise ChainUntrusted(f"{_label(parent)} is not a CA", rule=rule,
                                  expected="basicConstraints CA:TRUE and keyCertSign",
                                  actual="missing")
-        check_validity(parent, at, f"intermediate {_label(parent)}", rule="tpm.ak-cert")
+        check_validity(parent, at, f"intermediate {_label(parent)}", rule=rule)
         pool.remove(parent)
         chain.append(parent)
         current = parent
-    raise ChainUntrusted("AK certificate chain too long", rule="tpm.ak-cert",
+    raise ChainUntrusted(f"{what} certificate chain too long", rule=rule,
                          expected=f"<= {MAX_DEPTH} links", actual="more")
 
 

@@ -7,6 +7,11 @@ Invariants:
   did not replay never produces claims (``verifier.eventlog.pcr`` raises instead).
 - ``nonce_checked`` says whether extraData was compared with an expected nonce; offline
   verification without ``--nonce`` proves nothing about freshness and says so.
+- ``ak_trust`` says why the AK is trusted: ``enrolled`` (credential activation to an EK
+  root), ``certificate`` (an AK certificate to a configured root) or ``operator`` (given by
+  hand to ``keybroker verify``). ``insecure_root`` is true when that root is a simulator's.
+- ``as_dict`` always carries every key (``ima`` and ``secure_boot`` null when no log proved
+  them), so policies type-check against one shape.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from keybroker.evidence.tpm_public import ALG_RSA, TpmPublic
 from verifier.eventlog.ima import ImaReplay
 from verifier.eventlog.secure_boot import SecureBootClaims
 from verifier.tpm.quote import BANK_NAMES, VerifiedQuote
+
+PLATFORM_TPM = "tpm"
 
 
 @dataclass(frozen=True)
@@ -38,13 +45,16 @@ class TpmClaims:
     ima_files: dict[str, str] | None = None  # path -> "algo:hex", measured before the quote
     ima_pending: int = 0  # IMA entries logged after the quote (not claimed)
     secure_boot: SecureBootClaims | None = None  # from a replayed log covering PCR 7
+    ak_trust: str = "operator"  # "enrolled" | "certificate" | "operator"
+    insecure: bool = False  # the AK's trust ends at a simulator root
 
     @classmethod
     def of(cls, quote: VerifiedQuote, ak: TpmPublic, *, nonce_checked: bool,
            replayed: dict[int, dict[int, bytes]] | None = None,
            named: bool = True, ak_chain: tuple[str, ...] = (),
            ima: ImaReplay | None = None,
-           secure_boot: SecureBootClaims | None = None) -> TpmClaims:
+           secure_boot: SecureBootClaims | None = None, ak_trust: str = "operator",
+           insecure: bool = False) -> TpmClaims:
         """The claims of ``quote`` signed by ``ak`` (and what a log replayed); ``named``
         False for an AK given as a bare public key (it has no TPM Name)."""
         attest, sig = quote.attest, quote.signature
@@ -64,7 +74,7 @@ class TpmClaims:
             ima_files=({p: f"{a}:{d}" for p, (a, d) in ima.files().items()}
                        if ima is not None else None),
             ima_pending=len(ima.pending) if ima is not None else 0,
-            secure_boot=secure_boot)
+            secure_boot=secure_boot, ak_trust=ak_trust, insecure=insecure)
 
     @property
     def report_data(self) -> bytes:
@@ -73,13 +83,13 @@ class TpmClaims:
 
     @property
     def insecure_root(self) -> bool:
-        """A TPM's AK is trusted by configuration, never by a simulator root here."""
-        return False
+        """Whether the AK's trust ends at a simulator (insecure test) root."""
+        return self.insecure
 
     def as_dict(self) -> dict[str, object]:
         """JSON-able claims (``platform`` = tpm)."""
         return {
-            "platform": "tpm",
+            "platform": PLATFORM_TPM,
             "ak_name": self.ak_name.hex(),
             "ak_key": self.ak_key,
             "signature": self.signature,
@@ -93,8 +103,10 @@ class TpmClaims:
                      for bank, values in self.pcrs.items()},
             "eventlog_pcrs": {bank: list(pcrs) for bank, pcrs in self.eventlog_pcrs.items()},
             "ak_chain": list(self.ak_chain),
-            **({"ima": {"files": self.ima_files, "pending": self.ima_pending}}
-               if self.ima_files is not None else {}),
-            **({"secure_boot": self.secure_boot.as_dict()}
-               if self.secure_boot is not None else {}),
+            "ak_trust": self.ak_trust,
+            "insecure_root": self.insecure,
+            "ima": ({"files": dict(self.ima_files), "pending": self.ima_pending}
+                    if self.ima_files is not None else None),
+            "secure_boot": (self.secure_boot.as_dict() if self.secure_boot is not None
+                            else None),
         }
