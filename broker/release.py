@@ -55,6 +55,7 @@ TEE_EVIDENCE = {
     evidence_pb2.TEE_TYPE_TDX: "tdx",
     evidence_pb2.TEE_TYPE_SGX: "sgx",
     evidence_pb2.TEE_TYPE_TPM: "tpm",
+    evidence_pb2.TEE_TYPE_MAA: "maa",
 }
 
 

@@ -104,6 +104,11 @@ def _prepare_only(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Run the demo; 0 when one release and one denial happened as expected."""
+    missing = demo_tpm.missing_parts() if args.tee == "tpm" else []
+    if missing:
+        print("keybroker demo --tee tpm runs real swtpm machines; missing: " + "; ".join(missing)
+              + " (bash scripts/demo.sh --tee tpm installs them)", file=sys.stderr)
+        return 1
     keep = args.workdir is not None
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="keybroker-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -29,6 +31,17 @@ from attester_agent.simulator.tpm import DEFAULT_KERNEL, SimulatedBoot, Swtpm, S
 DEMO_KERNEL = DEFAULT_KERNEL
 WRONG_KERNEL = hashlib.sha256(b"keybroker simulated kernel v1 (tampered)").digest()
 POLICY_PCRS = (0, 4, 7)
+
+
+def missing_parts() -> list[str]:
+    """What this machine lacks to run swtpm machines (empty when nothing)."""
+    missing = [f"{tool} (Debian package {package})"
+               for tool, package in (("swtpm", "swtpm"), ("swtpm_setup", "swtpm-tools"))
+               if shutil.which(tool) is None]
+    if importlib.util.find_spec("tpm2_pytss") is None:
+        missing.append("tpm2-pytss (pip install 'keybroker[tpm]', built against Debian's "
+                       "libtss2-dev)")
+    return missing
 
 
 def machine(sim: Path, kernel: bytes) -> SwtpmLayout:

@@ -26,7 +26,8 @@ Invariants:
   (``keybroker.admin_auth.admin_settings``); admin calls are recorded in ``audit_database``.
 - TPM: ``tpm_ek_roots`` (EK manufacturer or cloud roots, for enrolment by credential
   activation) and ``tpm_ak_roots`` (roots of AK certificates); both empty by default, so no
-  TPM AK is trusted until an operator names its roots.
+  TPM AK is trusted until an operator names its roots. MAA: ``maa_instances``, a list of
+  ``{issuer, jwks}`` (an https issuer URL and the instance's JWKS file); empty by default.
 - The configuration only names trust-anchor files; each TEE folder loads its own
   (``verifier.dcap.trust.load_simulator_roots`` for ``simulator_intel_roots``).
 """
@@ -60,6 +61,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
     "simulator_intel_roots": list, "max_request_bytes": int,
     "tpm_ek_roots": list, "tpm_ak_roots": list, "simulator_tpm_roots": list,
+    "maa_instances": list,
     "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
     "health_check_seconds": (int, float),
     "admins": dict, "reference_providers": list,
@@ -87,6 +89,31 @@ class ReferenceProvider:
 
 
 @dataclass(frozen=True)
+class MaaInstanceConfig:
+    """A Microsoft Azure Attestation instance whose tokens are accepted: its issuer URL and
+    the JWKS file of its signing keys (never fetched)."""
+
+    issuer: str
+    jwks: Path
+
+
+def _maa_instances(path: Path, value: object) -> tuple[MaaInstanceConfig, ...]:
+    assert isinstance(value, list)
+    out = []
+    for index, item in enumerate(value):
+        key = f"maa_instances[{index}]"
+        if not isinstance(item, dict) or set(item) != {"issuer", "jwks"}:
+            raise _fail(path, key, "wrong entry", "{issuer = \"https://...\", jwks = \"file\"}",
+                        repr(item)[:120])
+        issuer, jwks = item["issuer"], item["jwks"]
+        if not isinstance(issuer, str) or not issuer.startswith("https://"):
+            raise _fail(path, key, "invalid issuer", "an https:// MAA instance URL",
+                        repr(issuer)[:120])
+        out.append(MaaInstanceConfig(issuer, _paths(path, key, [jwks])[0]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class VerifierConfig:
     """The ``[verifier]`` table with paths resolved."""
 
@@ -103,6 +130,7 @@ class VerifierConfig:
     tpm_ek_roots: tuple[Path, ...] = ()  # TPM manufacturer / cloud EK roots (enrolment)
     tpm_ak_roots: tuple[Path, ...] = ()  # roots of AK certificates (no enrolment needed)
     simulator_tpm_roots: tuple[Path, ...] = ()  # swtpm's CA: EK and AK roots, insecure
+    maa_instances: tuple[MaaInstanceConfig, ...] = ()  # trusted MAA instances (issuer, JWKS)
     state_db: Path = Path(DEFAULT_STATE_DB)
     record_days: int = 7
     policy_poll_seconds: float = 1.0
@@ -200,6 +228,7 @@ def load_config(path: Path) -> VerifierConfig:
                                      table.get("simulator_intel_roots", [])),
         **{key: _paths(path, key, table.get(key, []))
            for key in ("tpm_ek_roots", "tpm_ak_roots", "simulator_tpm_roots")},
+        maa_instances=_maa_instances(path, table.get("maa_instances", [])),
         state_db=_paths(path, "state_db", [table.get("state_db", DEFAULT_STATE_DB)])[0],
         record_days=record_days,
         policy_poll_seconds=float(poll),

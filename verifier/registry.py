@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 from keybroker.errors import Malformed
 from verifier.dcap.tee import FAMILY as DCAP
+from verifier.maa.tee import FAMILY as MAA
 from verifier.snp.tee import FAMILY as SNP
 from verifier.tee import Claims, EvidenceFamily, Tee
 from verifier.tpm.tee import FAMILY as TPM
 
-FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP, TPM)
+FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP, TPM, MAA)
 
 
 @dataclass(frozen=True)

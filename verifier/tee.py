@@ -147,6 +147,24 @@ def no_runtime_log(claims: Claims) -> tuple[str | None, tuple[str, ...]]:
     return None, ()
 
 
+def no_early_warning(warning: DocumentReader) -> TcbEarlyWarning:
+    """``Tee.compile_early_warning`` of a platform without TCB collateral of ours."""
+    del warning
+    return TcbEarlyWarning()
+
+
+def no_tcb_debt(claims: Claims, warning: TcbEarlyWarning) -> tuple[str, ...]:
+    """``Tee.tcb_debt`` of a platform without a TCB to fall behind on."""
+    del claims, warning
+    return ()
+
+
+def no_init_data(claims: Claims) -> bytes:
+    """``Tee.init_data_value`` of a platform that cannot bind init-data."""
+    del claims
+    return b""
+
+
 def check_binding(report_data: bytes, expected: bytes) -> None:
     """``BindingMismatch`` unless the evidence's report data is the challenge binding."""
     if report_data != expected:

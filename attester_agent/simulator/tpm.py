@@ -14,12 +14,14 @@ Invariants:
   with one SHA-256 bank; every event's digest is SHA-256 of its data except the firmware blob
   and the boot applications (digests of what they measure, as firmware does).
 - ``boot`` extends each digest into the running TPM (TPM2_PCR_Extend) in log order, once per
-  TPM power cycle (the PCRs must still be zero).
+  TPM power cycle (the PCRs must still be zero), and starts an empty IMA log;
+  ``measure_file`` then does what IMA does for an executed file (entry + PCR 10 extend).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from keybroker.errors import Unavailable
+from keybroker.evidence.ima_log import ImaEntry, format_ima_entry
 from keybroker.evidence.tcg_log import (
     ALG_SHA256,
     DigestAlgorithm,
@@ -137,6 +140,10 @@ class SwtpmLayout:
     @property
     def event_log(self) -> Path:
         return self.root / "binary_bios_measurements"
+
+    @property
+    def ima_log(self) -> Path:
+        return self.root / "ascii_runtime_measurements"
 
 
 def manufacture(layout: SwtpmLayout) -> None:
@@ -244,6 +251,24 @@ class Swtpm:
                 esys.pcr_extend(_pcr_handle(ev.index), values)
         self._esys(extend)
         self.layout.event_log.write_bytes(boot.log())
+        self.layout.ima_log.write_text("")  # a new boot: IMA starts a new list
+
+    def measure_file(self, path: str, content: bytes) -> ImaEntry:
+        """What IMA does when a file is executed: an ima-ng entry (SHA-256 of ``content``)
+        appended to the IMA log, and PCR 10's SHA-256 bank extended with SHA-256 of the
+        entry's template data."""
+        from tpm2_pytss.types import TPML_DIGEST_VALUES  # noqa: PLC0415
+
+        draft = ImaEntry(10, bytes(20), "ima-ng", "sha256", hashlib.sha256(content).digest(),
+                         path)
+        entry = dataclasses.replace(
+            draft, template_hash=hashlib.sha1(draft.template_data).digest())  # noqa: S324
+        extend = hashlib.sha256(entry.template_data).digest()
+        values, _ = TPML_DIGEST_VALUES.unmarshal(struct.pack(">IH", 1, ALG_SHA256) + extend)
+        self._esys(lambda esys: esys.pcr_extend(_pcr_handle(10), values))
+        with self.layout.ima_log.open("a") as log:
+            log.write(format_ima_entry(entry) + "\n")
+        return entry
 
     def _esys(self, body: Callable[[Any], object]) -> None:
         """Run ``body`` on an ESAPI context of this TPM."""

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from attester_agent.collectors.tpm import EnrolmentMaterial, TpmCollector
 from attester_agent.simulator.tpm import Swtpm, SwtpmLayout
-from keybroker.errors import Category, KeybrokerError
+from keybroker.errors import Category, Exhausted, KeybrokerError
 from keybroker.evidence.tpm_public import (
     FIXED_PARENT,
     FIXED_TPM,
@@ -25,6 +25,7 @@ from keybroker.evidence.tpm_public import (
     parse_public,
     public_from_key,
 )
+from verifier.tpm import enrolment as enrolment_module
 from verifier.tpm.credential import make_credential
 from verifier.tpm.enrolment import PENDING_SECONDS, EkRoots, TpmEnrolments, ek_fingerprint
 
@@ -175,3 +176,21 @@ def test_tpm_make_credential_needs_an_rsa_2048_ek() -> None:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     assert code(lambda: make_credential(key, b"\x00\x0b" + bytes(32))) == (
         Category.MALFORMED, "tpm.ek")
+
+
+def test_tpm_pending_enrolments_are_bounded(swtpm: Machine, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Begun but unactivated enrolments are capped; expired ones make room again."""
+    monkeypatch.setattr(enrolment_module, "MAX_PENDING", 2)
+    clock = Clock()
+    enrolments = store(tmp_path, swtpm, clock)
+
+    def begin() -> object:
+        return enrolments.begin(swtpm.material.ek_certificate, [], swtpm.material.ak_public)
+    begin()
+    begin()
+    with pytest.raises(Exhausted) as exc:
+        begin()
+    assert exc.value.category is Category.UNAVAILABLE and exc.value.rule == "tpm.enrolment"
+    clock.now += timedelta(seconds=PENDING_SECONDS + 1)
+    begin()

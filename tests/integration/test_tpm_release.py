@@ -11,6 +11,7 @@ broker, and the broker's audit log holds a denial record with that category for 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from attester_agent.simulator.tpm import SimulatedBoot, Swtpm, SwtpmLayout, manu
 from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.tcg_log import EV_NO_ACTION, build_event_log, parse_event_log
 from keybroker.v1 import broker_pb2_grpc, evidence_pb2
+from keybroker_cli import demo_tpm as demo_tpm_module
 from keybroker_cli.demo_prepare import ADMIN_ROLES
 from keybroker_cli.demo_setup import (
     DEMO_KEY_ID,
@@ -46,10 +48,13 @@ from keybroker_cli.demo_setup import (
 )
 from keybroker_cli.demo_tpm import DEMO_KERNEL, WRONG_KERNEL, machine, tpm_machines
 from keybroker_cli.launcher import keybroker_command
+from keybroker_cli.main import main
 
 pytestmark = pytest.mark.integration
 
 SB_KEY = "sb/key"
+IMA_KEY = "ima/key"
+WORKLOAD = b"keybroker workload binary v1"
 EV_EFI_VARIABLE_AUTHORITY = 0x8000_00E0
 
 
@@ -75,6 +80,15 @@ def sibling(env: Env, name: str) -> SwtpmLayout:
     return layout
 
 
+def _ima_policy() -> str:
+    """PCR 4 of the demo kernel's boot and an IMA runtime policy allowing one binary."""
+    pcr4 = SimulatedBoot(kernel_digest=DEMO_KERNEL).pcrs()[4].hex()
+    digest = "sha256:" + hashlib.sha256(WORKLOAD).hexdigest()
+    return ("kind: AppraisalPolicy\nname: tpm-ima\nplatform: tpm\ntpm:\n"
+            f"  pcrs:\n    - {{bank: sha256, pcr: 4, values: ['{pcr4}']}}\n"
+            f"  ima:\n    allow:\n      - {{path: /usr/bin/workload, digests: ['{digest}']}}\n")
+
+
 def _before_start(layout: DemoLayout) -> None:
     """The secure-boot policy and its secret; the admin may also revoke TPM enrolments."""
     config = layout.verifier_config.read_text()
@@ -83,15 +97,18 @@ def _before_start(layout: DemoLayout) -> None:
     layout.verifier_config.write_text(
         config.replace(roles, json.dumps([*ADMIN_ROLES, "policy-admin"])))
     (layout.verifier / "policies" / "tpm-sb.yaml").write_text(_secure_boot_policy())
+    (layout.verifier / "policies" / "tpm-ima.yaml").write_text(_ima_policy())
     put_secret(layout, SB_KEY, b"secure-boot-secret")
+    put_secret(layout, IMA_KEY, b"ima-secret")
 
 
 @pytest.fixture(scope="module")
 def tpms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tpms]:
     """A prepared deployment (admin APIs on) for TPM, with both demo machines enrolled."""
     with prepared_services(tmp_path_factory.mktemp("tpm-release"), tee="tpm",
-                           extra_policies=[PolicySpec("tpm-sb", "sb/*", DEMO_KERNEL,
-                                                      tee="tpm")],
+                           extra_policies=[
+                               PolicySpec("tpm-sb", "sb/*", DEMO_KERNEL, tee="tpm"),
+                               PolicySpec("tpm-ima", "ima/*", DEMO_KERNEL, tee="tpm")],
                            before_start=_before_start) as served:
         layout = served.layout
         channel = secure_channel(layout, served.broker.address)
@@ -358,3 +375,51 @@ def test_tpm_admin_revocation_and_re_enrolment(tpms: Tpms) -> None:
         assert open_released(attempt, send(env, attempt.request)) == env.secret
     finally:
         tpm.stop()
+
+
+def test_tpm_ima_runtime_policy(tpms: Tpms) -> None:
+    """IMA end to end: the allowed binary measured into PCR 10 releases the key; without the
+    IMA log, or once another binary ran, the release is refused (MEASUREMENT)."""
+    env = tpms.env
+    layout = sibling(env, "ima")
+    tpm = Swtpm(layout).start()
+    try:
+        tpm.boot(SimulatedBoot(kernel_digest=DEMO_KERNEL))
+        collector = TpmCollector(tpm.tcti, event_log=layout.event_log, ima_log=layout.ima_log)
+        credentials, _ = agent_channel(env.layout)
+        enrol_tpm(env.broker.address, collector, timeout=30, credentials=credentials)
+        tpm.measure_file("/usr/bin/workload", WORKLOAD)
+        attempt = build_attempt(env, collector, key_id=IMA_KEY, init_data=b"")
+        assert open_released(attempt, send(env, attempt.request)) == b"ima-secret"
+        no_log = TpmCollector(tpm.tcti, event_log=layout.event_log)
+        err = assert_denied(env, build_attempt(env, no_log, key_id=IMA_KEY, init_data=b""),
+                            Category.MEASUREMENT)
+        assert "IMA" in err.reason
+        tpm.measure_file("/usr/bin/rogue", b"not on the list")
+        err = assert_denied(env, build_attempt(env, collector, key_id=IMA_KEY, init_data=b""),
+                            Category.MEASUREMENT)
+        assert "not allowed by the IMA policy" in err.reason
+    finally:
+        tpm.stop()
+
+
+def test_tpm_demo_command(tmp_path: Path) -> None:
+    """`keybroker demo --tee tpm`: two swtpm machines enrolled, one release through the agent
+    process, one MEASUREMENT denial on PCR 4 (the other kernel), exit 0."""
+    done = subprocess.run(keybroker_command("demo", "--tee", "tpm", "--workdir",
+                                            str(tmp_path / "demo"), "--releases", "2"),
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("enrolled for EK") == 2
+    assert "RELEASED demo/db-password" in done.stdout
+    assert "MEASUREMENT: policy tpm-demo@1: sha256 PCR 4 is not an accepted value" in done.stdout
+    assert done.stdout.rstrip().endswith("demo: OK (1 release, 1 denial)")
+
+
+def test_tpm_demo_names_what_is_missing(monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without swtpm the TPM demo says what to install and exits 1, starting nothing."""
+    monkeypatch.setattr(demo_tpm_module.shutil, "which", lambda tool: None)
+    assert main(["demo", "--tee", "tpm"]) == 1
+    err = capsys.readouterr().err
+    assert "swtpm (Debian package swtpm)" in err and "swtpm-tools" in err

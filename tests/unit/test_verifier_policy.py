@@ -28,6 +28,7 @@ from keybroker.errors import Category, Malformed
 from keybroker_cli.demo_setup import DEMO_IMAGE, Tee, default_policy, policy_document
 from verifier.claims_view import sample_activation
 from verifier.dcap.policy import sgx_section, tdx_section
+from verifier.maa.policy import maa_section
 from verifier.policy.compile import load_policy, parse_policy
 from verifier.policy.model import AppraisalPolicy, ReferenceBinding
 from verifier.snp.policy import snp_section
@@ -59,13 +60,16 @@ def test_example_policies_load(name: str) -> None:
     policy = load_policy(path, version=3)
     assert policy.policy_id == f"{policy.name}@3" and policy.name == name.removesuffix(".yaml")
     prefix = name.partition("-")[0]
-    assert policy.platform == {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx", "tpm": "tpm"}[prefix]
+    assert policy.platform == {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx", "tpm": "tpm",
+                               "maa": "maa"}[prefix]
     if policy.platform == "sev-snp":
         assert snp_section(policy).measurements
     elif policy.platform == "tdx":
         assert tdx_section(policy).mrtd
     elif policy.platform == "tpm":
         assert tpm_section(policy).pcrs
+    elif policy.platform == "maa":
+        assert maa_section(policy).sgx is not None
     else:
         assert sgx_section(policy).mrenclave or sgx_section(policy).signer
     assert policy.digest == hashlib.sha256(path.read_bytes()).hexdigest()

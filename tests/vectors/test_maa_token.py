@@ -18,12 +18,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.paths import VECTORS
+from support.paths import CONFIG, VECTORS
 
 from keybroker.errors import Category, KeybrokerError, Malformed
+from keybroker.v1 import evidence_pb2
 from keybroker_cli.main import main
+from verifier.maa.appraisal import appraise_maa
 from verifier.maa.claims import MaaClaims
 from verifier.maa.token import MaaInstance, MaaToken, load_jwks, verify_maa_token
+from verifier.maa.verify import MaaVerifier
+from verifier.policy.compile import load_policy
 
 MAA = VECTORS / "azure" / "maa-sgx-token-sharedeus"
 ISSUER = "https://sharedeus.eus.attest.azure.net"
@@ -186,3 +190,19 @@ def test_maa_cvm_token_claims_parse(tmp_path: Path) -> None:
     with pytest.raises(KeybrokerError) as exc:
         verify_maa_token(token, MaaInstance(KEYS), at=datetime(2023, 3, 30, 12, tzinfo=UTC))
     assert (exc.value.category, exc.value.rule) == (Category.TOKEN_INVALID, "maa.kid")
+
+
+def test_real_sgx_token_passes_the_example_maa_policy_at_its_time() -> None:
+    """The real East US token, checked by the registry's verifier with the instance's JWKS at
+    its own time, passes config/policies/maa-demo.yaml; its binding is its runtime data."""
+    verifier = MaaVerifier([MaaInstance(load_jwks((MAA / "jwks.json").read_bytes()), ISSUER)])
+    at = datetime.fromisoformat(AT.replace("Z", "+00:00"))
+    claims = verifier.verify(evidence_pb2.MaaEvidence(token=(MAA / "token.jwt").read_text()),
+                             at=at)
+    assert claims.report_data == b"This is some runtime data"
+    policy = load_policy(CONFIG / "policies" / "maa-demo.yaml")
+    assert appraise_maa(claims, policy).status == "affirming"
+    with pytest.raises(KeybrokerError) as exc:
+        verifier.verify(evidence_pb2.MaaEvidence(token=(MAA / "token.jwt").read_text()),
+                        at=datetime.now(UTC))
+    assert exc.value.category is Category.TOKEN_INVALID

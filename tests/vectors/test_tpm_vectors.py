@@ -4,6 +4,7 @@ gives, and the categories of what must be refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -22,6 +23,7 @@ from verifier.eventlog.pcr import check_pcrs
 from verifier.eventlog.secure_boot import secure_boot_claims
 from verifier.pki import certificates_in
 from verifier.tpm.ak import lenient_names, verify_ak_certificate
+from verifier.tpm.verify import boot_claims_in
 
 README = (VECTORS / "README.md").read_text()
 GCE = VECTORS / "tpm" / "gce-cos85-vtpm-no-nonce"
@@ -312,3 +314,22 @@ def test_variable_data_not_covered_by_its_digest_is_event_log() -> None:
     with pytest.raises(KeybrokerError) as exc:
         secure_boot_claims(type(log)(log.spec_id, tuple(events), log.length))
     assert (exc.value.category, exc.value.rule) == (Category.EVENT_LOG, "tpm.secure-boot")
+
+
+def test_boot_chain_claims_from_real_tpm_logs() -> None:
+    """A GCE Ubuntu log (SHA-256 bank): the GRUB command line recomputes and is claimed; the
+    kernel is the digest of the EV_IPL event GRUB labelled with the kernel's path; a command
+    line whose text no longer recomputes is not claimed."""
+    raw = (LOGS / "goatt-ubuntu_2104_shielded_vm_no_secure_boot_eventlog").read_bytes()
+    log = parse_event_log(raw)
+    boot = boot_claims_in(log, 0x000B)
+    assert boot.kernel_cmdline is not None
+    assert boot.kernel_cmdline.startswith(
+        "/boot/vmlinuz-5.11.0-1006-gcp root=PARTUUID=6443a6ae-e5e9-4df7-9a06-d1329e50f33c")
+    labelled = [ev for ev in log.events
+                if ev.data.rstrip(b"\0") == b"/boot/vmlinuz-5.11.0-1006-gcp"]
+    assert boot.kernel == labelled[0].digest(0x000B).hex()  # type: ignore[union-attr]
+    events = [dataclasses.replace(ev, data=ev.data.replace(b"root=PARTUUID", b"root=PARTUUIX"))
+              for ev in log.events]
+    forged = boot_claims_in(dataclasses.replace(log, events=tuple(events)), 0x000B)
+    assert forged.kernel_cmdline is None

@@ -10,16 +10,9 @@ Invariants:
   ``EventLogMismatch`` (EVENT_LOG) naming the register, with the quoted value as expected and
   the replayed one as actual. An extra, missing or edited event therefore never passes.
 - A CCEL table without log data, or a table for another CC type than TDX, is ``Malformed``.
-- Interpretation only reads replayed events, in log order, up to the "Exit Boot Services
-  Invocation" action; the first event that identifies a claim wins (a later extension cannot
-  override it). Event text is trusted only where the digest is recomputed from it: GRUB
-  commands and the kernel command line (``grub_cmd``, ``kernel_cmdline``,
-  ``grub_kernel_cmdline``; digest of the text, with or without its NUL). Digests of external
-  content (firmware volumes, boot applications, kernel, initrd) are the recorded digests, which
-  the replay proves were extended; which event is the kernel or the initrd is read from
-  untrusted labels (GRUB file names and loader labels, systemd-stub section names, Linux EFI
-  stub tagged events), so these claims are informational: a policy that must pin the boot
-  chain pins RTMR1 / RTMR2.
+- Interpretation (``verifier.eventlog.boot``) only reads the replayed CCEL events, with
+  SHA-384 digests; its claims are informational: a policy that must pin the boot chain pins
+  RTMR1 / RTMR2.
 - Runtime images are exactly the ``image`` values of the runtime log, in order.
 """
 
@@ -27,35 +20,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-import construct as c
+from dataclasses import dataclass
 
 from keybroker.errors import EventLogMismatch, Malformed
 from keybroker.evidence.ccel import CC_TYPE_TDX, parse_ccel_log, parse_ccel_table
 from keybroker.evidence.runtime_log import KIND_IMAGE, RuntimeEvent, extend, parse_runtime_log
-from keybroker.evidence.uefi_event import (
-    EV_EFI_ACTION,
-    EV_EFI_BOOT_SERVICES_APPLICATION,
-    EV_EFI_PLATFORM_FIRMWARE_BLOB,
-    EV_EFI_PLATFORM_FIRMWARE_BLOB2,
-    EV_EVENT_TAG,
-    EV_IPL,
-    LINUX_INITRD_TAG,
-    LINUX_LOAD_OPTIONS_TAG,
-    TAGGED_EVENT,
-)
+from verifier.eventlog.boot import boot_claims
 from verifier.eventlog.rtmr import RTMR_COUNT, RTMR_SIZE, RtmrEvent, rtmr_events
-
-FIRMWARE_BLOBS = frozenset({EV_EFI_PLATFORM_FIRMWARE_BLOB, EV_EFI_PLATFORM_FIRMWARE_BLOB2})
-EXIT_BOOT_SERVICES = b"Exit Boot Services Invocation"
-_CMDLINE_PREFIXES = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
-_GRUB_CMD_PREFIXES = (b"grub_cmd: ", b"grub_cmd ")
-_KERNEL_COMMANDS = frozenset({"linux", "linuxefi", "linux16"})
-_INITRD_COMMANDS = frozenset({"initrd", "initrdefi", "initrd16"})
-_LOADER_KERNEL = b"grub_linuxefi Kernel"
-_LOADER_INITRD = b"grub_linuxefi Initrd"
-_UKI_KERNEL, _UKI_INITRD = ".linux", ".initrd"
 
 
 @dataclass(frozen=True)
@@ -85,130 +56,6 @@ class TdEventClaims:
 
 def _sha384(data: bytes) -> bytes:
     return hashlib.sha384(data).digest()
-
-
-def _verified_text(ev: RtmrEvent, prefixes: Sequence[bytes]) -> str | None:
-    """The text after one of ``prefixes`` (up to the first NUL) when the recorded digest is the
-    SHA-384 of that text, with or without a terminating NUL; else None."""
-    text = ev.data.split(b"\0", 1)[0]
-    for prefix in prefixes:
-        if text.startswith(prefix):
-            body = text[len(prefix):]
-            if ev.digest in (_sha384(body), _sha384(body + b"\0")):
-                try:
-                    return body.decode("utf-8")
-                except UnicodeDecodeError:
-                    return None
-    return None
-
-
-def _label(ev: RtmrEvent) -> bytes:
-    """The event data up to its first NUL (an untrusted label)."""
-    return ev.data.split(b"\0", 1)[0]
-
-
-def _utf16_name(data: bytes) -> str | None:
-    """A NUL-terminated UTF-16LE name such as systemd-stub's ".linux", else None."""
-    if len(data) < 4 or len(data) % 2 or not data.endswith(b"\0\0"):
-        return None
-    try:
-        return data[:-2].decode("utf-16-le")
-    except UnicodeDecodeError:
-        return None
-
-
-@dataclass
-class _Boot:
-    """Accumulates boot claims while walking the replayed CCEL events."""
-
-    firmware: list[str] = field(default_factory=list)
-    applications: list[str] = field(default_factory=list)
-    kernel: str | None = None
-    initrd: str | None = None
-    cmdline: str | None = None
-    kernel_path: str | None = None
-    initrd_path: str | None = None
-    uki_section: str | None = None
-
-    def set_kernel(self, digest: bytes) -> None:
-        if self.kernel is None:
-            self.kernel = digest.hex()
-
-    def set_initrd(self, digest: bytes) -> None:
-        if self.initrd is None:
-            self.initrd = digest.hex()
-
-    def grub_command(self, command: str) -> None:
-        words = command.split()
-        if len(words) >= 2 and words[0] in _KERNEL_COMMANDS and self.kernel_path is None:
-            self.kernel_path = words[1]
-        if len(words) == 2 and words[0] in _INITRD_COMMANDS and self.initrd_path is None:
-            self.initrd_path = words[1]
-
-    def ipl(self, ev: RtmrEvent) -> None:
-        cmdline = _verified_text(ev, _CMDLINE_PREFIXES)
-        if cmdline is not None:
-            if self.cmdline is None:
-                self.cmdline = cmdline
-            return
-        command = _verified_text(ev, _GRUB_CMD_PREFIXES)
-        if command is not None:
-            self.grub_command(command)
-            return
-        label = _label(ev)
-        if label == _LOADER_KERNEL:
-            self.set_kernel(ev.digest)
-        elif label == _LOADER_INITRD:
-            self.set_initrd(ev.digest)
-        elif self.kernel_path is not None and label == self.kernel_path.encode():
-            self.set_kernel(ev.digest)
-        elif self.initrd_path is not None and label == self.initrd_path.encode():
-            self.set_initrd(ev.digest)
-        else:
-            self.uki(ev)
-
-    def uki(self, ev: RtmrEvent) -> None:
-        """systemd-stub measures each UKI section twice: its name, then its contents."""
-        name = _utf16_name(ev.data)
-        if name is None:
-            self.uki_section = None
-        elif ev.digest == _sha384(name.encode() + b"\0"):
-            self.uki_section = name
-        elif name == self.uki_section:
-            if name == _UKI_KERNEL:
-                self.set_kernel(ev.digest)
-            elif name == _UKI_INITRD:
-                self.set_initrd(ev.digest)
-            self.uki_section = None
-
-    def tag(self, ev: RtmrEvent) -> None:
-        """Linux EFI stub tagged events: the stub is part of the last boot application."""
-        try:
-            tagged = TAGGED_EVENT.parse(ev.data)
-        except c.ConstructError:
-            return
-        if tagged.tag not in (LINUX_INITRD_TAG, LINUX_LOAD_OPTIONS_TAG):
-            return
-        if self.applications:
-            self.set_kernel(bytes.fromhex(self.applications[-1]))
-        if tagged.tag == LINUX_INITRD_TAG:
-            self.set_initrd(ev.digest)
-
-
-def _boot_claims(events: Sequence[RtmrEvent]) -> _Boot:
-    boot = _Boot()
-    for ev in events:
-        if ev.event_type == EV_EFI_ACTION and ev.data == EXIT_BOOT_SERVICES:
-            break
-        if ev.event_type in FIRMWARE_BLOBS:
-            boot.firmware.append(ev.digest.hex())
-        elif ev.event_type == EV_EFI_BOOT_SERVICES_APPLICATION:
-            boot.applications.append(ev.digest.hex())
-        elif ev.event_type == EV_IPL:
-            boot.ipl(ev)
-        elif ev.event_type == EV_EVENT_TAG:
-            boot.tag(ev)
-    return boot
 
 
 def _replay(ccel: Sequence[RtmrEvent], runtime: Sequence[RuntimeEvent]) -> list[bytes]:
@@ -285,13 +132,13 @@ def td_event_claims(
                 f"RTMR{i} does not match the replay of the CCEL and the runtime log",
                 rule="eventlog.rtmr_replay", expected=bytes(rtmrs[i]).hex(),
                 actual=replayed[i].hex())
-    boot = _boot_claims(ccel)
+    boot = boot_claims(ccel, "sha384")
     return TdEventClaims(
-        firmware=tuple(boot.firmware),
-        boot_applications=tuple(boot.applications),
+        firmware=boot.firmware,
+        boot_applications=boot.boot_applications,
         kernel=boot.kernel,
         initrd=boot.initrd,
-        kernel_cmdline=boot.cmdline,
+        kernel_cmdline=boot.kernel_cmdline,
         images=tuple(ev.value for ev in runtime if ev.kind == KIND_IMAGE),
         event_count=len(ccel) + len(runtime),
     )

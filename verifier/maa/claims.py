@@ -3,8 +3,15 @@
 Invariants:
 - Only claims of a token whose signature, key, algorithm, times and issuer verified
   (``verifier.maa.token``) become claims; unknown claims are kept only in ``raw`` for display.
-- SGX claims (``x-ms-sgx-*``) and CVM claims (``x-ms-isolation-tee``) are typed when present
-  and of the expected type; a present claim of the wrong type is MALFORMED, never dropped.
+- SGX claims (``x-ms-sgx-*``) and CVM claims (``x-ms-isolation-tee``, ``secureboot``) are
+  typed when present and of the expected type; a present claim of the wrong type is MALFORMED,
+  never dropped.
+- The binding (``report_data``) is what the attested party handed MAA as its runtime data,
+  which MAA checked against the hardware report: for SGX the enclave held data
+  (``x-ms-sgx-ehd``, whose SHA-256 is in the enclave's REPORTDATA), for a confidential VM the
+  client payload's nonce (``x-ms-runtime.client-payload.nonce``, base64). Absent: empty, which
+  never equals a challenge binding.
+- ``as_dict`` always carries every key (null where the token has no such claim).
 """
 
 from __future__ import annotations
@@ -40,6 +47,25 @@ def _b64url(claims: dict[str, Any], name: str) -> bytes | None:
         raise Malformed(f"MAA claim {name} is not base64url", actual=value[:80]) from None
 
 
+PLATFORM_MAA = "maa"
+
+
+def _client_nonce(claims: dict[str, Any]) -> bytes | None:
+    runtime = claims.get("x-ms-runtime")
+    payload = runtime.get("client-payload") if isinstance(runtime, dict) else None
+    nonce = payload.get("nonce") if isinstance(payload, dict) else None
+    if nonce is None:
+        return None
+    if not isinstance(nonce, str):
+        raise Malformed("MAA claim x-ms-runtime.client-payload.nonce is not base64",
+                        actual=type(nonce).__name__)
+    try:
+        return base64.b64decode(nonce + "=" * (-len(nonce) % 4), validate=True)
+    except ValueError:
+        raise Malformed("MAA claim x-ms-runtime.client-payload.nonce is not base64",
+                        actual=nonce[:80]) from None
+
+
 @dataclass(frozen=True)
 class MaaClaims:
     """Claims of one verified MAA token."""
@@ -57,6 +83,8 @@ class MaaClaims:
     sgx_report_data: bytes | None
     sgx_runtime_data: bytes | None
     isolation_tee: dict[str, Any] | None
+    secure_boot: bool | None = None
+    runtime_nonce: bytes | None = None  # x-ms-runtime.client-payload.nonce (confidential VMs)
 
     @classmethod
     def of(cls, token: MaaToken) -> MaaClaims:
@@ -74,6 +102,9 @@ class MaaClaims:
         if tee is not None and not isinstance(tee, dict):
             raise Malformed("MAA claim x-ms-isolation-tee is not an object",
                             actual=type(tee).__name__)
+        secure_boot = c.get("secureboot")
+        if secure_boot is not None and not isinstance(secure_boot, bool):
+            raise Malformed("MAA claim secureboot is not a boolean", actual=str(secure_boot)[:40])
         return cls(issuer=token.issuer, kid=token.kid, issued_at=int(c["iat"]),
                    expires_at=int(c["exp"]),
                    attestation_type=str(c.get("x-ms-attestation-type", "")),
@@ -82,12 +113,13 @@ class MaaClaims:
                    sgx_product_id=ints["x-ms-sgx-product-id"], sgx_svn=ints["x-ms-sgx-svn"],
                    sgx_debuggable=debuggable,
                    sgx_report_data=_hex(c, "x-ms-sgx-report-data"),
-                   sgx_runtime_data=_b64url(c, "x-ms-sgx-ehd"), isolation_tee=tee)
+                   sgx_runtime_data=_b64url(c, "x-ms-sgx-ehd"), isolation_tee=tee,
+                   secure_boot=secure_boot, runtime_nonce=_client_nonce(c))
 
     @property
     def report_data(self) -> bytes:
-        """The binding the attested enclave put in its report (SGX), else empty."""
-        return self.sgx_report_data or b""
+        """The runtime data the attested party bound (module invariants), else empty."""
+        return self.sgx_runtime_data or self.runtime_nonce or b""
 
     @property
     def insecure_root(self) -> bool:
@@ -95,21 +127,19 @@ class MaaClaims:
         return False
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-able claims (``platform`` = maa)."""
-        out: dict[str, object] = {
-            "platform": "maa", "issuer": self.issuer, "kid": self.kid,
-            "issued_at": self.issued_at, "expires_at": self.expires_at,
-            "attestation_type": self.attestation_type,
+        """JSON-able claims (``platform`` = maa); every key always present."""
+        sgx = None if self.sgx_mrenclave is None else {
+            "mrenclave": self.sgx_mrenclave.hex(),
+            "mrsigner": (self.sgx_mrsigner or b"").hex(),
+            "product_id": self.sgx_product_id, "svn": self.sgx_svn,
+            "is_debuggable": self.sgx_debuggable,
+            "report_data": (self.sgx_report_data or b"").hex(),
+            "runtime_data": (self.sgx_runtime_data or b"").hex(),
         }
-        if self.sgx_mrenclave is not None:
-            out["sgx"] = {
-                "mrenclave": self.sgx_mrenclave.hex(),
-                "mrsigner": (self.sgx_mrsigner or b"").hex(),
-                "product_id": self.sgx_product_id, "svn": self.sgx_svn,
-                "is_debuggable": self.sgx_debuggable,
-                "report_data": (self.sgx_report_data or b"").hex(),
-                "runtime_data": (self.sgx_runtime_data or b"").hex(),
-            }
-        if self.isolation_tee is not None:
-            out["isolation_tee"] = self.isolation_tee
-        return out
+        return {
+            "platform": PLATFORM_MAA, "issuer": self.issuer, "kid": self.kid,
+            "issued_at": self.issued_at, "expires_at": self.expires_at,
+            "attestation_type": self.attestation_type, "sgx": sgx,
+            "isolation_tee": self.isolation_tee, "secure_boot": self.secure_boot,
+            "runtime_nonce": self.runtime_nonce.hex() if self.runtime_nonce is not None else None,
+        }

@@ -10,8 +10,10 @@ Invariants:
 - ``ak_trust`` says why the AK is trusted: ``enrolled`` (credential activation to an EK
   root), ``certificate`` (an AK certificate to a configured root) or ``operator`` (given by
   hand to ``keybroker verify``). ``insecure_root`` is true when that root is a simulator's.
-- ``as_dict`` always carries every key (``ima`` and ``secure_boot`` null when no log proved
-  them), so policies type-check against one shape.
+- ``as_dict`` always carries every key (``ima``, ``secure_boot`` and ``boot`` null when no log
+  proved them), so policies type-check against one shape. ``boot`` (firmware, boot
+  applications, kernel, initrd, command line) is read from a replayed log by
+  ``verifier.eventlog.boot``: informational, as its labels are not measured.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keybroker.evidence.tpm_public import ALG_RSA, TpmPublic
+from verifier.eventlog.boot import BootClaims
 from verifier.eventlog.ima import ImaReplay
 from verifier.eventlog.secure_boot import SecureBootClaims
 from verifier.tpm.quote import BANK_NAMES, VerifiedQuote
@@ -47,6 +50,7 @@ class TpmClaims:
     secure_boot: SecureBootClaims | None = None  # from a replayed log covering PCR 7
     ak_trust: str = "operator"  # "enrolled" | "certificate" | "operator"
     insecure: bool = False  # the AK's trust ends at a simulator root
+    boot: BootClaims | None = None  # the boot chain a replayed log shows (informational)
 
     @classmethod
     def of(cls, quote: VerifiedQuote, ak: TpmPublic, *, nonce_checked: bool,
@@ -54,7 +58,7 @@ class TpmClaims:
            named: bool = True, ak_chain: tuple[str, ...] = (),
            ima: ImaReplay | None = None,
            secure_boot: SecureBootClaims | None = None, ak_trust: str = "operator",
-           insecure: bool = False) -> TpmClaims:
+           insecure: bool = False, boot: BootClaims | None = None) -> TpmClaims:
         """The claims of ``quote`` signed by ``ak`` (and what a log replayed); ``named``
         False for an AK given as a bare public key (it has no TPM Name)."""
         attest, sig = quote.attest, quote.signature
@@ -74,7 +78,7 @@ class TpmClaims:
             ima_files=({p: f"{a}:{d}" for p, (a, d) in ima.files().items()}
                        if ima is not None else None),
             ima_pending=len(ima.pending) if ima is not None else 0,
-            secure_boot=secure_boot, ak_trust=ak_trust, insecure=insecure)
+            secure_boot=secure_boot, ak_trust=ak_trust, insecure=insecure, boot=boot)
 
     @property
     def report_data(self) -> bytes:
@@ -109,4 +113,5 @@ class TpmClaims:
                     if self.ima_files is not None else None),
             "secure_boot": (self.secure_boot.as_dict() if self.secure_boot is not None
                             else None),
+            "boot": self.boot.as_dict() if self.boot is not None else None,
         }

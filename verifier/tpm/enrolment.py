@@ -7,6 +7,9 @@ Invariants:
   marked insecure) and only with the attributes of an attestation key: restricted, sign,
   fixedTPM, fixedParent, not decrypt (CHAIN_UNTRUSTED otherwise: such a key could sign
   anything). It answers a MakeCredential to the EK for the AK's Name; nothing is enrolled yet.
+- At most ``MAX_PENDING`` enrolments are pending at once (expired ones are purged first);
+  beyond that ``begin`` is refused as exhausted (UNAVAILABLE, RESOURCE_EXHAUSTED on the wire)
+  and nothing is stored.
 - ``activate`` enrols the AK only when the credential the TPM recovered matches (compared in
   constant time), within ``PENDING_SECONDS``, once: a pending enrolment is consumed by its
   first attempt, right or wrong (FRESHNESS for an unknown or expired one, CHAIN_UNTRUSTED for
@@ -34,7 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from keybroker.database import Database, immediate
-from keybroker.errors import ChainUntrusted, FreshnessError, Malformed
+from keybroker.errors import ChainUntrusted, Exhausted, FreshnessError, Malformed
 from keybroker.evidence.tpm_public import (
     DECRYPT,
     FIXED_PARENT,
@@ -49,6 +52,7 @@ from verifier.tpm.ak import verify_ak_certificate
 from verifier.tpm.credential import make_credential
 
 PENDING_SECONDS = 120
+MAX_PENDING = 4096  # enrolments begun and not yet activated (each holds a row for 120 s)
 MAX_CERT_BYTES = 8192
 MAX_INTERMEDIATES = 4
 _REQUIRED = {"restricted": RESTRICTED, "sign": SIGN, "fixedTPM": FIXED_TPM,
@@ -191,6 +195,11 @@ class TpmEnrolments:
         def store(db: sqlite_utils.Database) -> None:
             with immediate(db):
                 db.execute("DELETE FROM tpm_pending WHERE expires_at < ?", [now.timestamp()])
+                (pending,) = db.execute("SELECT count(*) FROM tpm_pending").fetchone()
+                if int(pending) >= MAX_PENDING:
+                    raise Exhausted("too many TPM enrolments in progress", rule="tpm.enrolment",
+                                    expected=f"< {MAX_PENDING} pending",
+                                    actual=str(pending))
                 db.execute("INSERT INTO tpm_pending VALUES (?,?,?,?,?,?)",
                            [enrolment_id, fingerprint, ak_public,
                             hashlib.sha256(made.credential).digest(), int(insecure),

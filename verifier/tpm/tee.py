@@ -24,10 +24,12 @@ from verifier.tee import (
     Claims,
     EvidenceFamily,
     EvidenceVerifier,
-    TcbEarlyWarning,
     Tee,
     VerifierSetup,
+    no_early_warning,
+    no_init_data,
     no_runtime_log,
+    no_tcb_debt,
     own_claims,
 )
 from verifier.tpm.appraisal import appraise_tpm
@@ -51,21 +53,6 @@ def _appraise(claims: Claims, policy: PolicyRef, at: datetime,
 
 def _compile(section: DocumentReader, identity_referenced: bool) -> object:
     return compile_tpm(section, identity_referenced)
-
-
-def _no_early_warning(warning: DocumentReader) -> TcbEarlyWarning:
-    del warning
-    return TcbEarlyWarning()
-
-
-def _no_debt(claims: Claims, warning: TcbEarlyWarning) -> tuple[str, ...]:
-    del claims, warning
-    return ()
-
-
-def _no_init_data(claims: Claims) -> bytes:
-    del claims
-    return b""
 
 
 def platform_identity(evidence: Mapping[str, object]) -> str:
@@ -123,11 +110,11 @@ TPM = Tee(
     claims_from_dict=tpm_claims_from_dict,
     sample_claims=sample_tpm_claims,
     init_data_register=None,
-    init_data_value=_no_init_data,
+    init_data_value=no_init_data,
     measured_images=no_runtime_log,
     early_warning_keys=frozenset(),
-    compile_early_warning=_no_early_warning,
-    tcb_debt=_no_debt,
+    compile_early_warning=no_early_warning,
+    tcb_debt=no_tcb_debt,
     platform_identity=platform_identity,
 )
 

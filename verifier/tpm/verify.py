@@ -12,7 +12,8 @@ Invariants:
   counters must not go backwards (``TpmEnrolments.observe``), checked after every other check
   of the quote so a forged quote cannot move them.
 - A boot log must replay to the quoted PCRs; claims interpret only a replayed log (secure
-  boot from PCR 7 data whose digests recompute). An IMA log must replay to the quoted PCR 10.
+  boot from PCR 7 data whose digests recompute; the boot chain from PCRs 0..9, read in the
+  SHA-256 bank when the log records it). An IMA log must replay to the quoted PCR 10.
 - Sizes are bounded before anything is parsed (``MAX_*``, hostile-evidence rows 4 and 5);
   every failure is a typed error.
 """
@@ -27,9 +28,16 @@ from cryptography import x509
 
 from keybroker.errors import ChainUntrusted, Malformed, MeasurementMismatch
 from keybroker.evidence.ima_log import parse_ima_log
-from keybroker.evidence.tcg_log import KNOWN_DIGEST_SIZES, parse_event_log
+from keybroker.evidence.tcg_log import (
+    EV_NO_ACTION,
+    HASH_NAMES,
+    KNOWN_DIGEST_SIZES,
+    EventLog,
+    parse_event_log,
+)
 from keybroker.evidence.tpm_public import TpmPublic, parse_public
 from keybroker.v1 import evidence_pb2
+from verifier.eventlog.boot import BootClaims, boot_claims
 from verifier.eventlog.ima import IMA_PCR, ImaReplay, replay_ima
 from verifier.eventlog.pcr import PCR_COUNT, check_pcrs
 from verifier.eventlog.secure_boot import SECURE_BOOT_PCR, secure_boot_claims
@@ -43,6 +51,8 @@ MAX_EVENT_LOG = 4 << 20
 MAX_IMA_LOG = 16 << 20
 MAX_CERT_BYTES = 8192
 _IMA_BANKS = (0x000B, 0x0004, 0x000C)  # SHA-256 preferred, then SHA-1, SHA-384
+_BOOT_BANKS = (0x000B, 0x000C, 0x000D, 0x0004)  # the bank boot claims are read in, preferred
+_LAST_BOOT_PCR = 9  # PCRs 0..9: firmware, boot loader, kernel and its command line
 
 
 @dataclass(frozen=True)
@@ -74,10 +84,27 @@ def verify_tpm_quote(attest: bytes, signature: bytes, ak: TpmPublic,
     replayed = check_pcrs(log, quote.pcrs) if log is not None else None
     secure_boot = (secure_boot_claims(log) if log is not None and replayed is not None
                    and any(SECURE_BOOT_PCR in bank for bank in replayed.values()) else None)
+    boot = (boot_claims_in(log, next(b for b in _BOOT_BANKS + tuple(replayed) if b in replayed))
+            if log is not None and replayed else None)
     ima = ima_replay(ima_log, quote.pcrs) if ima_log is not None else None
     return TpmClaims.of(quote, ak, nonce_checked=nonce is not None, replayed=replayed,
                         named=named, ak_chain=trust.chain, ima=ima, secure_boot=secure_boot,
-                        ak_trust=trust.mode, insecure=trust.insecure)
+                        ak_trust=trust.mode, insecure=trust.insecure, boot=boot)
+
+
+@dataclass(frozen=True)
+class _BankEvent:
+    event_type: int
+    digest: bytes
+    data: bytes
+
+
+def boot_claims_in(log: EventLog, bank: int) -> BootClaims:
+    """The boot chain of a replayed log, read in ``bank`` (events of PCRs 0..9 that extend)."""
+    events = [_BankEvent(ev.event_type, digest, ev.data) for ev in log.events
+              if ev.event_type != EV_NO_ACTION and ev.index <= _LAST_BOOT_PCR
+              and (digest := ev.digest(bank)) is not None]
+    return boot_claims(events, HASH_NAMES[bank])
 
 
 def evidence_banks(evidence: evidence_pb2.TpmEvidence) -> dict[int, dict[int, bytes]]:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 
 from verifier.claim_fields import U32, U64, ClaimFields, describe
+from verifier.eventlog.boot import BootClaims
 from verifier.eventlog.secure_boot import SecureBootClaims
 from verifier.tpm.claims import PLATFORM_TPM, TpmClaims
 from verifier.tpm.policy import BANK_SIZES
@@ -22,7 +23,8 @@ from verifier.tpm.policy import BANK_SIZES
 _KEYS = frozenset({
     "platform", "ak_name", "ak_key", "signature", "extra_data", "nonce_checked", "clock",
     "reset_count", "restart_count", "firmware_version", "pcrs", "eventlog_pcrs", "ak_chain",
-    "ak_trust", "insecure_root", "ima", "secure_boot"})
+    "ak_trust", "insecure_root", "ima", "secure_boot", "boot"})
+_BOOT_KEYS = frozenset({"firmware", "boot_applications", "kernel", "initrd", "kernel_cmdline"})
 _HEX_RE = re.compile(r"(?:[0-9a-f]{2}){0,130}")
 _FIRMWARE_RE = re.compile(r"0x[0-9a-f]{16}")
 _DIGEST_RE = re.compile(r"[a-z0-9]{1,16}:[0-9a-f]{1,256}")
@@ -95,6 +97,16 @@ def _secure_boot(fields: ClaimFields) -> SecureBootClaims | None:
     return SecureBootClaims(enabled=boot.boolean("enabled"), variables=variables)
 
 
+def _boot(fields: ClaimFields) -> BootClaims | None:
+    if fields.is_null("boot"):
+        return None
+    boot = fields.sub("boot", _BOOT_KEYS)
+    return BootClaims(firmware=boot.strings("firmware"),
+                      boot_applications=boot.strings("boot_applications"),
+                      kernel=boot.opt_string("kernel"), initrd=boot.opt_string("initrd"),
+                      kernel_cmdline=boot.opt_string("kernel_cmdline"))
+
+
 def tpm_claims_from_dict(evidence: Mapping[str, object]) -> TpmClaims:
     """The exact inverse of ``TpmClaims.as_dict()`` (see the module invariants)."""
     f = ClaimFields(evidence, "evidence", _KEYS)
@@ -119,6 +131,7 @@ def tpm_claims_from_dict(evidence: Mapping[str, object]) -> TpmClaims:
         secure_boot=_secure_boot(f),
         ak_trust=f.string("ak_trust", choices=("enrolled", "certificate", "operator")),
         insecure=f.boolean("insecure_root"),
+        boot=_boot(f),
     )
 
 
@@ -135,5 +148,8 @@ def sample_tpm_claims() -> TpmClaims:
         ima_files={"/usr/bin/workload": "sha256:" + "cd" * 32}, ima_pending=0,
         secure_boot=SecureBootClaims(enabled=True, variables={"PK": "01" * 32, "db": "02" * 32}),
         ak_trust="enrolled", insecure=False,
+        boot=BootClaims(firmware=("0a" * 32,), boot_applications=("0b" * 32, "0c" * 32),
+                        kernel="0c" * 32, initrd="0d" * 32,
+                        kernel_cmdline="console=ttyS0 root=/dev/vda1 ro"),
     )
 
