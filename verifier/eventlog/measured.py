@@ -26,6 +26,7 @@ from keybroker.errors import EventLogMismatch, Malformed
 from keybroker.evidence.ccel import CC_TYPE_TDX, parse_ccel_log, parse_ccel_table
 from keybroker.evidence.runtime_log import KIND_IMAGE, RuntimeEvent, extend, parse_runtime_log
 from verifier.eventlog.boot import boot_claims
+from verifier.eventlog.cache import ParsedCache
 from verifier.eventlog.rtmr import RTMR_COUNT, RTMR_SIZE, RtmrEvent, rtmr_events
 
 
@@ -82,28 +83,19 @@ def _ccel_events(ccel_table: bytes | None, ccel_data: bytes | None) -> tuple[Rtm
 
 
 class CcelCache:
-    """Parsed CCEL events by SHA-256 of (table, log data): a TD's CCEL is the same on every
-    request until it reboots, and parsing it is most of the event-log cost. Only successful
-    parses are kept; the replay against the quote is never cached. Bounded: the whole cache
-    is dropped when full."""
+    """Parsed CCEL events by content (``verifier.eventlog.cache``): a TD's CCEL is the same on
+    every request until it reboots. The replay against the quote is never cached."""
 
     def __init__(self, limit: int = 256) -> None:
-        self._limit = limit
-        self._events: dict[bytes, tuple[RtmrEvent, ...]] = {}
+        self._cache: ParsedCache[tuple[RtmrEvent, ...]] = ParsedCache(limit)
 
     def events(self, ccel_table: bytes | None, ccel_data: bytes | None) -> tuple[RtmrEvent, ...]:
         """The CCEL's extending events (see ``_ccel_events``), parsed once per content."""
         if not ccel_data:
             return _ccel_events(ccel_table, ccel_data)
         table = ccel_table or b""
-        key = hashlib.sha256(len(table).to_bytes(4, "big") + table + ccel_data).digest()
-        found = self._events.get(key)
-        if found is None:
-            found = _ccel_events(ccel_table, ccel_data)
-            if len(self._events) >= self._limit:
-                self._events.clear()
-            self._events[key] = found
-        return found
+        return self._cache.get(len(table).to_bytes(4, "big") + table + ccel_data,
+                               lambda: _ccel_events(ccel_table, ccel_data))
 
 
 def td_event_claims(

@@ -14,6 +14,8 @@ Invariants:
 - A boot log must replay to the quoted PCRs; claims interpret only a replayed log (secure
   boot from PCR 7 data whose digests recompute; the boot chain from PCRs 0..9, read in the
   SHA-256 bank when the log records it). An IMA log must replay to the quoted PCR 10.
+- A boot log is parsed once per content (``verifier.eventlog.cache``); the replay against
+  each quote always runs.
 - Sizes are bounded before anything is parsed (``MAX_*``, hostile-evidence rows 4 and 5);
   every failure is a typed error.
 """
@@ -38,6 +40,7 @@ from keybroker.evidence.tcg_log import (
 from keybroker.evidence.tpm_public import TpmPublic, parse_public
 from keybroker.v1 import evidence_pb2
 from verifier.eventlog.boot import BootClaims, boot_claims
+from verifier.eventlog.cache import ParsedCache
 from verifier.eventlog.ima import IMA_PCR, ImaReplay, replay_ima
 from verifier.eventlog.pcr import PCR_COUNT, check_pcrs
 from verifier.eventlog.secure_boot import SECURE_BOOT_PCR, secure_boot_claims
@@ -77,10 +80,15 @@ def ima_replay(raw: bytes, pcrs: Mapping[int, Mapping[int, bytes]]) -> ImaReplay
 def verify_tpm_quote(attest: bytes, signature: bytes, ak: TpmPublic,
                      banks: Mapping[int, Mapping[int, bytes]], *, nonce: bytes | None,
                      trust: AkTrust, event_log: bytes | None = None,
-                     ima_log: bytes | None = None, named: bool = True) -> TpmClaims:
-    """The quote, its logs and the AK's trust as claims (module invariants)."""
+                     ima_log: bytes | None = None, named: bool = True,
+                     logs: ParsedCache[EventLog] | None = None) -> TpmClaims:
+    """The quote, its logs and the AK's trust as claims (module invariants); a long-lived
+    caller passes ``logs`` so a machine's unchanged boot log is parsed once."""
     quote = verify_quote(attest, signature, ak, banks, nonce=nonce)
-    log = parse_event_log(event_log) if event_log is not None else None
+    log = None
+    if event_log is not None:
+        log = (logs.get(event_log, lambda: parse_event_log(event_log)) if logs is not None
+               else parse_event_log(event_log))
     replayed = check_pcrs(log, quote.pcrs) if log is not None else None
     secure_boot = (secure_boot_claims(log) if log is not None and replayed is not None
                    and any(SECURE_BOOT_PCR in bank for bank in replayed.values()) else None)
@@ -157,6 +165,7 @@ class TpmVerifier:
         self._ak_roots = tuple(ak_roots)
         self._simulator_roots = tuple(simulator_ak_roots)
         self._enrolments = enrolments
+        self._logs: ParsedCache[EventLog] = ParsedCache()  # boot logs, parsed once each
 
     def _certified(self, evidence: evidence_pb2.TpmEvidence, ak: TpmPublic,
                    at: datetime) -> AkTrust:
@@ -201,7 +210,7 @@ class TpmVerifier:
         trust = self._trust(evidence, ak, at)
         claims = verify_tpm_quote(evidence.quote, evidence.signature, ak, banks,
                                   nonce=expected_report_data, trust=trust,
-                                  event_log=event_log, ima_log=ima_log)
+                                  event_log=event_log, ima_log=ima_log, logs=self._logs)
         if trust.mode == "enrolled" and self._enrolments is not None:
             self._enrolments.observe(ak.name, claims.reset_count, claims.restart_count)
         return claims
