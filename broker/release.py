@@ -56,6 +56,8 @@ TEE_EVIDENCE = {
     evidence_pb2.TEE_TYPE_SGX: "sgx",
     evidence_pb2.TEE_TYPE_TPM: "tpm",
     evidence_pb2.TEE_TYPE_MAA: "maa",
+    evidence_pb2.TEE_TYPE_AZURE_SNP_VTPM: "az_snp_vtpm",
+    evidence_pb2.TEE_TYPE_AZURE_TDX_VTPM: "az_tdx_vtpm",
 }
 
 

@@ -27,11 +27,7 @@ def run_azure(args: argparse.Namespace,
               conclude: Callable[[Callable[[], tuple[Any, tuple[str, ...]]], datetime], int],
               load_collateral: Callable[[list[Any]], Any]) -> int:
     """Verify through ``conclude``; the exit code."""
-    from cryptography import x509  # noqa: PLC0415 - keep CLI start-up light
-    from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
-
     from keybroker.errors import PlatformPolicyViolation  # noqa: PLC0415
-    from keybroker.evidence.snp_certs import GUID_VCEK, build_cert_table  # noqa: PLC0415
     from keybroker.evidence.tpm_public import public_from_key  # noqa: PLC0415
     from keybroker.evidence.tpm_quote import (  # noqa: PLC0415
         ALG_RSASSA,
@@ -39,12 +35,12 @@ def run_azure(args: argparse.Namespace,
         build_signature,
     )
     from verifier.azure.evidence import AzureEvidence, parse_azure_evidence  # noqa: PLC0415
-    from verifier.azure.verify import verify_azure  # noqa: PLC0415
+    from verifier.azure.verify import vcek_table, verify_azure  # noqa: PLC0415
     from verifier.dcap.verify import DcapVerifier  # noqa: PLC0415
     from verifier.snp.trust import AmdTrustStore  # noqa: PLC0415
     from verifier.snp.verify import SnpVerifier  # noqa: PLC0415
     from verifier.tpm.claims import TpmClaims  # noqa: PLC0415
-    from verifier.tpm.quote import BANK_IDS, verify_quote  # noqa: PLC0415
+    from verifier.tpm_quote import BANK_IDS, verify_quote  # noqa: PLC0415
 
     if args.policy is not None or args.cert_table is not None:
         raise UsageError(f"--policy and --cert-table do not apply to --tee {args.tee}")
@@ -61,12 +57,7 @@ def run_azure(args: argparse.Namespace,
     warnings: list[str] = []
 
     def snp(report: bytes, evidence: AzureEvidence) -> Any:
-        table = b""
-        if evidence.vcek is not None:
-            cert = (x509.load_pem_x509_certificate(evidence.vcek)
-                    if evidence.vcek.lstrip().startswith(b"-----")
-                    else x509.load_der_x509_certificate(evidence.vcek))
-            table = build_cert_table([(GUID_VCEK, cert.public_bytes(Encoding.DER))])
+        table = vcek_table(evidence)
         claims = SnpVerifier(AmdTrustStore.pinned(), collateral).verify(
             report, table, at=at, allow_missing_crl=args.allow_missing_crl)
         warnings.extend(claims.collateral_warnings)

@@ -17,13 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from keybroker.errors import Malformed
+from verifier.azure.tee import FAMILY as AZURE
 from verifier.dcap.tee import FAMILY as DCAP
 from verifier.maa.tee import FAMILY as MAA
 from verifier.snp.tee import FAMILY as SNP
 from verifier.tee import Claims, EvidenceFamily, Tee
 from verifier.tpm.tee import FAMILY as TPM
 
-FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP, TPM, MAA)
+# Order matters where a family builds on another's verifier (Azure on SEV-SNP and DCAP).
+FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP, TPM, MAA, AZURE)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -62,8 +63,8 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 def open_verifiers(setup: VerifierSetup) -> dict[str, EvidenceVerifier]:
     """Every family's verifier, keyed by the evidence kinds it verifies."""
     verifiers: dict[str, EvidenceVerifier] = {}
-    for family in registry.FAMILIES:
-        verifier = family.open_verifier(setup)
+    for family in registry.FAMILIES:  # in registry order: a family sees those before it
+        verifier = family.open_verifier(dataclasses.replace(setup, peers=dict(verifiers)))
         for tee in family.tees:
             verifiers[tee.evidence_kind] = verifier
     return verifiers

@@ -20,7 +20,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -117,10 +117,14 @@ class Enrolling(Protocol):
 
 @dataclass(frozen=True)
 class VerifierSetup:
-    """What a family's verifier is built from at start-up."""
+    """What a family's verifier is built from at start-up. ``peers`` are the verifiers of the
+    families opened before this one, by evidence kind: a family whose evidence embeds another
+    family's (Azure's HCL report holds an SEV-SNP report or a TDREPORT) verifies that part
+    through them, with the neutral ``Evidence`` message, never by importing the family."""
 
     config: VerifierConfig
     collateral: CollateralStore
+    peers: Mapping[str, EvidenceVerifier] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

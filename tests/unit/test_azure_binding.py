@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -27,6 +28,7 @@ from keybroker.evidence.hcl_report import (
     build_hcl_report,
     parse_hcl_report,
 )
+from keybroker.evidence.snp_certs import GUID_VCEK, parse_cert_table
 from keybroker.evidence.tpm_public import public_from_key
 from keybroker.evidence.tpm_quote import (
     ALG_RSASSA,
@@ -40,11 +42,17 @@ from keybroker.evidence.tpm_quote import (
     build_quote_info,
     build_signature,
 )
+from keybroker.v1 import evidence_pb2, verifier_pb2
 from verifier.azure.evidence import AzureEvidence
-from verifier.azure.verify import verify_azure
+from verifier.azure.tee import AzureVtpmEvidence
+from verifier.azure.verify import AzureVmVerifier, verify_azure
+from verifier.policy.compile import parse_policy
+from verifier.result import ResultSigner
+from verifier.service import VerifierServicer
+from verifier.snp.tee import SnpEvidence
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
-from verifier.tpm.quote import verify_quote
+from verifier.tpm_quote import verify_quote
 
 AK = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -62,7 +70,8 @@ def _jwk(key: rsa.RSAPrivateKey) -> dict[str, object]:
 
 
 def _evidence(tmp_path: Path, *, tail: bytes = bytes(32), user_data: bytes = bytes(64),
-              signer: rsa.RSAPrivateKey = AK) -> tuple[AzureEvidence, AmdTrustStore, bytes]:
+              signer: rsa.RSAPrivateKey = AK, extra_data: bytes = b"nonce"
+              ) -> tuple[AzureEvidence, AmdTrustStore, bytes]:
     ca = SnpTestCa.generate()
     ca.save(tmp_path)
     claims = json.dumps({"keys": [_jwk(AK)], "vm-configuration": {"secure-boot": True},
@@ -72,7 +81,7 @@ def _evidence(tmp_path: Path, *, tail: bytes = bytes(32), user_data: bytes = byt
     hcl = build_hcl_report(HclReport(1, 0, 2, 0, report, 0, 1, REPORT_TYPE_SNP, 1, claims))
     digest = hashlib.sha256(b"".join(PCRS)).digest()
     info = build_quote_info(QuoteInfo((PcrSelection.of(0x000B, set(range(24))),), digest))
-    message = build_attest(Attest(TPM_GENERATED, ST_ATTEST_QUOTE, b"", b"nonce", 1, 0, 0, 1,
+    message = build_attest(Attest(TPM_GENERATED, ST_ATTEST_QUOTE, b"", extra_data, 1, 0, 0, 1,
                                   0, info, b""))
     signature = signer.sign(message, padding.PKCS1v15(), hashes.SHA256())
     evidence = AzureEvidence("v0", hcl, message, signature, PCRS, None, None)
@@ -133,3 +142,54 @@ def test_hcl_arbitrary_bytes_raise_only_malformed(data: bytes) -> None:
         parse_hcl_report(data)
     with contextlib.suppress(Malformed):
         parse_hcl_report(b"HCLA" + data)
+
+
+def _document(evidence: AzureEvidence, table: bytes) -> bytes:
+    """Trustee's v0 JSON of ``evidence`` (byte arrays), the VCEK taken from the table."""
+    vcek = parse_cert_table(table).get(GUID_VCEK)
+    assert vcek is not None
+    return json.dumps({
+        "report": list(evidence.hcl_report),
+        "quote": {"signature": list(evidence.tpm_signature),
+                  "message": list(evidence.tpm_message),
+                  "pcrs": [list(p) for p in evidence.pcrs]},
+        "vcek": base64.b64encode(vcek).decode()}).encode()
+
+
+def test_azure_family_through_the_verifier_service(tmp_path: Path) -> None:
+    """The registry path end to end in the verifier service: the az_snp_vtpm arm, the SNP part
+    through the SEV-SNP family's verifier (simulator root, insecure switch on), the binding in
+    the runtime claims' user-data and in the quote's extraData. Other user-data is BINDING,
+    another extraData FRESHNESS."""
+    binding = bytes(range(64))
+    measurement = SnpSimulator(SnpTestCa.generate()).report(bytes(64)).measurement.hex()
+    policy = parse_policy((
+        "kind: AppraisalPolicy\nname: az\nplatform: az-snp-vtpm\naz_snp_vtpm:\n"
+        f"  measurements: ['{measurement}']\n  vm_configuration: {{secure-boot: true}}\n"
+        "  allow_missing_crl: true\n").encode(), "az.yaml")
+
+    def appraise(**changes: bytes) -> str:
+        args: dict[str, bytes] = {"user_data": binding, "extra_data": binding}
+        args.update(changes)
+        evidence, _, table = _evidence(tmp_path, **args)  # type: ignore[arg-type]
+        # Azure evidence carries only the VCEK: the ASK is pinned with the (simulator) ARK.
+        roots = tmp_path / "ark-ask.pem"
+        roots.write_bytes((tmp_path / "ark.pem").read_bytes() + (tmp_path / "ask.pem").read_bytes())
+        peer = SnpEvidence(SnpVerifier(AmdTrustStore.pinned().with_simulator_roots([roots])))
+        servicer = VerifierServicer(
+            verifiers={"az_snp_vtpm": AzureVtpmEvidence(
+                {"az-snp-vtpm": AzureVmVerifier("az-snp-vtpm", peer)})},
+            signer=ResultSigner.generate(), insecure=True, policies={"az": policy})
+        request = verifier_pb2.AppraiseRequest(
+            evidence=evidence_pb2.Evidence(az_snp_vtpm=evidence_pb2.AzureVtpmEvidence(
+                evidence=_document(evidence, table))),
+            expected_report_data=binding, nonce=b"n", policy_ids=["az"])
+        return servicer.appraise(request, "digest")
+    token = jwt.decode(appraise(), options={"verify_signature": False})
+    (submod,) = token["submods"].values()
+    assert submod["ear.status"] == "warning"  # the simulator's CRL is absent, and allowed
+    for changes, category in (({"user_data": bytes(64)}, Category.BINDING),
+                              ({"extra_data": b"other"}, Category.FRESHNESS)):
+        with pytest.raises(KeybrokerError) as exc:
+            appraise(**changes)
+        assert exc.value.category is category

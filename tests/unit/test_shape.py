@@ -24,7 +24,7 @@ TEE_SHAPE = ("verify.py", "claims.py", "policy.py", "appraisal.py", "view.py", "
 # Verifier modules every TEE folder may build on; none of them may import a TEE folder.
 SHARED_VERIFIER = ("verifier.pki", "verifier.verdict", "verifier.tee", "verifier.claim_fields",
                    "verifier.collateral", "verifier.eventlog", "verifier.init_data",
-                   "verifier.config", "verifier.workload")
+                   "verifier.config", "verifier.workload", "verifier.tpm_quote")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from keybroker.evidence.tpm_quote import (
     parse_quote_info,
     parse_signature,
 )
-from verifier.tpm.quote import verify_quote
+from verifier.tpm_quote import verify_quote
 
 SHA256 = 0x000B
 PCRS = {i: hashlib.sha256(bytes([i])).digest() for i in range(24)}

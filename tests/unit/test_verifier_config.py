@@ -44,7 +44,9 @@ def test_example_config_loads_with_paths_relative_to_file() -> None:
                                CONFIG / "policies/tdx-demo.yaml",
                                CONFIG / "policies/sgx-demo.yaml",
                                CONFIG / "policies/tpm-demo.yaml",
-                               CONFIG / "policies/maa-demo.yaml")
+                               CONFIG / "policies/maa-demo.yaml",
+                               CONFIG / "policies/azsnp-demo.yaml",
+                               CONFIG / "policies/aztdx-demo.yaml")
     assert config.result_key == CONFIG / "result-key.pem"
     assert config.collateral == (CONFIG / "collateral",)
     assert config.simulator_roots == () and config.simulator_intel_roots == ()

@@ -26,6 +26,7 @@ from support.policy_docs import (
 
 from keybroker.errors import Category, Malformed
 from keybroker_cli.demo_setup import DEMO_IMAGE, Tee, default_policy, policy_document
+from verifier.azure.policy import azure_section
 from verifier.claims_view import sample_activation
 from verifier.dcap.policy import sgx_section, tdx_section
 from verifier.maa.policy import maa_section
@@ -61,7 +62,8 @@ def test_example_policies_load(name: str) -> None:
     assert policy.policy_id == f"{policy.name}@3" and policy.name == name.removesuffix(".yaml")
     prefix = name.partition("-")[0]
     assert policy.platform == {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx", "tpm": "tpm",
-                               "maa": "maa"}[prefix]
+                               "maa": "maa", "azsnp": "az-snp-vtpm",
+                               "aztdx": "az-tdx-vtpm"}[prefix]
     if policy.platform == "sev-snp":
         assert snp_section(policy).measurements
     elif policy.platform == "tdx":
@@ -70,6 +72,8 @@ def test_example_policies_load(name: str) -> None:
         assert tpm_section(policy).pcrs
     elif policy.platform == "maa":
         assert maa_section(policy).sgx is not None
+    elif policy.platform.startswith("az-"):
+        assert azure_section(policy, policy.platform).measurements
     else:
         assert sgx_section(policy).mrenclave or sgx_section(policy).signer
     assert policy.digest == hashlib.sha256(path.read_bytes()).hexdigest()

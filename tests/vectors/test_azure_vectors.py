@@ -12,11 +12,21 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from support.paths import VECTORS
+from support.paths import CONFIG, VECTORS
 
+from keybroker.errors import Category, KeybrokerError
 from keybroker.evidence.hcl_report import build_hcl_report, parse_hcl_report
 from keybroker.evidence.snp_certs import GUID_VCEK, build_cert_table
 from keybroker_cli.main import main
+from verifier.azure.appraisal import appraise_azure
+from verifier.azure.claims import AzureVmClaims
+from verifier.azure.verify import AzureVmVerifier
+from verifier.azure.view import azure_claims_from_dict
+from verifier.collateral.cache import CollateralStore
+from verifier.dcap.tee import DcapEvidence
+from verifier.dcap.verify import DcapVerifier
+from verifier.policy.compile import load_policy, parse_policy
+from verifier.snp.tee import SnpEvidence
 from verifier.snp.trust import AmdTrustStore
 from verifier.snp.verify import SnpVerifier
 
@@ -138,3 +148,65 @@ def test_hcl_only_report_binds_and_verifies() -> None:
     claims = SnpVerifier(AmdTrustStore.pinned()).verify(
         hcl.snp_report, table, at=datetime(2026, 1, 1, tzinfo=UTC), allow_missing_crl=True)
     assert claims.measurement.hex() == want["measurement"]
+
+
+def _family_claims(at: datetime, collateral: list[Path]) -> AzureVmClaims:
+    """The real az-snp-vtpm v0 evidence through the registry's Azure verifier, its SNP part
+    through the SEV-SNP family's verifier (pinned AMD roots, the given collateral)."""
+    peer = SnpEvidence(SnpVerifier(AmdTrustStore.pinned(), CollateralStore.load(collateral)))
+    raw = (AZ / "az-snp-vtpm" / "evidence-v0.json").read_bytes()
+    return AzureVmVerifier("az-snp-vtpm", peer).verify(raw, at=at, binding=b"challenge")
+
+
+def test_azure_family_verifies_and_appraises_the_real_snp_vm() -> None:
+    """The registry path: the real VM's claims (measurement, VM configuration, PCRs) pass
+    config/policies/azsnp-demo.yaml with the AMD Milan CRL present; without the CRL the same
+    policy refuses (COLLATERAL_STALE); a policy requiring the serial console off refuses
+    (the VM has it on: PLATFORM_POLICY); another extraData is FRESHNESS."""
+    at = datetime(2026, 7, 1, tzinfo=UTC)  # the Milan CRL of 2026-06-22 is current then
+    claims = _family_claims(at, [VECTORS / "sev-snp/amd-crl"])
+    want = expected("azure/az-snp-vtpm/evidence-v0.json")
+    assert claims.measurement.hex() == want["measurement"]
+    assert claims.pcrs[4].hex() == want["PCR4"] and claims.extra_data == b"challenge"
+    policy = load_policy(CONFIG / "policies" / "azsnp-demo.yaml")
+    assert appraise_azure(claims, policy).status == "affirming"
+    with pytest.raises(KeybrokerError) as exc:
+        appraise_azure(_family_claims(at, []), policy)
+    assert (exc.value.category, exc.value.rule) == (Category.COLLATERAL_STALE,
+                                                     "azure.allow_missing_crl")
+    strict = parse_policy((CONFIG / "policies" / "azsnp-demo.yaml").read_bytes().replace(
+        b"    tpm-enabled: true\n", b"    tpm-enabled: true\n    console-enabled: false\n"),
+        "strict.yaml")
+    with pytest.raises(KeybrokerError) as exc:
+        appraise_azure(claims, strict)
+    assert exc.value.rule == "azure.vm_configuration.console-enabled"
+    peer = SnpEvidence(SnpVerifier(AmdTrustStore.pinned(), CollateralStore.empty()))
+    with pytest.raises(KeybrokerError) as exc:
+        AzureVmVerifier("az-snp-vtpm", peer).verify(
+            (AZ / "az-snp-vtpm" / "evidence-v0.json").read_bytes(), at=at, binding=b"other")
+    assert exc.value.category is Category.FRESHNESS
+
+
+def test_azure_family_view_round_trips_the_real_claims() -> None:
+    """The claims view is the exact inverse on real claims."""
+    claims = _family_claims(datetime(2026, 1, 1, tzinfo=UTC), [])
+    assert azure_claims_from_dict(claims.as_dict()) == claims
+
+
+def test_azure_family_verifies_and_appraises_the_real_tdx_vm() -> None:
+    """The registry path for az-tdx-vtpm: the TD quote through the DCAP family's verifier
+    (the vector's Intel collateral, without its CRLs), the TDREPORT binding, the vTPM quote;
+    the claims carry the MRTD and pass aztdx-demo.yaml's measurement and switches (with the
+    vector's TCB status and the missing CRLs allowed)."""
+    peer = DcapEvidence(DcapVerifier(CollateralStore.load(TDX_COLLATERAL)))
+    raw = (AZ / "az-tdx-vtpm" / "evidence-v0.json").read_bytes()
+    claims = AzureVmVerifier("az-tdx-vtpm", peer).verify(
+        raw, at=datetime(2025, 10, 28, 12, tzinfo=UTC), binding=b"challenge")
+    assert claims.measurement.hex() == expected("azure/az-tdx-vtpm/evidence-v0.json")["mr_td"]
+    assert claims.vm_configuration["secure-boot"] is True and claims.tcb_status is not None
+    policy = parse_policy((CONFIG / "policies" / "aztdx-demo.yaml").read_bytes().replace(
+        b"allow_missing_crl: false", b"allow_missing_crl: true").replace(
+        b"accepted_tcb_statuses: [UpToDate]",
+        b"accepted_tcb_statuses: [" + claims.tcb_status.encode() + b"]"), "aztdx.yaml")
+    assert appraise_azure(claims, policy).status in ("affirming", "warning")
+    assert azure_claims_from_dict(claims.as_dict()) == claims

@@ -14,6 +14,9 @@ Invariants:
   SHA-256 PCRs) is checked by the caller's TPM quote verifier with that key.
 - ``user-data``, when present, must be 64 bytes of hex; when ``user_data`` is expected it must
   equal it (BINDING).
+- ``AzureVmVerifier`` is the registry's entry point: it verifies the hardware part through the
+  peer family's verifier it was given (never by importing a family) and requires the vTPM
+  quote's extraData to be the challenge binding (FRESHNESS otherwise).
 """
 
 from __future__ import annotations
@@ -24,13 +27,24 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from keybroker.errors import BindingMismatch, Malformed
+from keybroker.errors import BindingMismatch, Malformed, PlatformPolicyViolation
 from keybroker.evidence.hcl_report import REPORT_TYPE_SNP, REPORT_TYPE_TDX, parse_hcl_report
-from verifier.azure.evidence import AzureEvidence
+from keybroker.evidence.snp_certs import GUID_VCEK, build_cert_table
+from keybroker.evidence.tcg_log import ALG_SHA256
+from keybroker.evidence.tpm_public import public_from_key
+from keybroker.evidence.tpm_quote import ALG_RSASSA, TpmSignature, build_signature
+from keybroker.v1 import evidence_pb2
+from verifier.azure.claims import CLAIMS_TYPES, PLATFORM_AZ_SNP, PLATFORM_AZ_TDX, AzureVmClaims
+from verifier.azure.evidence import AzureEvidence, parse_azure_evidence
+from verifier.tee import Claims, EvidenceVerifier
+from verifier.tpm_quote import VerifiedQuote, verify_quote
 
 PLATFORMS = {"az-snp-vtpm": REPORT_TYPE_SNP, "az-tdx-vtpm": REPORT_TYPE_TDX}
 AK_KID = "HCLAkPub"
@@ -144,3 +158,78 @@ def verify_azure(evidence: AzureEvidence, platform: str, *,
                               expected=user_data.hex(),
                               actual=runtime.user_data.hex() if runtime.user_data else "absent")
     return AzureClaims(platform, hw, runtime, quote(evidence, runtime.ak))
+
+
+def vcek_table(evidence: AzureEvidence) -> bytes:
+    """A GHCB certificate table holding the evidence's VCEK (PEM or DER), or empty."""
+    if evidence.vcek is None:
+        return b""
+    try:
+        cert = (x509.load_pem_x509_certificate(evidence.vcek)
+                if evidence.vcek.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(evidence.vcek))
+    except ValueError as exc:
+        raise Malformed("the evidence's VCEK is not a certificate", rule="azure.vcek",
+                        expected="PEM or DER X.509", actual=str(exc)[:120]) from None
+    return build_cert_table([(GUID_VCEK, cert.public_bytes(Encoding.DER))])
+
+
+class AzureVmVerifier:
+    """The registry's verifier of one Azure platform: the hardware report through the peer
+    family's verifier (SEV-SNP with the evidence's VCEK as its certificate table, or the TD
+    quote through DCAP), the vTPM quote under the bound AK with extraData = the binding."""
+
+    def __init__(self, platform: str, hardware: EvidenceVerifier | None) -> None:
+        self._platform = platform
+        self._hardware = hardware
+
+    def _hardware_claims(self, report: bytes, evidence: AzureEvidence, at: datetime) -> Claims:
+        if self._hardware is None:
+            raise Malformed(f"{self._platform} needs the hardware family's verifier",
+                            rule="azure.hardware", expected="SEV-SNP and DCAP families",
+                            actual="not opened")
+        if self._platform == PLATFORM_AZ_SNP:
+            message = evidence_pb2.Evidence(snp=evidence_pb2.SnpEvidence(
+                report=report, cert_table=vcek_table(evidence)))
+            claims = self._hardware.verify(message, at=at, expected_report_data=b"")
+            vmpl = claims.as_dict().get("vmpl")
+            if vmpl != 0:  # the paravisor's vTPM attests the whole VM only from VMPL 0
+                raise PlatformPolicyViolation("the SNP report is not from VMPL 0",
+                                              rule="azure.vmpl", expected="0", actual=str(vmpl))
+            return claims
+        if evidence.td_quote is None:
+            raise Malformed("az-tdx-vtpm evidence without a td_quote", rule="azure.td-quote",
+                            expected="the TD quote", actual="absent")
+        expected = parse_hcl_report(evidence.hcl_report).report_data
+        return self._hardware.verify(
+            evidence_pb2.Evidence(tdx=evidence_pb2.TdxEvidence(quote=evidence.td_quote)),
+            at=at, expected_report_data=expected)
+
+    def verify(self, raw: bytes, *, at: datetime, binding: bytes) -> AzureVmClaims:
+        """Typed claims of the evidence document ``raw`` (module invariants)."""
+        evidence = parse_azure_evidence(raw)
+
+        def quote(ev: AzureEvidence, key: rsa.RSAPublicKey) -> VerifiedQuote:
+            signature = build_signature(TpmSignature(ALG_RSASSA, ALG_SHA256, ev.tpm_signature))
+            return verify_quote(ev.tpm_message, signature, public_from_key(key),
+                                {ALG_SHA256: dict(enumerate(ev.pcrs))}, nonce=binding)
+
+        result = verify_azure(evidence, self._platform, quote=quote,
+                              hardware=lambda report, ev: self._hardware_claims(report, ev, at))
+        hardware: dict[str, Any] = result.hardware.as_dict()
+        tdx = self._platform == PLATFORM_AZ_TDX
+        tcb: dict[str, Any] = hardware.get("tcb") or {} if tdx else {}
+        verified: VerifiedQuote = result.tpm
+        return CLAIMS_TYPES[self._platform](
+            platform=self._platform, hardware=hardware,
+            measurement=bytes.fromhex(str(hardware["mr_td" if tdx else "measurement"])),
+            debug=bool(hardware["td_attributes" if tdx else "policy"]["debug"]),
+            tcb_status=str(tcb["status"]) if tdx else None,
+            collateral_warnings=tuple(str(w) for w in (
+                tcb if tdx else hardware).get("collateral_warnings", ())),
+            vm_configuration=result.runtime.vm_configuration,
+            user_data=result.runtime.user_data or b"",
+            pcrs=verified.pcrs.get(ALG_SHA256, {}), extra_data=verified.extra_data,
+            reset_count=verified.attest.reset_count,
+            restart_count=verified.attest.restart_count,
+            insecure=result.hardware.insecure_root)

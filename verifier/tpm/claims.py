@@ -24,7 +24,7 @@ from keybroker.evidence.tpm_public import ALG_RSA, TpmPublic
 from verifier.eventlog.boot import BootClaims
 from verifier.eventlog.ima import ImaReplay
 from verifier.eventlog.secure_boot import SecureBootClaims
-from verifier.tpm.quote import BANK_NAMES, VerifiedQuote
+from verifier.tpm_quote import BANK_NAMES, VerifiedQuote
 
 PLATFORM_TPM = "tpm"
 

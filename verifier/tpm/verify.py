@@ -47,7 +47,7 @@ from verifier.eventlog.secure_boot import SECURE_BOOT_PCR, secure_boot_claims
 from verifier.tpm.ak import check_certified_key, lenient_names, verify_ak_certificate
 from verifier.tpm.claims import TpmClaims
 from verifier.tpm.enrolment import TpmEnrolments, check_ak_attributes
-from verifier.tpm.quote import verify_quote
+from verifier.tpm_quote import verify_quote
 
 MAX_BANKS = 4
 MAX_EVENT_LOG = 4 << 20

@@ -1,4 +1,5 @@
-"""TPM2_Quote verification (evidence-formats.md section 5.7): the AK signature over the
+"""TPM2_Quote verification (evidence-formats.md section 5.7), shared by the TPM family and the
+Azure vTPM family (whose AK comes from the HCL report): the AK signature over the
 TPMS_ATTEST bytes, the quote's magic and type, extraData against the expected nonce, and the
 PCR digest recomputed from the supplied PCR values.
 
