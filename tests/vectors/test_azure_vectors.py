@@ -160,9 +160,10 @@ def _family_claims(at: datetime, collateral: list[Path]) -> AzureVmClaims:
 
 def test_azure_family_verifies_and_appraises_the_real_snp_vm() -> None:
     """The registry path: the real VM's claims (measurement, VM configuration, PCRs) pass
-    config/policies/azsnp-demo.yaml with the AMD Milan CRL present; without the CRL the same
-    policy refuses (COLLATERAL_STALE); a policy requiring the serial console off refuses
-    (the VM has it on: PLATFORM_POLICY); another extraData is FRESHNESS."""
+    config/policies/azsnp-demo.yaml (its TCB floors included) with the AMD Milan CRL present;
+    without the CRL the same policy refuses (COLLATERAL_STALE); a policy requiring the serial
+    console off refuses (the VM has it on: PLATFORM_POLICY), one with a microcode floor above
+    the VM's refuses (TCB_POLICY); another extraData is FRESHNESS."""
     at = datetime(2026, 7, 1, tzinfo=UTC)  # the Milan CRL of 2026-06-22 is current then
     claims = _family_claims(at, [VECTORS / "sev-snp/amd-crl"])
     want = expected("azure/az-snp-vtpm/evidence-v0.json")
@@ -180,6 +181,12 @@ def test_azure_family_verifies_and_appraises_the_real_snp_vm() -> None:
     with pytest.raises(KeybrokerError) as exc:
         appraise_azure(claims, strict)
     assert exc.value.rule == "azure.vm_configuration.console-enabled"
+    newer = parse_policy((CONFIG / "policies" / "azsnp-demo.yaml").read_bytes().replace(
+        b"microcode: 219}", b"microcode: 220}"), "newer.yaml")
+    with pytest.raises(KeybrokerError) as exc:  # the VM's microcode SVN is 219
+        appraise_azure(claims, newer)
+    assert (exc.value.category, exc.value.rule) == (Category.TCB_POLICY,
+                                                     "azure.snp_min_tcb.microcode")
     peer = SnpEvidence(SnpVerifier(AmdTrustStore.pinned(), CollateralStore.empty()))
     with pytest.raises(KeybrokerError) as exc:
         AzureVmVerifier("az-snp-vtpm", peer).verify(

@@ -7,8 +7,9 @@ Invariants:
   rule's typed error.
 - Categories: a simulator root without the insecure switch -> CHAIN_UNTRUSTED; a debug guest,
   a vm-configuration switch not as required -> PLATFORM_POLICY; a TDX TCB status not accepted
-  -> TCB_POLICY; a measurement or PCR value not accepted -> MEASUREMENT; a revocation list the
-  hardware verification went without -> COLLATERAL_STALE unless ``allow_missing_crl`` (then
+  or an SEV-SNP reported/committed TCB component below ``snp_min_tcb`` -> TCB_POLICY; a
+  measurement or PCR value not accepted -> MEASUREMENT; a revocation list the hardware
+  verification went without -> COLLATERAL_STALE unless ``allow_missing_crl`` (then
   a warning and hardware "unsafe").
 """
 
@@ -44,6 +45,15 @@ def appraise_azure(claims: AzureVmClaims, policy: PolicyRef, *,
                                           rule=f"azure.vm_configuration.{name}",
                                           expected=str(wanted).lower(),
                                           actual="absent" if actual is None else str(actual))
+    for which in ("reported_tcb", "committed_tcb"):
+        tcb = claims.hardware.get(which)
+        components = tcb if isinstance(tcb, dict) else {}
+        for name, floor in sorted(azure.snp_min_tcb.items()):
+            value = components.get(name, 0)
+            if not isinstance(value, int) or value < floor:
+                raise TcbPolicyViolation(f"SEV-SNP {which} component {name} is below the floor",
+                                         rule=f"azure.snp_min_tcb.{name}",
+                                         expected=f">= {floor}", actual=str(value))
     if claims.tcb_status is not None and claims.tcb_status not in azure.accepted_tcb_statuses:
         raise TcbPolicyViolation("TDX TCB status not accepted", rule="azure.tcb_status",
                                  expected=", ".join(sorted(azure.accepted_tcb_statuses)),

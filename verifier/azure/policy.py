@@ -5,6 +5,8 @@
 az_snp_vtpm:
   measurements: [<96 hex>]            # the paravisor's launch MEASUREMENT (SEV-SNP) / MRTD (TDX)
   accepted_tcb_statuses: [UpToDate]   # TDX: Intel TCB statuses accepted (default UpToDate)
+  snp_min_tcb: {bootloader: 4, tee: 0, snp: 22, microcode: 213}   # SEV-SNP: reported and
+                                                                  # committed TCB floors
   vm_configuration:                   # HCL vm-configuration switches that must hold
     secure-boot: true
     tpm-enabled: true
@@ -17,6 +19,9 @@ az_snp_vtpm:
 Invariants:
 - Compiling is strict (``keybroker.document_reader``). ``measurements`` is required unless a
   reference-value binding covers ``evidence.measurement``. A debug guest is always refused.
+- ``snp_min_tcb`` names SEV-SNP TCB components (bootloader, tee, snp, microcode, fmc), each
+  0..255; it applies to the reported and the committed TCB of the SNP report, read from the
+  SEV-SNP family's claims (a component the report does not carry counts as 0).
 - ``vm_configuration`` names only the HCL's boolean switches; each listed one must be present
   in the evidence with that value (absent is a denial).
 """
@@ -33,6 +38,7 @@ from verifier.verdict import PolicyRef
 
 IDENTITY_CLAIMS = frozenset({"evidence.measurement"})
 SWITCHES = ("secure-boot", "tpm-enabled", "console-enabled")
+TCB_COMPONENTS = ("bootloader", "tee", "snp", "microcode", "fmc")
 _STATUS_RE = re.compile(r"UpToDate|SWHardeningNeeded|ConfigurationNeeded|"
                         r"ConfigurationAndSWHardeningNeeded|OutOfDate|OutOfDateConfigurationNeeded")
 
@@ -46,6 +52,7 @@ class AzurePolicy:
     vm_configuration: Mapping[str, bool] = field(default_factory=dict)
     pcrs: Mapping[int, frozenset[bytes]] = field(default_factory=dict)
     allow_missing_crl: bool = False
+    snp_min_tcb: Mapping[str, int] = field(default_factory=dict)
 
 
 def _pcrs(azure: DocumentReader) -> Mapping[int, frozenset[bytes]]:
@@ -59,10 +66,18 @@ def _pcrs(azure: DocumentReader) -> Mapping[int, frozenset[bytes]]:
     return MappingProxyType(out)
 
 
+def _floor(azure: DocumentReader) -> Mapping[str, int]:
+    floor = azure.table_at("snp_min_tcb")
+    floor.check_keys(frozenset(), frozenset(TCB_COMPONENTS))
+    return MappingProxyType({name: floor.integer(name, value, 0, 255)
+                             for name, value in floor.table.items()})
+
+
 def compile_azure(azure: DocumentReader, measurement_referenced: bool) -> AzurePolicy:
     """Compile an ``azure:`` mapping (module invariants)."""
     azure.check_keys(frozenset(), frozenset({"measurements", "accepted_tcb_statuses",
-                                             "vm_configuration", "pcrs", "allow_missing_crl"}))
+                                             "vm_configuration", "pcrs", "allow_missing_crl",
+                                             "snp_min_tcb"}))
     if not azure.has("measurements") and not measurement_referenced:
         raise azure.missing("measurements", "field 'measurements' (or a reference_values "
                                             "binding of evidence.measurement)")
@@ -78,6 +93,7 @@ def compile_azure(azure: DocumentReader, measurement_referenced: bool) -> AzureP
         vm_configuration=MappingProxyType(switches),
         pcrs=_pcrs(azure),
         allow_missing_crl=azure.boolean("allow_missing_crl", False),
+        snp_min_tcb=_floor(azure) if azure.has("snp_min_tcb") else MappingProxyType({}),
     )
 
 
