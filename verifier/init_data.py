@@ -1,5 +1,6 @@
 """The init-data binding: a launch-time register holds the digest of the init-data document
-the agent presents (SNP HOST_DATA = SHA-256, TDX MRCONFIGID = SHA-384; TPM PCR 8 later).
+the agent presents (SNP HOST_DATA = SHA-256, TDX MRCONFIGID = SHA-384, TPM PCR 8 = SHA-256
+extended once from zero: SHA-256(0^32 || SHA-256(init-data))).
 
 Invariants:
 - Presented init-data is always checked against the register, required or not: an unbound
@@ -23,19 +24,25 @@ class InitDataRegister:
 
     name: str  # e.g. "HOST_DATA"
     hash_name: str  # hashlib name, e.g. "sha256"
+    extended: bool = False  # a PCR: the digest was extended once into a register reset to 0
 
     def digest(self, init_data: bytes) -> bytes:
-        return hashlib.new(self.hash_name, init_data).digest()
+        """The value the register holds for ``init_data``."""
+        digest = hashlib.new(self.hash_name, init_data).digest()
+        if self.extended:
+            return hashlib.new(self.hash_name, bytes(len(digest)) + digest).digest()
+        return digest
 
 
 HOST_DATA = InitDataRegister("HOST_DATA", "sha256")
 MRCONFIGID = InitDataRegister("MRCONFIGID", "sha384")
+PCR8 = InitDataRegister("PCR8", "sha256", extended=True)
 
 
 def check_init_data(register: InitDataRegister, value: bytes, init_data: bytes, *,
                     required: bool, rule: str) -> None:
     """Check ``init_data`` against the register's ``value`` (see the module invariants)."""
-    label = f"SHA-{register.hash_name[3:]}"
+    label = f"SHA-{register.hash_name[3:]}" + (" extended from zero" if register.extended else "")
     if required and not init_data:
         raise MeasurementMismatch("policy requires init-data but none was presented",
                                   rule=rule,

@@ -253,6 +253,15 @@ class Swtpm:
         self.layout.event_log.write_bytes(boot.log())
         self.layout.ima_log.write_text("")  # a new boot: IMA starts a new list
 
+    def measure_init_data(self, init_data: bytes) -> None:
+        """What the host does before the workload starts: extend PCR 8 (SHA-256 bank) with the
+        SHA-256 of the init-data document."""
+        from tpm2_pytss.types import TPML_DIGEST_VALUES  # noqa: PLC0415
+
+        digest = hashlib.sha256(init_data).digest()
+        values, _ = TPML_DIGEST_VALUES.unmarshal(struct.pack(">IH", 1, ALG_SHA256) + digest)
+        self._esys(lambda esys: esys.pcr_extend(_pcr_handle(8), values))
+
     def measure_file(self, path: str, content: bytes) -> ImaEntry:
         """What IMA does when a file is executed: an ima-ng entry (SHA-256 of ``content``)
         appended to the IMA log, and PCR 10's SHA-256 bank extended with SHA-256 of the

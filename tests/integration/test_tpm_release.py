@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import jwt
 import pytest
 from support.agent_tls import secure_channel
 from support.demo_stack import prepared_services
@@ -39,6 +40,7 @@ from keybroker.v1 import broker_pb2_grpc, evidence_pb2
 from keybroker_cli import demo_tpm as demo_tpm_module
 from keybroker_cli.demo_prepare import ADMIN_ROLES
 from keybroker_cli.demo_setup import (
+    DEMO_INIT_DATA,
     DEMO_KEY_ID,
     DemoLayout,
     PolicySpec,
@@ -423,3 +425,31 @@ def test_tpm_demo_names_what_is_missing(monkeypatch: pytest.MonkeyPatch,
     assert main(["demo", "--tee", "tpm"]) == 1
     err = capsys.readouterr().err
     assert "swtpm (Debian package swtpm)" in err and "swtpm-tools" in err
+
+
+def test_tpm_init_data_bound_by_pcr8(tpms: Tpms) -> None:
+    """Init-data on TPM machines: the host extends PCR 8 with its SHA-256; the agent presents
+    the document, the token names PCR8 and its content; another document, or a machine whose
+    PCR 8 never received it, is refused (MEASUREMENT)."""
+    env = tpms.env
+    layout = sibling(env, "init-data")
+    tpm = Swtpm(layout).start()
+    try:
+        tpm.boot(SimulatedBoot(kernel_digest=DEMO_KERNEL))
+        collector = TpmCollector(tpm.tcti, event_log=layout.event_log)
+        credentials, _ = agent_channel(env.layout)
+        enrol_tpm(env.broker.address, collector, timeout=30, credentials=credentials)
+        unbound = build_attempt(env, collector, init_data=DEMO_INIT_DATA)
+        assert "PCR8" in assert_denied(env, unbound, Category.MEASUREMENT).reason
+        tpm.measure_init_data(DEMO_INIT_DATA)
+        attempt = build_attempt(env, collector, init_data=DEMO_INIT_DATA)
+        response = send(env, attempt.request)
+        assert open_released(attempt, response) == env.secret
+        token = jwt.decode(response.result_token, options={"verify_signature": False})
+        (submod,) = token["submods"].values()
+        workload = submod["keybroker.workload"]
+        assert workload["init_data_register"] == "PCR8" and workload["name"] == "demo"
+        other = build_attempt(env, collector, init_data=DEMO_INIT_DATA + b"# changed\n")
+        assert_denied(env, other, Category.MEASUREMENT)
+    finally:
+        tpm.stop()

@@ -7,9 +7,10 @@ Invariants:
   insecure; the service refuses it without the insecure switch before this runs). With none
   configured no AK is trusted and every quote is CHAIN_UNTRUSTED.
 - The enrolled AKs live in the verifier's state database (``verifier.tpm.enrolment``).
-- A TPM quote cannot bind init-data yet (PCR 8 is not interpreted): ``init_data_register`` is
-  None, so a policy that requires init-data refuses TPM evidence. There is no runtime image
-  log and no TCB: nothing is measured at run time and the TCB debt is empty.
+- Init-data is bound by PCR 8 (SHA-256 bank), which the host extends once with the SHA-256 of
+  the init-data before the workload starts; a quote that does not cover PCR 8 binds nothing
+  (any presented init-data is then refused). There is no runtime image log and no TCB:
+  nothing is measured at run time and the TCB debt is empty.
 - The platform identity is the AK's Name (the enrolled or certified key).
 """
 
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 
 from keybroker.document_reader import DocumentReader
 from keybroker.v1 import evidence_pb2
+from verifier.init_data import PCR8
 from verifier.tee import (
     Claims,
     EvidenceFamily,
@@ -27,7 +29,6 @@ from verifier.tee import (
     Tee,
     VerifierSetup,
     no_early_warning,
-    no_init_data,
     no_runtime_log,
     no_tcb_debt,
     own_claims,
@@ -53,6 +54,10 @@ def _appraise(claims: Claims, policy: PolicyRef, at: datetime,
 
 def _compile(section: DocumentReader, identity_referenced: bool) -> object:
     return compile_tpm(section, identity_referenced)
+
+
+def _pcr8(claims: Claims) -> bytes:
+    return _tpm(claims).pcrs.get("sha256", {}).get(8, b"")
 
 
 def platform_identity(evidence: Mapping[str, object]) -> str:
@@ -109,8 +114,8 @@ TPM = Tee(
     appraise=_appraise,
     claims_from_dict=tpm_claims_from_dict,
     sample_claims=sample_tpm_claims,
-    init_data_register=None,
-    init_data_value=no_init_data,
+    init_data_register=PCR8,
+    init_data_value=_pcr8,
     measured_images=no_runtime_log,
     early_warning_keys=frozenset(),
     compile_early_warning=no_early_warning,

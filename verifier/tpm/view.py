@@ -142,7 +142,7 @@ def sample_tpm_claims() -> TpmClaims:
         ak_name=bytes.fromhex("000b" + "5a" * 32), ak_key="ECC-P256", signature="ECDSA-SHA256",
         extra_data=bytes.fromhex("33" * 64), nonce_checked=True, clock=123456789,
         reset_count=3, restart_count=0, firmware_version=0x2000_0000_0016_0000,
-        pcrs={"sha256": {i: bytes([i]) * 32 for i in (0, 1, 2, 3, 4, 5, 6, 7, 10)}},
+        pcrs={"sha256": {i: bytes([i]) * 32 for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 10)}},
         eventlog_pcrs={"sha256": (0, 1, 2, 3, 4, 5, 6, 7)},
         ak_chain=("EK " + "ab" * 32,),
         ima_files={"/usr/bin/workload": "sha256:" + "cd" * 32}, ima_pending=0,
