@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import jwt
@@ -102,6 +103,35 @@ def _before_start(layout: DemoLayout) -> None:
     (layout.verifier / "policies" / "tpm-ima.yaml").write_text(_ima_policy())
     put_secret(layout, SB_KEY, b"secure-boot-secret")
     put_secret(layout, IMA_KEY, b"ima-secret")
+
+
+@dataclasses.dataclass
+class Machine:
+    """A running swtpm machine of the demo CA, booted with the demo kernel and enrolled."""
+
+    tpm: Swtpm
+    layout: SwtpmLayout
+    collector: TpmCollector
+    enrolment: evidence_pb2.TpmEnrolment
+
+
+@contextmanager
+def enrolled_machine(env: Env, name: str, *, secure_boot: bool = True,
+                     ima: bool = False) -> Iterator[Machine]:
+    """A new machine (``sibling``), booted, its collector (with the IMA log when ``ima``) and
+    its AK enrolled through the broker; stopped on exit."""
+    layout = sibling(env, name)
+    tpm = Swtpm(layout).start()
+    try:
+        tpm.boot(SimulatedBoot(kernel_digest=DEMO_KERNEL, secure_boot=secure_boot))
+        collector = TpmCollector(tpm.tcti, event_log=layout.event_log,
+                                 ima_log=layout.ima_log if ima else None)
+        credentials, _ = agent_channel(env.layout)
+        enrolment = enrol_tpm(env.broker.address, collector, timeout=30,
+                              credentials=credentials)
+        yield Machine(tpm, layout, collector, enrolment)
+    finally:
+        tpm.stop()
 
 
 @pytest.fixture(scope="module")
@@ -236,16 +266,8 @@ def test_tpm_event_turned_no_action_is_event_log(tpms: Tpms) -> None:
 @pytest.fixture(scope="module")
 def no_secure_boot(tpms: Tpms) -> Iterator[TpmCollector]:
     """An enrolled machine that booted the demo kernel with secure boot off."""
-    layout = sibling(tpms.env, "no-secure-boot")
-    tpm = Swtpm(layout).start()
-    try:
-        tpm.boot(SimulatedBoot(kernel_digest=DEMO_KERNEL, secure_boot=False))
-        collector = TpmCollector(tpm.tcti, event_log=layout.event_log)
-        credentials, _ = agent_channel(tpms.env.layout)
-        enrol_tpm(tpms.env.broker.address, collector, timeout=30, credentials=credentials)
-        yield collector
-    finally:
-        tpm.stop()
+    with enrolled_machine(tpms.env, "no-secure-boot", secure_boot=False) as machine:
+        yield machine.collector
 
 
 def _smuggle(evidence: evidence_pb2.Evidence, event_type: int | None) -> None:
@@ -353,13 +375,9 @@ def test_tpm_admin_revocation_and_re_enrolment(tpms: Tpms) -> None:
     """`keybroker admin tpm list` shows the enrolled EKs; `revoke` (policy-admin, recorded)
     makes the AK's quotes CHAIN_UNTRUSTED at once; the machine may then enrol again."""
     env = tpms.env
-    layout = sibling(env, "revoked")
-    tpm = Swtpm(layout).start()
-    try:
-        tpm.boot(SimulatedBoot(kernel_digest=DEMO_KERNEL))
-        collector = TpmCollector(tpm.tcti, event_log=layout.event_log)
+    with enrolled_machine(env, "revoked") as machine:
+        collector, enrolled = machine.collector, machine.enrolment
         credentials, _ = agent_channel(env.layout)
-        enrolled = enrol_tpm(env.broker.address, collector, timeout=30, credentials=credentials)
         listed = admin(tpms, "list", "--json")
         assert listed.returncode == 0, listed.stderr
         rows = {r["ek_fingerprint"]: r for r in json.loads(listed.stdout)}
@@ -375,21 +393,14 @@ def test_tpm_admin_revocation_and_re_enrolment(tpms: Tpms) -> None:
         enrol_tpm(env.broker.address, collector, timeout=30, credentials=credentials)
         attempt = build_attempt(env, collector, init_data=b"")
         assert open_released(attempt, send(env, attempt.request)) == env.secret
-    finally:
-        tpm.stop()
 
 
 def test_tpm_ima_runtime_policy(tpms: Tpms) -> None:
     """IMA end to end: the allowed binary measured into PCR 10 releases the key; without the
     IMA log, or once another binary ran, the release is refused (MEASUREMENT)."""
     env = tpms.env
-    layout = sibling(env, "ima")
-    tpm = Swtpm(layout).start()
-    try:
-        tpm.boot(SimulatedBoot(kernel_digest=DEMO_KERNEL))
-        collector = TpmCollector(tpm.tcti, event_log=layout.event_log, ima_log=layout.ima_log)
-        credentials, _ = agent_channel(env.layout)
-        enrol_tpm(env.broker.address, collector, timeout=30, credentials=credentials)
+    with enrolled_machine(env, "ima", ima=True) as machine:
+        tpm, layout, collector = machine.tpm, machine.layout, machine.collector
         tpm.measure_file("/usr/bin/workload", WORKLOAD)
         attempt = build_attempt(env, collector, key_id=IMA_KEY, init_data=b"")
         assert open_released(attempt, send(env, attempt.request)) == b"ima-secret"
@@ -401,8 +412,6 @@ def test_tpm_ima_runtime_policy(tpms: Tpms) -> None:
         err = assert_denied(env, build_attempt(env, collector, key_id=IMA_KEY, init_data=b""),
                             Category.MEASUREMENT)
         assert "not allowed by the IMA policy" in err.reason
-    finally:
-        tpm.stop()
 
 
 def test_tpm_demo_command(tmp_path: Path) -> None:
@@ -432,13 +441,8 @@ def test_tpm_init_data_bound_by_pcr8(tpms: Tpms) -> None:
     the document, the token names PCR8 and its content; another document, or a machine whose
     PCR 8 never received it, is refused (MEASUREMENT)."""
     env = tpms.env
-    layout = sibling(env, "init-data")
-    tpm = Swtpm(layout).start()
-    try:
-        tpm.boot(SimulatedBoot(kernel_digest=DEMO_KERNEL))
-        collector = TpmCollector(tpm.tcti, event_log=layout.event_log)
-        credentials, _ = agent_channel(env.layout)
-        enrol_tpm(env.broker.address, collector, timeout=30, credentials=credentials)
+    with enrolled_machine(env, "init-data") as machine:
+        tpm, collector = machine.tpm, machine.collector
         unbound = build_attempt(env, collector, init_data=DEMO_INIT_DATA)
         assert "PCR8" in assert_denied(env, unbound, Category.MEASUREMENT).reason
         tpm.measure_init_data(DEMO_INIT_DATA)
@@ -451,5 +455,3 @@ def test_tpm_init_data_bound_by_pcr8(tpms: Tpms) -> None:
         assert workload["init_data_register"] == "PCR8" and workload["name"] == "demo"
         other = build_attempt(env, collector, init_data=DEMO_INIT_DATA + b"# changed\n")
         assert_denied(env, other, Category.MEASUREMENT)
-    finally:
-        tpm.stop()
