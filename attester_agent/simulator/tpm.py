@@ -241,43 +241,38 @@ class Swtpm:
 
     def boot(self, boot: SimulatedBoot) -> None:
         """Measure ``boot`` into the TPM's PCRs and write its event log (once per power-on)."""
-        from tpm2_pytss.types import TPML_DIGEST_VALUES  # noqa: PLC0415
-
-        def extend(esys: Any) -> None:
-            for ev in boot.events():
-                digest = dict(ev.digests)[ALG_SHA256]
-                values, _ = TPML_DIGEST_VALUES.unmarshal(
-                    struct.pack(">IH", 1, ALG_SHA256) + digest)
-                esys.pcr_extend(_pcr_handle(ev.index), values)
-        self._esys(extend)
+        self._extend([(ev.index, dict(ev.digests)[ALG_SHA256]) for ev in boot.events()])
         self.layout.event_log.write_bytes(boot.log())
         self.layout.ima_log.write_text("")  # a new boot: IMA starts a new list
 
     def measure_init_data(self, init_data: bytes) -> None:
         """What the host does before the workload starts: extend PCR 8 (SHA-256 bank) with the
         SHA-256 of the init-data document."""
-        from tpm2_pytss.types import TPML_DIGEST_VALUES  # noqa: PLC0415
-
-        digest = hashlib.sha256(init_data).digest()
-        values, _ = TPML_DIGEST_VALUES.unmarshal(struct.pack(">IH", 1, ALG_SHA256) + digest)
-        self._esys(lambda esys: esys.pcr_extend(_pcr_handle(8), values))
+        self._extend([(8, hashlib.sha256(init_data).digest())])
 
     def measure_file(self, path: str, content: bytes) -> ImaEntry:
         """What IMA does when a file is executed: an ima-ng entry (SHA-256 of ``content``)
         appended to the IMA log, and PCR 10's SHA-256 bank extended with SHA-256 of the
         entry's template data."""
-        from tpm2_pytss.types import TPML_DIGEST_VALUES  # noqa: PLC0415
-
         draft = ImaEntry(10, bytes(20), "ima-ng", "sha256", hashlib.sha256(content).digest(),
                          path)
         entry = dataclasses.replace(
             draft, template_hash=hashlib.sha1(draft.template_data).digest())  # noqa: S324
-        extend = hashlib.sha256(entry.template_data).digest()
-        values, _ = TPML_DIGEST_VALUES.unmarshal(struct.pack(">IH", 1, ALG_SHA256) + extend)
-        self._esys(lambda esys: esys.pcr_extend(_pcr_handle(10), values))
+        self._extend([(10, hashlib.sha256(entry.template_data).digest())])
         with self.layout.ima_log.open("a") as log:
             log.write(format_ima_entry(entry) + "\n")
         return entry
+
+    def _extend(self, extends: list[tuple[int, bytes]]) -> None:
+        """TPM2_PCR_Extend of each (PCR, SHA-256 digest), in order, in one ESAPI context."""
+        from tpm2_pytss.types import TPML_DIGEST_VALUES  # noqa: PLC0415
+
+        def run(esys: Any) -> None:
+            for pcr, digest in extends:
+                values, _ = TPML_DIGEST_VALUES.unmarshal(
+                    struct.pack(">IH", 1, ALG_SHA256) + digest)
+                esys.pcr_extend(_pcr_handle(pcr), values)
+        self._esys(run)
 
     def _esys(self, body: Callable[[Any], object]) -> None:
         """Run ``body`` on an ESAPI context of this TPM."""
