@@ -291,9 +291,10 @@ def _collector(args: argparse.Namespace, init_data: bytes) -> Collector:
             ccel=CcelReader(args.acpi_tables_root),
             runtime_log=args.runtime_log or measure.DEFAULT_RUNTIME_LOG,
         )
-        if name == registry.TPM:
+        if name in (registry.TPM, registry.AZURE_VTPM):
             try:
-                return tpm_options.tpm_collector(args, simulated=False)
+                return (tpm_options.tpm_collector(args, simulated=False) if name == registry.TPM
+                        else tpm_options.azure_collector(args))
             except ValueError as exc:
                 raise UsageError(str(exc)) from exc
         if name is None:

@@ -40,8 +40,9 @@ def add_simulator_options(sim: argparse._ArgumentGroup) -> None:
     sim.add_argument("--sim-version", type=int,
                      help="report/quote version (snp: 3 or 5, tdx: 4 or 5)")
     sim.add_argument("--sim-tee", choices=tuple(SIMULATORS),
-                     help="simulated TEE: snp (default), tdx, sgx or tpm (a swtpm given by "
-                          "--tpm-tcti)")
+                     help="simulated TEE: snp (default), tdx, sgx, or on a swtpm given by "
+                          "--tpm-tcti: tpm, az-snp-vtpm or az-tdx-vtpm (an Azure CVM whose "
+                          "paravisor is simulated)")
     sim.add_argument("--sim-tcb", help="TDX/SGX platform TCB status: UpToDate (default), "
                                        "SWHardeningNeeded, OutOfDate, Revoked, unsupported")
     sim.add_argument("--sim-debug", action="store_true",
@@ -170,6 +171,18 @@ def _tpm_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
     return tpm_collector(args, simulated=True)
 
 
+def _azure_simulator(platform: str) -> Callable[[argparse.Namespace, bytes], Collector]:
+    def build(args: argparse.Namespace, init_data: bytes) -> Collector:
+        del init_data  # an Azure CVM binds no init-data
+        from attester_agent.tpm_options import simulated_azure  # noqa: PLC0415
+
+        return simulated_azure(
+            args, platform, measurement=_hex(args.sim_measurement, "--sim-measurement", 48),
+            vmpl=args.sim_vmpl if args.sim_vmpl is not None else 0,
+            mr_td=_hex(args.sim_mrtd, "--sim-mrtd", 48))
+    return build
+
+
 SIMULATORS: Mapping[str, SimulatedTee] = {
     "snp": SimulatedTee(frozenset({"sim_measurement", "sim_policy", "sim_vmpl", "sim_version"}),
                         _snp_simulator),
@@ -178,6 +191,9 @@ SIMULATORS: Mapping[str, SimulatedTee] = {
     "sgx": SimulatedTee(frozenset({"sim_tcb", "sim_debug", "sim_mrenclave", "sim_mrsigner",
                                    "sim_isv_prod_id", "sim_isv_svn"}), _sgx_simulator),
     "tpm": SimulatedTee(frozenset(), _tpm_simulator),
+    "az-snp-vtpm": SimulatedTee(frozenset({"sim_measurement", "sim_vmpl"}),
+                                _azure_simulator("az-snp-vtpm")),
+    "az-tdx-vtpm": SimulatedTee(frozenset({"sim_mrtd"}), _azure_simulator("az-tdx-vtpm")),
 }
 # Every TEE-specific option, in the order their errors are reported.
 _ALL_OPTIONS = (

@@ -6,6 +6,8 @@ bound HCLAkPub.
 
 Invariants:
 - This command composes the families (SNP, DCAP, TPM, Azure); the verifier modules stay apart.
+- ``--insecure-simulator-root`` files are routed by content (AMD ARK [+ ASK] or DCAP root),
+  as for ``--tee snp|tdx``; results then say the root is insecure.
 - SNP reports must come from VMPL 0 (the paravisor's vTPM attests the whole VM), else
   PLATFORM_POLICY. Without ``--nonce`` extraData is not checked, and the output says so.
 """
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from keybroker_cli.evidence_input import UsageError, read_input
+from keybroker_cli.evidence_input import UsageError, read_input, split_simulator_roots
 
 AZURE = ("az-snp-vtpm", "az-tdx-vtpm")
 
@@ -27,7 +29,7 @@ def run_azure(args: argparse.Namespace,
               conclude: Callable[[Callable[[], tuple[Any, tuple[str, ...]]], datetime], int],
               load_collateral: Callable[[list[Any]], Any]) -> int:
     """Verify through ``conclude``; the exit code."""
-    from keybroker.errors import PlatformPolicyViolation  # noqa: PLC0415
+    from keybroker.errors import Malformed, PlatformPolicyViolation  # noqa: PLC0415
     from keybroker.evidence.tpm_public import public_from_key  # noqa: PLC0415
     from keybroker.evidence.tpm_quote import (  # noqa: PLC0415
         ALG_RSASSA,
@@ -52,13 +54,21 @@ def run_azure(args: argparse.Namespace,
         print("note: no --nonce given: the vTPM quote's extraData is not checked (freshness "
               "unproven)", file=sys.stderr)
     raw = read_input(args.file) or b""
+    amd_roots, intel_roots = split_simulator_roots(list(args.insecure_simulator_root))
+    if amd_roots or intel_roots:
+        print("WARNING: trusting INSECURE simulator roots: "
+              + ", ".join(str(p) for p in args.insecure_simulator_root), file=sys.stderr)
+    try:
+        trust = AmdTrustStore.pinned().with_simulator_roots(amd_roots)
+    except Malformed as exc:
+        raise UsageError(exc.detail) from None
     collateral = load_collateral(list(args.collateral))
     at = args.at or datetime.now(UTC)
     warnings: list[str] = []
 
     def snp(report: bytes, evidence: AzureEvidence) -> Any:
         table = vcek_table(evidence)
-        claims = SnpVerifier(AmdTrustStore.pinned(), collateral).verify(
+        claims = SnpVerifier(trust, collateral).verify(
             report, table, at=at, allow_missing_crl=args.allow_missing_crl)
         warnings.extend(claims.collateral_warnings)
         if claims.vmpl != 0:
@@ -70,8 +80,9 @@ def run_azure(args: argparse.Namespace,
     def tdx(_tdreport: bytes, evidence: AzureEvidence) -> Any:
         if evidence.td_quote is None:
             raise UsageError("az-tdx-vtpm evidence without a td_quote")
-        claims = DcapVerifier(collateral).verify_tdx(evidence.td_quote, at=at,
-                                                     allow_missing_crl=args.allow_missing_crl)
+        verifier = DcapVerifier(collateral, simulator_roots=intel_roots)
+        claims = verifier.verify_tdx(evidence.td_quote, at=at,
+                                     allow_missing_crl=args.allow_missing_crl)
         warnings.extend(claims.tcb.collateral_warnings)
         return claims
 

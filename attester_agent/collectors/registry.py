@@ -4,13 +4,13 @@ entry.
 
 Invariants:
 - Only hardware-backed collectors are known here (configfs-tsm, sev-guest, tdx-guest,
-  gramine, tpm). The simulators are deliberately absent: they are never detected nor selected
-  automatically, only constructed explicitly with their insecure flag
+  gramine, azure-vtpm, tpm). The simulators are deliberately absent: they are never detected
+  nor selected automatically, only constructed explicitly with their insecure flag
   (``attester_agent.simulator_options``).
 - Automatic selection follows the table's order of preference: configfs-tsm (SEV-SNP or TDX,
   by provider), then /dev/sev-guest, then /dev/tdx_guest, then Gramine's /dev/attestation,
-  then the TPM's /dev/tpmrm0, and fails with UNAVAILABLE when nothing usable is present; it
-  never falls back to anything weaker.
+  then an Azure paravisor's vTPM (an HCL report in NV), then the TPM's /dev/tpmrm0, and fails
+  with UNAVAILABLE when nothing usable is present; it never falls back to anything weaker.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from attester_agent.collectors import gramine, sev_guest, tdx_guest
+from attester_agent.collectors.azure_vtpm import HCL_REPORT_INDEX, AzureVtpmCollector
 from attester_agent.collectors.base import Collector
 from attester_agent.collectors.configfs_tsm import (
     DEFAULT_ROOT,
@@ -42,6 +43,7 @@ SEV_GUEST: Final = "sev-guest"
 TDX_GUEST: Final = "tdx-guest"
 GRAMINE: Final = "gramine"
 TPM: Final = "tpm"
+AZURE_VTPM: Final = "azure-vtpm"
 DEFAULT_DEVICE: Final = sev_guest.DEFAULT_DEVICE  # kept for callers of the SNP-only API
 
 
@@ -110,6 +112,18 @@ def _probe_gramine(collector: Collector, where: Interfaces) -> str | None:
     return f"{where.attestation_dir} attestation_type=dcap" if collector.available() else None
 
 
+def _azure(where: Interfaces) -> Collector:
+    del where  # the paravisor's vTPM through the kernel's resource manager, the IMDS defaults
+    return AzureVtpmCollector()
+
+
+def _probe_azure(collector: Collector, where: Interfaces) -> str | None:
+    del where
+    if not collector.available():
+        return None
+    return f"/dev/tpmrm0 (Azure paravisor vTPM, HCL report at {HCL_REPORT_INDEX:#x})"
+
+
 def _tpm(where: Interfaces) -> Collector:
     del where  # the kernel's resource manager and securityfs logs (when present)
     return TpmCollector(ima_log=DEFAULT_IMA_LOG, logs_optional=True)
@@ -126,6 +140,7 @@ HARDWARE: Final = (
     HardwareCollector(SEV_GUEST, _sev_guest, _probe_sev_guest),
     HardwareCollector(TDX_GUEST, _tdx_guest, _probe_tdx_guest),
     HardwareCollector(GRAMINE, _gramine, _probe_gramine),
+    HardwareCollector(AZURE_VTPM, _azure, _probe_azure),
     HardwareCollector(TPM, _tpm, _probe_tpm),
 )
 HARDWARE_COLLECTORS: Final = tuple(entry.name for entry in HARDWARE)

@@ -95,7 +95,7 @@ class TpmCollector:
         if kind == "device":
             return os.access(conf or "/dev/tpmrm0", os.R_OK | os.W_OK)
         try:
-            self._run("TPM2_GetRandom", lambda esys, _: esys.get_random(8))
+            self.run("TPM2_GetRandom", lambda esys, _: esys.get_random(8))
         except KeybrokerError:
             return False
         return True
@@ -118,7 +118,7 @@ class TpmCollector:
             esys.close()
             tcti.close()
 
-    def _run(self, command: str, body: Callable[[Any, list[Any]], _T]) -> _T:
+    def run(self, command: str, body: Callable[[Any, list[Any]], _T]) -> _T:
         """``body(esys, loaded)`` with every handle appended to ``loaded`` flushed after."""
         with self._esys() as esys:
             loaded: list[Any] = []
@@ -149,7 +149,7 @@ class TpmCollector:
         return handle, bytes(public.publicArea.marshal())
 
     @staticmethod
-    def _nv_read(esys: Any, index: int, limit: int) -> bytes:
+    def nv_read(esys: Any, index: int, limit: int) -> bytes:
         from tpm2_pytss.constants import ESYS_TR  # noqa: PLC0415
 
         handle = esys.tr_from_tpmpublic(index)
@@ -167,9 +167,9 @@ class TpmCollector:
     def enrolment_material(self) -> EnrolmentMaterial:
         """The EK certificate (NV 0x01C00002) and this TPM's AK public area."""
         def body(esys: Any, loaded: list[Any]) -> EnrolmentMaterial:
-            certificate = self._nv_read(esys, EK_CERT_RSA, MAX_EK_CERT)
+            certificate = self.nv_read(esys, EK_CERT_RSA, MAX_EK_CERT)
             return EnrolmentMaterial(certificate, self._ak(esys, loaded)[1])
-        return self._run("reading the EK certificate", body)
+        return self.run("reading the EK certificate", body)
 
     def activate(self, credential_blob: bytes, encrypted_secret: bytes) -> bytes:
         """TPM2_ActivateCredential: the credential the verifier made for this TPM's AK."""
@@ -197,14 +197,14 @@ class TpmCollector:
                 ak, ek, TPM2B_ID_OBJECT(credential_blob), TPM2B_ENCRYPTED_SECRET(encrypted_secret),
                 session1=ESYS_TR.PASSWORD, session2=session)
             return bytes(recovered)
-        return self._run("TPM2_ActivateCredential", body)
+        return self.run("TPM2_ActivateCredential", body)
 
     def _nv_reader(self, esys: Any) -> Callable[[int], bytes]:
         from tpm2_pytss.utils import NoSuchIndex  # noqa: PLC0415
 
         def read(index: int) -> bytes:
             try:
-                return self._nv_read(esys, int(index), MAX_EK_CERT)
+                return self.nv_read(esys, int(index), MAX_EK_CERT)
             except Malformed:
                 raise
             except Exception:
@@ -218,17 +218,17 @@ class TpmCollector:
 
         ak, ak_public = self._ak(esys, loaded)
         text = "sha256:" + ",".join(str(p) for p in self._pcrs)
-        counter, values = self._pcr_values(esys)
+        counter, values = self.pcr_values(esys)
         attest, signature = esys.quote(ak, TPML_PCR_SELECTION.parse(text),
                                        TPM2B_DATA(report_data),
                                        TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
-        after, _ = self._pcr_values(esys)
+        after, _ = self.pcr_values(esys)
         if after != counter:
             raise Unavailable("PCRs changed while quoting; try again",
                               expected=f"update counter {counter}", actual=str(after))
         return (bytes(attest.attestationData), bytes(signature.marshal()), ak_public, values)
 
-    def _pcr_values(self, esys: Any) -> tuple[int, dict[int, bytes]]:
+    def pcr_values(self, esys: Any) -> tuple[int, dict[int, bytes]]:
         """(PCR update counter, PCR -> value), reading at most 8 PCRs per TPM2_PCR_Read."""
         from tpm2_pytss.types import TPML_PCR_SELECTION  # noqa: PLC0415
 
@@ -248,7 +248,7 @@ class TpmCollector:
     def collect(self, report_data: bytes) -> evidence_pb2.Evidence:
         """A quote over the selected SHA-256 PCRs with ``report_data`` as qualifyingData."""
         check_report_data(report_data)
-        attest, signature, ak_public, values = self._run(
+        attest, signature, ak_public, values = self.run(
             "TPM2_Quote", lambda esys, loaded: self._quote(esys, loaded, report_data))
         evidence = evidence_pb2.TpmEvidence(quote=attest, signature=signature,
                                             ak_public=ak_public)
