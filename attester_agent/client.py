@@ -25,7 +25,7 @@ from typing import Final
 
 import grpc
 
-from attester_agent.collectors.base import Collector
+from attester_agent.collectors.base import Collector, collect_evidence
 from keybroker import binding
 from keybroker.errors import Malformed, Unavailable
 from keybroker.logs import REQUEST_ID_METADATA
@@ -111,7 +111,8 @@ def get_secrets(
                 challenge.nonce, chosen.value, keypair.public_bytes,
                 binding.init_data_digest(init_data), channel_binding,
             )
-            evidence = collector.collect(report_data)
+            evidence = collect_evidence(collector, report_data, nonce=challenge.nonce,
+                                        public_key=keypair.public_bytes)
             logger.info("requesting %d key(s) from %s (challenge %s, suite %s, request %s)",
                         len(wanted), broker_addr, challenge.challenge_id, chosen.value,
                         request_id)

@@ -34,19 +34,21 @@ class SimulatedTee:
 
 def add_simulator_options(sim: argparse._ArgumentGroup) -> None:
     """Add every ``--sim-*`` option (each applies to the TEEs its help names)."""
-    sim.add_argument("--sim-measurement", help="launch MEASUREMENT (96 hex digits)")
+    sim.add_argument("--sim-measurement",
+                     help="launch MEASUREMENT (SEV-SNP) or enclave image PCR0 (Nitro), 96 hex "
+                          "digits")
     sim.add_argument("--sim-policy", help="guest POLICY (hex)")
     sim.add_argument("--sim-vmpl", type=int, choices=range(4), help="VMPL (0..3)")
     sim.add_argument("--sim-version", type=int,
                      help="report/quote version (snp: 3 or 5, tdx: 4 or 5)")
     sim.add_argument("--sim-tee", choices=tuple(SIMULATORS),
-                     help="simulated TEE: snp (default), tdx, sgx, or on a swtpm given by "
+                     help="simulated TEE: snp (default), tdx, sgx, nitro, or on a swtpm given by "
                           "--tpm-tcti: tpm, az-snp-vtpm or az-tdx-vtpm (an Azure CVM whose "
                           "paravisor is simulated)")
     sim.add_argument("--sim-tcb", help="TDX/SGX platform TCB status: UpToDate (default), "
                                        "SWHardeningNeeded, OutOfDate, Revoked, unsupported")
     sim.add_argument("--sim-debug", action="store_true",
-                     help="TDX/SGX: a debug TD / debug enclave")
+                     help="TDX/SGX/Nitro: a debug TD / debug enclave")
     sim.add_argument("--sim-mrtd", help="TDX MRTD (96 hex digits)")
     sim.add_argument("--sim-td-attributes", help="TDX TD attributes (hex u64)")
     sim.add_argument("--sim-mr-config-id", help="TDX MRCONFIGID (96 hex digits; default "
@@ -183,6 +185,14 @@ def _azure_simulator(platform: str) -> Callable[[argparse.Namespace, bytes], Col
     return build
 
 
+def _nitro_simulator(args: argparse.Namespace, init_data: bytes) -> Collector:
+    from attester_agent.simulator.nitro import simulated_nitro_collector  # noqa: PLC0415
+
+    return simulated_nitro_collector(
+        args.simulator_dir, image=_hex(args.sim_measurement, "--sim-measurement", 48),
+        debug=args.sim_debug, init_data=init_data)
+
+
 SIMULATORS: Mapping[str, SimulatedTee] = {
     "snp": SimulatedTee(frozenset({"sim_measurement", "sim_policy", "sim_vmpl", "sim_version"}),
                         _snp_simulator),
@@ -194,6 +204,7 @@ SIMULATORS: Mapping[str, SimulatedTee] = {
     "az-snp-vtpm": SimulatedTee(frozenset({"sim_measurement", "sim_vmpl"}),
                                 _azure_simulator("az-snp-vtpm")),
     "az-tdx-vtpm": SimulatedTee(frozenset({"sim_mrtd"}), _azure_simulator("az-tdx-vtpm")),
+    "nitro": SimulatedTee(frozenset({"sim_measurement", "sim_debug"}), _nitro_simulator),
 }
 # Every TEE-specific option, in the order their errors are reported.
 _ALL_OPTIONS = (

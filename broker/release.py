@@ -58,6 +58,7 @@ TEE_EVIDENCE = {
     evidence_pb2.TEE_TYPE_MAA: "maa",
     evidence_pb2.TEE_TYPE_AZURE_SNP_VTPM: "az_snp_vtpm",
     evidence_pb2.TEE_TYPE_AZURE_TDX_VTPM: "az_tdx_vtpm",
+    evidence_pb2.TEE_TYPE_NITRO: "nitro",
 }
 
 
@@ -249,7 +250,7 @@ class Broker:
         token = await self.appraiser.appraise(verifier_pb2.AppraiseRequest(
             evidence=request.evidence, expected_report_data=expected, nonce=challenge.nonce,
             policy_ids=[r.policy for r in requirements], init_data=request.init_data,
-            request_id=trail.request_id))
+            request_id=trail.request_id, public_key=valid.public_key))
         result = self.tokens.verify(
             token, now=self._clock(), nonce=challenge.nonce,
             evidence_sha256=trail.evidence_digest, report_data=expected,

@@ -57,8 +57,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--releases", type=int, default=20,
                         help="timed in-process releases after the first (default 20)")
     parser.add_argument("--tee", choices=TEES, default="snp",
-                        help="simulated platform: snp (default), tdx, sgx, or tpm (real swtpm "
-                             "processes: the Debian packages swtpm and swtpm-tools)")
+                        help="simulated platform: snp (default), tdx, sgx, nitro, or tpm (real "
+                             "swtpm processes: the Debian packages swtpm and swtpm-tools)")
     keep = parser.add_mutually_exclusive_group()
     keep.add_argument("--serve", action="store_true",
                       help="start the services of an existing --workdir in the background, "

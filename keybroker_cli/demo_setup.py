@@ -36,15 +36,16 @@ from attester_agent.collectors.base import Collector
 from attester_agent.collectors.simulator import SimulatorCollector
 from attester_agent.collectors.simulator_dcap import SgxSimulatorCollector, TdxSimulatorCollector
 from attester_agent.simulator.dcap import DcapTestCa
+from attester_agent.simulator.nitro import NitroTestCa
 from attester_agent.simulator.snp import SnpTestCa
 from keybroker.strict_yaml import dump_yaml
 from keybroker.tls import certificate_digest, client_credentials, load_certificates
-from keybroker_cli import demo_tpm
+from keybroker_cli import demo_nitro, demo_tpm
 from keybroker_cli.launcher import keybroker_command
 from keybroker_cli.tls_cmd import DEFAULT_CLIENTS, TlsDir, init_tls
 
-Tee = Literal["snp", "tdx", "sgx", "tpm"]
-TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx", "tpm")
+Tee = Literal["snp", "tdx", "sgx", "tpm", "nitro"]
+TEES: tuple[Tee, ...] = ("snp", "tdx", "sgx", "tpm", "nitro")
 DEMO_KEY_ID = "demo/db-password"
 DEMO_AGENT = "demo-agent"  # client certificate name of the demo's agents
 DEMO_MEASUREMENT = hashlib.sha384(b"keybroker demo guest image v1").digest()
@@ -158,6 +159,7 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
     dcap = DcapTestCa.generate()
     dcap.save(layout.dcap_root.parent)
     dcap.write_collateral(layout.collateral, now=datetime.now(UTC))
+    NitroTestCa.generate().save(layout.sim / "nitro")
     layout.init_data.write_bytes(DEMO_INIT_DATA)
     run_cli("verifier", "init", "--dir", str(layout.verifier))
     specs = [default_policy(tee), *extra_policies]
@@ -177,6 +179,7 @@ def prepare(layout: DemoLayout, *, challenge_ttl: int = 60,
         f'simulator_roots = ["{layout.sim / "ark.pem"}"]\n'
         f'simulator_intel_roots = ["{layout.dcap_root}"]\n'
         f"simulator_tpm_roots = [{', '.join(f'{str(p)!r}' for p in tpm_roots)}]\n"
+        f'simulator_nitro_roots = ["{layout.sim / "nitro" / "root.pem"}"]\n'
         f'tls_cert = "{layout.tls.cert("verifier")}"\n'
         f'tls_key = "{layout.tls.key("verifier")}"\n'
         f'tls_client_ca = "{layout.tls.ca}"\n'
@@ -277,6 +280,12 @@ DEMO_TEES: Mapping[Tee, DemoTee] = {
     "tpm": DemoTee("tpm", "TPM 2.0 (swtpm)", "tpm-demo", demo_tpm.DEMO_KERNEL,
                    demo_tpm.WRONG_KERNEL, False, (), _tpm_section, demo_tpm.agent_args,
                    demo_tpm.tpm_collector),
+    # The measurement is the enclave image's PCR0 (PCR1/2 follow from it); init-data in PCR16.
+    "nitro": DemoTee("nitro", "AWS Nitro Enclaves", "nitro-demo", demo_nitro.DEMO_IMAGE_PCR0,
+                     demo_nitro.WRONG_IMAGE_PCR0, True, (),
+                     lambda spec: demo_nitro.nitro_section(spec.measurement),
+                     _flags("--sim-tee", "nitro", "--sim-measurement"),
+                     demo_nitro.nitro_collector),
 }
 
 

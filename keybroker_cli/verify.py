@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keybroker.errors import KeybrokerError, Malformed
-from keybroker_cli import verify_azure, verify_maa, verify_tpm
+from keybroker_cli import verify_azure, verify_maa, verify_nitro, verify_tpm
 from keybroker_cli.evidence_input import (
     UsageError,
     decode_quote,
@@ -64,6 +64,7 @@ examples:
   keybroker verify quote.attest --tee tpm --signature quote.sig --ak ak.tpmt \
       --pcrs pcrs_sha256.json --eventlog binary_bios_measurements --nonce 0011...
   keybroker verify token.jwt --tee maa --jwks maa-certs.json --issuer https://x.attest.azure.net
+  keybroker verify document.cbor --tee nitro --at 2022-10-13T08:58:03Z --policy nitro.yaml
 
 exit codes: 0 verified, 1 rejected (category and reason printed), 2 usage error"""
 _DCAP_ONLY = ("ccel_table", "ccel_data", "runtime_log")
@@ -86,7 +87,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", type=Path,
                         help="evidence file (SNP: the raw 1184-byte report; TDX/SGX: the quote, "
-                             "binary, base64 or hex)")
+                             "binary, base64 or hex; Nitro: the document, CBOR or base64)")
     parser.add_argument("--tee", required=True, choices=tuple(_RUNNERS),
                         help="evidence type")
     parser.add_argument("--collateral", type=Path, action="append", default=[],
@@ -115,9 +116,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     verify_tpm.add_arguments(parser)
     verify_maa.add_arguments(parser)
+    verify_nitro.add_arguments(parser)
     parser.add_argument("--insecure-simulator-root", type=Path, action="append", default=[],
                         metavar="FILE", help="INSECURE: also trust this simulator root (AMD ARK "
-                                             "PEM or DCAP simulator root, PEM or DER)")
+                                             "PEM, DCAP simulator root PEM or DER, Nitro "
+                                             "simulator root PEM)")
     parser.set_defaults(func=run)
 
 
@@ -129,7 +132,8 @@ def _usage(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Execute ``keybroker verify``; returns the exit code."""
     runner = _RUNNERS[args.tee]  # argparse offers only these
-    for tees, names in (((*verify_azure.AZURE, "tpm"), ("nonce",)),
+    for tees, names in (((*verify_azure.AZURE, "tpm", "nitro"), ("nonce",)),
+                        (("nitro",), verify_nitro.NITRO_ONLY),
                         (("tpm",), tuple(n for n in verify_tpm.TPM_ONLY if n != "nonce")),
                         (("maa",), verify_maa.MAA_ONLY)):
         used = [f"--{n}" for n in names if getattr(args, n) not in (None, [])]
@@ -373,10 +377,11 @@ def _flatten(value: object, prefix: str = "") -> list[tuple[str, object]]:
 
 
 def _plain(args: argparse.Namespace, verified: Callable[[], tuple[Any, tuple[str, ...]]],
-           at: datetime) -> int:
-    """Conclude without a policy (the TPM and MAA forms take none yet)."""
-    return _conclude(args, verified, policy=None, at=at, init_data=b"",
-                     references=_load_references(args, at), insecure=False)
+           at: datetime, *, insecure: bool = False, with_policy: bool = False) -> int:
+    """Conclude with ``--policy`` and ``--init-data`` when ``with_policy`` (TPM and MAA: none)."""
+    return _conclude(args, verified, policy=_load_policy(args) if with_policy else None, at=at,
+                     init_data=(read_input(args.init_data) or b"") if with_policy else b"",
+                     references=_load_references(args, at), insecure=insecure)
 
 
 # The command's table of TEEs: evidence kind -> how ``keybroker verify`` reads and verifies it.
@@ -384,11 +389,11 @@ _RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "snp": _run_snp,
     "tdx": _run_dcap,
     "sgx": _run_dcap,
-    "tpm": lambda args: verify_tpm.run_tpm(
-        args, lambda verified, at: _plain(args, verified, at)),
-    "maa": lambda args: verify_maa.run_maa(
-        args, lambda verified, at: _plain(args, verified, at)),
+    "tpm": lambda args: verify_tpm.run_tpm(args, lambda got, at: _plain(args, got, at)),
+    "maa": lambda args: verify_maa.run_maa(args, lambda got, at: _plain(args, got, at)),
     **{tee: lambda args: verify_azure.run_azure(
         args, lambda verified, at: _plain(args, verified, at), _load_collateral)
        for tee in verify_azure.AZURE},
+    "nitro": lambda args: verify_nitro.run_nitro(args, lambda verified, at, insecure: _plain(
+        args, verified, at, insecure=insecure, with_policy=True)),
 }

@@ -5,7 +5,7 @@ Invariants:
 - Relative paths are resolved against the directory of the config file, never the CWD.
 - Test anchors never in production (hostile-evidence row 58): ``ensure_secure`` refuses a
   configuration with ``simulator_roots`` (AMD), ``simulator_intel_roots`` (DCAP),
-  ``simulator_tpm_roots`` (swtpm's EK/AK CA) or with any
+  ``simulator_tpm_roots`` (swtpm's EK/AK CA), ``simulator_nitro_roots`` or with any
   simulator certificate (subject or issuer O containing "INSECURE TEST ROOT") among the
   collateral unless the process was started with the explicit insecure switch.
 - ``state_db`` (policy versions, reference-value sets, recorded appraisals) defaults to
@@ -28,6 +28,10 @@ Invariants:
   activation) and ``tpm_ak_roots`` (roots of AK certificates); both empty by default, so no
   TPM AK is trusted until an operator names its roots. MAA: ``maa_instances``, a list of
   ``{issuer, jwks}`` (an https issuer URL and the instance's JWKS file); empty by default.
+- Nitro: the AWS root G1 is pinned in code and trusted unless ``nitro_roots`` names the root
+  files to trust instead (another AWS partition's root); ``nitro_max_age_seconds`` (1..86400,
+  default 300) and ``nitro_max_skew_seconds`` (0..600, default 30) bound a document's
+  timestamp.
 - The configuration only names trust-anchor files; each TEE folder loads its own
   (``verifier.dcap.trust.load_simulator_roots`` for ``simulator_intel_roots``).
 """
@@ -61,7 +65,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
     "simulator_intel_roots": list, "max_request_bytes": int,
     "tpm_ek_roots": list, "tpm_ak_roots": list, "simulator_tpm_roots": list,
-    "maa_instances": list,
+    "maa_instances": list, "simulator_nitro_roots": list, "nitro_roots": list,
+    "nitro_max_age_seconds": int, "nitro_max_skew_seconds": int,
     "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
     "health_check_seconds": (int, float),
     "admins": dict, "reference_providers": list,
@@ -131,6 +136,10 @@ class VerifierConfig:
     tpm_ak_roots: tuple[Path, ...] = ()  # roots of AK certificates (no enrolment needed)
     simulator_tpm_roots: tuple[Path, ...] = ()  # swtpm's CA: EK and AK roots, insecure
     maa_instances: tuple[MaaInstanceConfig, ...] = ()  # trusted MAA instances (issuer, JWKS)
+    nitro_roots: tuple[Path, ...] = ()  # empty: the pinned AWS root G1
+    simulator_nitro_roots: tuple[Path, ...] = ()  # Nitro simulator roots, insecure
+    nitro_max_age_seconds: int = 300
+    nitro_max_skew_seconds: int = 30
     state_db: Path = Path(DEFAULT_STATE_DB)
     record_days: int = 7
     policy_poll_seconds: float = 1.0
@@ -148,6 +157,15 @@ class VerifierConfig:
 def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
     return Malformed(f"{path}: {what} at key 'verifier.{key}'", rule="config.schema",
                      expected=expected, actual=actual)
+
+
+def _int_range(path: Path, table: dict[str, object], key: str, *, default: int, low: int,
+               high: int) -> int:
+    value = table.get(key, default)
+    assert isinstance(value, int)  # types were checked against _KEYS
+    if not low <= value <= high:
+        raise _fail(path, key, "value out of range", f"{low}..{high}", str(value))
+    return value
 
 
 def _paths(path: Path, key: str, value: object) -> tuple[Path, ...]:
@@ -227,7 +245,12 @@ def load_config(path: Path) -> VerifierConfig:
         simulator_intel_roots=_paths(path, "simulator_intel_roots",
                                      table.get("simulator_intel_roots", [])),
         **{key: _paths(path, key, table.get(key, []))
-           for key in ("tpm_ek_roots", "tpm_ak_roots", "simulator_tpm_roots")},
+           for key in ("tpm_ek_roots", "tpm_ak_roots", "simulator_tpm_roots",
+                       "simulator_nitro_roots", "nitro_roots")},
+        nitro_max_age_seconds=_int_range(path, table, "nitro_max_age_seconds", default=300,
+                                         low=1, high=86400),
+        nitro_max_skew_seconds=_int_range(path, table, "nitro_max_skew_seconds", default=30,
+                                          low=0, high=600),
         maa_instances=_maa_instances(path, table.get("maa_instances", [])),
         state_db=_paths(path, "state_db", [table.get("state_db", DEFAULT_STATE_DB)])[0],
         record_days=record_days,
@@ -321,9 +344,9 @@ def _is_simulator(cert: x509.Certificate) -> bool:
 
 
 def simulator_certificates(config: VerifierConfig) -> list[Path]:
-    """Collateral files holding a simulator (test CA) certificate."""
+    """Collateral and Nitro root files holding a simulator (test CA) certificate."""
     found = []
-    for f in _files(config.collateral):
+    for f in (*_files(config.collateral), *config.nitro_roots):
         try:
             raw = f.read_bytes()
         except OSError:
@@ -339,7 +362,8 @@ def ensure_secure(config: VerifierConfig, *, insecure: bool) -> None:
         return
     for key, roots in (("simulator_roots", config.simulator_roots),
                        ("simulator_intel_roots", config.simulator_intel_roots),
-                       ("simulator_tpm_roots", config.simulator_tpm_roots)):
+                       ("simulator_tpm_roots", config.simulator_tpm_roots),
+                       ("simulator_nitro_roots", config.simulator_nitro_roots)):
         if roots:
             raise Malformed(
                 f"{config.source}: {key} is set but the verifier was not started with "

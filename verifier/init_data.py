@@ -1,6 +1,7 @@
 """The init-data binding: a launch-time register holds the digest of the init-data document
 the agent presents (SNP HOST_DATA = SHA-256, TDX MRCONFIGID = SHA-384, TPM PCR 8 = SHA-256
-extended once from zero: SHA-256(0^32 || SHA-256(init-data))).
+extended once from zero: SHA-256(0^32 || SHA-256(init-data)), Nitro PCR 16 = SHA-384 extended
+once from zero, by the enclave's init through the NSM, then locked).
 
 Invariants:
 - Presented init-data is always checked against the register, required or not: an unbound
@@ -37,6 +38,7 @@ class InitDataRegister:
 HOST_DATA = InitDataRegister("HOST_DATA", "sha256")
 MRCONFIGID = InitDataRegister("MRCONFIGID", "sha384")
 PCR8 = InitDataRegister("PCR8", "sha256", extended=True)
+NITRO_PCR16 = InitDataRegister("PCR16", "sha384", extended=True)
 
 
 def check_init_data(register: InitDataRegister, value: bytes, init_data: bytes, *,

@@ -20,12 +20,13 @@ from keybroker.errors import Malformed
 from verifier.azure.tee import FAMILY as AZURE
 from verifier.dcap.tee import FAMILY as DCAP
 from verifier.maa.tee import FAMILY as MAA
+from verifier.nitro.tee import FAMILY as NITRO
 from verifier.snp.tee import FAMILY as SNP
 from verifier.tee import Claims, EvidenceFamily, Tee
 from verifier.tpm.tee import FAMILY as TPM
 
 # Order matters where a family builds on another's verifier (Azure on SEV-SNP and DCAP).
-FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP, TPM, MAA, AZURE)
+FAMILIES: tuple[EvidenceFamily, ...] = (SNP, DCAP, TPM, MAA, AZURE, NITRO)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,14 @@ from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import PolicyState, read_policy_files
 from verifier.records import AppraisalRecord, RecordWriter
 from verifier.result import ResultSigner
-from verifier.tee import Claims, Enrolling, EvidenceVerifier, Tee, check_binding
+from verifier.tee import (
+    Claims,
+    EchoesRequest,
+    Enrolling,
+    EvidenceVerifier,
+    Tee,
+    check_binding,
+)
 from verifier.verdict import Appraisal
 from verifier.workload import WorkloadClaims
 
@@ -205,6 +212,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         claims = verifier.verify(request.evidence, at=now,
                                  expected_report_data=request.expected_report_data)
         check_binding(claims.report_data, request.expected_report_data)
+        if isinstance(claims, EchoesRequest):
+            claims.check_request(nonce=request.nonce, public_key=request.public_key)
         return claims
 
     def _judge(self, request: verifier_pb2.AppraiseRequest, *, state: PolicyState,

@@ -102,6 +102,16 @@ class EvidenceVerifier(Protocol):
 
 
 @runtime_checkable
+class EchoesRequest(Protocol):
+    """Claims of evidence that carries parts of the request besides the binding (Nitro's
+    nonce and public_key): the service has them checked against the request."""
+
+    def check_request(self, *, nonce: bytes, public_key: bytes) -> None:
+        """A typed error unless the evidence carries exactly this nonce and public key."""
+        ...
+
+
+@runtime_checkable
 class Enrolling(Protocol):
     """A family verifier that enrols attestation keys first (TPM credential activation); the
     service answers the enrolment RPCs through it."""

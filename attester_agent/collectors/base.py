@@ -11,7 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from keybroker.binding import REPORT_DATA_SIZE
 from keybroker.errors import Malformed
@@ -38,6 +38,25 @@ class Collector(Protocol):
     def collect(self, report_data: bytes) -> evidence_pb2.Evidence:
         """Evidence whose report carries exactly ``report_data`` (64 bytes)."""
         ...
+
+
+@runtime_checkable
+class RequestBound(Protocol):
+    """A collector whose evidence carries parts of the request besides report_data (Nitro:
+    the challenge nonce and the agent's public key); clients call ``collect_for``."""
+
+    def collect_for(self, report_data: bytes, *, nonce: bytes,
+                    public_key: bytes) -> evidence_pb2.Evidence:
+        """Evidence for ``report_data`` that also carries ``nonce`` and ``public_key``."""
+        ...
+
+
+def collect_evidence(collector: Collector, report_data: bytes, *, nonce: bytes,
+                     public_key: bytes) -> evidence_pb2.Evidence:
+    """``collect_for`` when the collector binds the request, else ``collect``."""
+    if isinstance(collector, RequestBound):
+        return collector.collect_for(report_data, nonce=nonce, public_key=public_key)
+    return collector.collect(report_data)
 
 
 def check_report_data(report_data: bytes) -> None:

@@ -4,13 +4,14 @@ entry.
 
 Invariants:
 - Only hardware-backed collectors are known here (configfs-tsm, sev-guest, tdx-guest,
-  gramine, azure-vtpm, tpm). The simulators are deliberately absent: they are never detected
-  nor selected automatically, only constructed explicitly with their insecure flag
+  gramine, nitro-nsm, azure-vtpm, tpm). The simulators are deliberately absent: they are never
+  detected nor selected automatically, only constructed explicitly with their insecure flag
   (``attester_agent.simulator_options``).
 - Automatic selection follows the table's order of preference: configfs-tsm (SEV-SNP or TDX,
   by provider), then /dev/sev-guest, then /dev/tdx_guest, then Gramine's /dev/attestation,
-  then an Azure paravisor's vTPM (an HCL report in NV), then the TPM's /dev/tpmrm0, and fails
-  with UNAVAILABLE when nothing usable is present; it never falls back to anything weaker.
+  then the Nitro NSM's /dev/nsm, then an Azure paravisor's vTPM (an HCL report in NV), then
+  the TPM's /dev/tpmrm0, and fails with UNAVAILABLE when nothing usable is present; it never
+  falls back to anything weaker.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from attester_agent.collectors.configfs_tsm import (
     ConfigfsTsmCollector,
 )
 from attester_agent.collectors.gramine import GramineSgxCollector
+from attester_agent.collectors.nitro_nsm import NitroNsmCollector
 from attester_agent.collectors.sev_guest import SevGuestCollector
 from attester_agent.collectors.tdx_evidence import TdxSources
 from attester_agent.collectors.tdx_guest import TdxGuestCollector
@@ -44,6 +46,7 @@ TDX_GUEST: Final = "tdx-guest"
 GRAMINE: Final = "gramine"
 TPM: Final = "tpm"
 AZURE_VTPM: Final = "azure-vtpm"
+NITRO_NSM: Final = "nitro-nsm"
 DEFAULT_DEVICE: Final = sev_guest.DEFAULT_DEVICE  # kept for callers of the SNP-only API
 
 
@@ -112,6 +115,16 @@ def _probe_gramine(collector: Collector, where: Interfaces) -> str | None:
     return f"{where.attestation_dir} attestation_type=dcap" if collector.available() else None
 
 
+def _nitro(where: Interfaces) -> Collector:
+    del where  # the NSM's one device node
+    return NitroNsmCollector()
+
+
+def _probe_nitro(collector: Collector, where: Interfaces) -> str | None:
+    del where
+    return "/dev/nsm (Nitro Security Module)" if collector.available() else None
+
+
 def _azure(where: Interfaces) -> Collector:
     del where  # the paravisor's vTPM through the kernel's resource manager, the IMDS defaults
     return AzureVtpmCollector()
@@ -140,6 +153,7 @@ HARDWARE: Final = (
     HardwareCollector(SEV_GUEST, _sev_guest, _probe_sev_guest),
     HardwareCollector(TDX_GUEST, _tdx_guest, _probe_tdx_guest),
     HardwareCollector(GRAMINE, _gramine, _probe_gramine),
+    HardwareCollector(NITRO_NSM, _nitro, _probe_nitro),
     HardwareCollector(AZURE_VTPM, _azure, _probe_azure),
     HardwareCollector(TPM, _tpm, _probe_tpm),
 )

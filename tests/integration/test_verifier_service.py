@@ -323,7 +323,7 @@ def test_build_servicer_from_example_config(env: Env, tmp_path: Path) -> None:
     assert isinstance(build_servicer(config, insecure=False), VerifierServicer)
     assert set(load_policies(config.policies)) == {"snp-demo", "snp-strict", "tdx-demo",
                                                    "sgx-demo", "tpm-demo", "maa-demo",
-                                                   "azsnp-demo", "aztdx-demo"}
+                                                   "azsnp-demo", "aztdx-demo", "nitro-demo"}
     text = (config_dir / "verifier.toml").read_text()
     (config_dir / "verifier.toml").write_text(text.replace(
         "simulator_roots = []", f'simulator_roots = ["{env.ca_dir / "ark.pem"}"]'))

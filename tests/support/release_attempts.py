@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from attester_agent.collectors.base import Collector
+from attester_agent.collectors.base import Collector, collect_evidence
 from keybroker import binding
 from keybroker.errors import Category, KeybrokerError
 from keybroker.rpc_errors import error_from_rpc
@@ -67,7 +67,8 @@ def build_attempt(env: Env, collector: Collector, *, key_id: str = DEMO_KEY_ID,
     digest = binding.init_data_digest(init_data) if init_data else b""
     report_data = binding.report_data(challenge.nonce, suite.value, keypair.public_bytes, digest,
                                       channel_binding(env.layout))
-    evidence = collector.collect(report_data)
+    evidence = collect_evidence(collector, report_data, nonce=challenge.nonce,
+                                public_key=keypair.public_bytes)
     if mutate is not None:
         mutate(evidence)
     request = broker_pb2.ReleaseKeyRequest(

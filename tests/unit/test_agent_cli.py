@@ -51,7 +51,7 @@ SIM = ["--insecure-simulator", "--simulator-dir", "/tmp"]
         ["get-secret", *BROKER, "--key-id", "k", "--sim-tee", "tdx"],
         ["get-secret", *BROKER, "--key-id", "k", "--sim-debug"],
         ["get-secret", *BROKER, "--key-id", "k", "--sim-mrtd", "00" * 48],
-        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "nitro"],
+        ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "keystone"],
         ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-mrtd", "00" * 48],
         ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tcb", "OutOfDate"],
         ["get-secret", *BROKER, "--key-id", "k", *SIM, "--sim-tee", "tdx",

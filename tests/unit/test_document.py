@@ -111,7 +111,8 @@ def test_enum_error_lists_choices() -> None:
     """An enum violation says "one of: a, b, c"."""
     err = _refused(SNP.replace(b"platform: sev-snp", b"platform: snp"), "appraisal-policy")
     assert err.reason == "doc.yaml:3: value not allowed at 'platform'"
-    assert err.expected == "one of: sev-snp, tdx, sgx, tpm, maa, az-snp-vtpm, az-tdx-vtpm"
+    assert err.expected == ("one of: sev-snp, tdx, sgx, tpm, maa, az-snp-vtpm, az-tdx-vtpm, "
+                            "nitro")
 
 
 def test_pattern_error_uses_its_description() -> None:

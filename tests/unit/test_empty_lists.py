@@ -20,7 +20,7 @@ from verifier.policy.compile import parse_policy
 
 _DEMO = {"snp": "snp-demo.yaml", "tdx": "tdx-demo.yaml", "sgx": "sgx-demo.yaml",
          "tpm": "tpm-demo.yaml", "maa": "maa-demo.yaml", "az_snp_vtpm": "azsnp-demo.yaml",
-         "az_tdx_vtpm": "aztdx-demo.yaml"}
+         "az_tdx_vtpm": "aztdx-demo.yaml", "nitro": "nitro-demo.yaml"}
 
 
 def _list_fields() -> Iterator[tuple[str, ...]]:

@@ -78,9 +78,9 @@ def test_human_rejection_names_category(sim_files: dict[str, Path],
 
 def test_unsupported_tee_is_usage_error(sim_files: dict[str, Path],
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """A --tee that is not implemented (nitro) is not offered: exit 2, invalid choice."""
-    assert main(["verify", str(sim_files["report"]), "--tee", "nitro"]) == 2
-    assert "invalid choice: 'nitro'" in capsys.readouterr().err
+    """A --tee that is not implemented (keystone) is not offered: exit 2, invalid choice."""
+    assert main(["verify", str(sim_files["report"]), "--tee", "keystone"]) == 2
+    assert "invalid choice: 'keystone'" in capsys.readouterr().err
 
 
 def test_unreadable_files_are_usage_errors(sim_files: dict[str, Path], tmp_path: Path,

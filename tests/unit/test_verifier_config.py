@@ -46,7 +46,8 @@ def test_example_config_loads_with_paths_relative_to_file() -> None:
                                CONFIG / "policies/tpm-demo.yaml",
                                CONFIG / "policies/maa-demo.yaml",
                                CONFIG / "policies/azsnp-demo.yaml",
-                               CONFIG / "policies/aztdx-demo.yaml")
+                               CONFIG / "policies/aztdx-demo.yaml",
+                               CONFIG / "policies/nitro-demo.yaml")
     assert config.result_key == CONFIG / "result-key.pem"
     assert config.collateral == (CONFIG / "collateral",)
     assert config.simulator_roots == () and config.simulator_intel_roots == ()
@@ -171,6 +172,29 @@ def test_row58_simulator_roots_refused_without_flag(tmp_path: Path) -> None:
     assert exc.value.rule == "startup.insecure_guard"
     assert "--insecure-simulator" in exc.value.reason
     ensure_secure(config, insecure=True)
+
+
+def test_nitro_settings(tmp_path: Path) -> None:
+    """The Nitro window defaults to 300 s / 30 s and is range-checked; Nitro simulator roots
+    are refused without the insecure switch (row 58)."""
+    base = 'policies = ["p"]\nresult_key = "k"\n'
+    config = load_config(_write(tmp_path, base))
+    assert (config.nitro_max_age_seconds, config.nitro_max_skew_seconds) == (300, 30)
+    for bad in ("nitro_max_age_seconds = 0\n", "nitro_max_skew_seconds = 601\n",
+                "nitro_max_age_seconds = true\n"):
+        with pytest.raises(Malformed, match="nitro_max"):
+            load_config(_write(tmp_path, base + bad))
+    config = load_config(_write(tmp_path, base + 'simulator_nitro_roots = ["root.pem"]\n'))
+    with pytest.raises(Malformed) as exc:
+        ensure_secure(config, insecure=False)
+    assert "simulator_nitro_roots" in exc.value.reason
+    ensure_secure(config, insecure=True)
+    (tmp_path / "sim-root.pem").write_bytes(
+        _self_signed("keybroker simulator (INSECURE TEST ROOT)"))
+    config = load_config(_write(tmp_path, base + 'nitro_roots = ["sim-root.pem"]\n'))
+    with pytest.raises(Malformed) as hidden:  # a test root passed off as a production one
+        ensure_secure(config, insecure=False)
+    assert "sim-root.pem" in str(hidden.value.actual)
 
 
 def test_row58_simulator_certificate_in_collateral_refused(tmp_path: Path) -> None:

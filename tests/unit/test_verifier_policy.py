@@ -30,6 +30,7 @@ from verifier.azure.policy import azure_section
 from verifier.claims_view import sample_activation
 from verifier.dcap.policy import sgx_section, tdx_section
 from verifier.maa.policy import maa_section
+from verifier.nitro.policy import nitro_section
 from verifier.policy.compile import load_policy, parse_policy
 from verifier.policy.model import AppraisalPolicy, ReferenceBinding
 from verifier.snp.policy import snp_section
@@ -63,7 +64,7 @@ def test_example_policies_load(name: str) -> None:
     prefix = name.partition("-")[0]
     assert policy.platform == {"snp": "sev-snp", "tdx": "tdx", "sgx": "sgx", "tpm": "tpm",
                                "maa": "maa", "azsnp": "az-snp-vtpm",
-                               "aztdx": "az-tdx-vtpm"}[prefix]
+                               "aztdx": "az-tdx-vtpm", "nitro": "nitro"}[prefix]
     if policy.platform == "sev-snp":
         assert snp_section(policy).measurements
     elif policy.platform == "tdx":
@@ -74,6 +75,8 @@ def test_example_policies_load(name: str) -> None:
         assert maa_section(policy).sgx is not None
     elif policy.platform.startswith("az-"):
         assert azure_section(policy, policy.platform).measurements
+    elif policy.platform == "nitro":
+        assert set(nitro_section(policy).pcrs) == {0, 1, 2, 8}
     else:
         assert sgx_section(policy).mrenclave or sgx_section(policy).signer
     assert policy.digest == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -170,7 +173,7 @@ def test_unknown_field_is_malformed_with_line(tmp_path: Path, old: str, new: str
         (f'["{M1}"]', f'["{"zz" * 48}"]', "snp.measurements[0]", "96 hex digits", "zz"),
         (f'["{M1}"]', f'["{M1}\\n"]', "snp.measurements[0]", "96 hex digits", "97 char"),
         (f'["{M1}"]', "[1]", "snp.measurements[0]", "string", "int"),
-        ("platform: sev-snp", "platform: nitro", "platform", "sev-snp", "nitro"),
+        ("platform: sev-snp", "platform: keystone", "platform", "sev-snp", "keystone"),
         ("name: p", "name: a b", "name", "A-Z a-z 0-9", "a b"),
         ("name: p", 'name: "p\\n"', "name", "A-Za-z0-9", "p\\n"),
         ("require_init_data: true", "require_init_data: 1", "workload.require_init_data",

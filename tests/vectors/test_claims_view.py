@@ -267,7 +267,7 @@ def test_tcb_date_accepts_an_aware_datetime() -> None:
 def test_unknown_platform_is_malformed() -> None:
     """A view without a known platform is Malformed naming evidence.platform."""
     with pytest.raises(Malformed) as exc:
-        platform_claims_from_dict({"platform": "nitro"})
+        platform_claims_from_dict({"platform": "keystone"})
     assert "evidence.platform" in exc.value.reason
 
 
@@ -312,7 +312,7 @@ def test_sample_activation_is_fully_populated(platform: str) -> None:
 def test_sample_activation_unknown_platform() -> None:
     """An unknown platform has no sample (Malformed)."""
     with pytest.raises(KeybrokerError):
-        sample_activation("nitro")
+        sample_activation("keystone")
 
 
 def test_sample_activation_is_fresh() -> None:

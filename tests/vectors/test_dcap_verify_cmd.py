@@ -271,7 +271,7 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     """Unsupported TEEs, options of another TEE, missing files and a policy for another
     platform are usage errors (--allow-missing-crl applies to every TEE)."""
     quote = str(V / "sgx/dcapqvl-sgx-v3/sgx_quote")
-    assert main(["verify", quote, "--tee", "nitro"]) == 2
+    assert main(["verify", quote, "--tee", "keystone"]) == 2
     assert main(["verify", quote, "--tee", "sgx", "--ccel-data", quote]) == 2
     assert main(["verify", quote, "--tee", "snp", "--runtime-log", quote]) == 2
     assert main(["verify", quote, "--tee", "tdx", "--cert-table", quote]) == 2
@@ -279,7 +279,7 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["verify", quote, "--tee", "sgx", "--collateral", str(tmp_path / "no")]) == 2
     policy = write_policy(tmp_path / "p.yaml", "tdx", {"mrtd": []})
     assert main(["verify", quote, "--tee", "sgx", "--policy", str(policy)]) == 2
-    assert "invalid choice: 'nitro'" in capsys.readouterr().err
+    assert "invalid choice: 'keystone'" in capsys.readouterr().err
 
 
 def test_simulator_roots_are_routed_by_content(tmp_path: Path) -> None:

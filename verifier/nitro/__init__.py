@@ -1,0 +1,1 @@
+"""The AWS Nitro Enclaves family (issue 13)."""
