@@ -19,7 +19,6 @@ Invariants:
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from attester_agent.simulator import dcap_collateral as coll
+from attester_agent.simulator.ca_files import load_pairs, save_pairs
 from keybroker.evidence.sgx_extensions import (
     OID_SGX_EXTENSION,
     PlatformConfiguration,
@@ -253,34 +253,16 @@ class DcapTestCa:
     def save(self, directory: Path) -> None:
         """Write ``root.pem``, ``pck-platform-ca.pem``, ``tcb-signing.pem`` and their
         ``*-key.pem`` (mode 0600) into ``directory`` (mode 0700)."""
-        directory = Path(directory)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        for stem, cert, key in zip(_FILES, (self.root, self.pck_ca, self.tcb_signing),
-                                   (self.root_key, self.pck_ca_key, self.tcb_signing_key),
-                                   strict=True):
-            (directory / f"{stem}.pem").write_bytes(_pem(cert))
-            path = directory / f"{stem}-key.pem"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-            os.chmod(path, 0o600)
+        save_pairs(directory, list(zip(_FILES, (self.root, self.pck_ca, self.tcb_signing),
+                                       (self.root_key, self.pck_ca_key, self.tcb_signing_key),
+                                       strict=True)))
 
     @classmethod
     def load(cls, directory: Path) -> DcapTestCa:
         """Read a CA written by ``save``."""
-        directory = Path(directory)
-        certs = [x509.load_pem_x509_certificate((directory / f"{s}.pem").read_bytes())
-                 for s in _FILES]
-        keys: list[ec.EllipticCurvePrivateKey] = []
-        for stem in _FILES:
-            key = serialization.load_pem_private_key(
-                (directory / f"{stem}-key.pem").read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise TypeError(f"{stem}-key.pem is not an EC private key")
-            keys.append(key)
+        pairs = load_pairs(directory, _FILES)
+        certs = [cert for cert, _ in pairs]
+        keys = [key for _, key in pairs]
         return cls(root_key=keys[0], pck_ca_key=keys[1], tcb_signing_key=keys[2],
                    root=certs[0], pck_ca=certs[1], tcb_signing=certs[2])
 

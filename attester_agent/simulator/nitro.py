@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from attester_agent.collectors.nitro_nsm import NitroNsmCollector
 from attester_agent.collectors.simulator import SIMULATOR_CA_HINT
+from attester_agent.simulator.ca_files import load_pairs, save_pairs
 from keybroker.errors import Unavailable
 from keybroker.evidence.nitro_document import (
     ALG_ES384,
@@ -115,28 +115,14 @@ class NitroTestCa:
 
     def save(self, directory: Path) -> None:
         """``root.pem``, ``intermediate.pem`` and their ``*-key.pem`` (mode 0600)."""
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for stem, cert, key in (("root", self.root, self.root_key),
-                                ("intermediate", self.intermediate, self.intermediate_key)):
-            (directory / f"{stem}.pem").write_bytes(_pem(cert))
-            path = directory / f"{stem}-key.pem"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key.private_bytes(serialization.Encoding.PEM,
-                                            serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+        save_pairs(directory, [("root", self.root, self.root_key),
+                               ("intermediate", self.intermediate, self.intermediate_key)])
 
     @classmethod
     def load(cls, directory: Path) -> NitroTestCa:
         """Read a CA written by ``save``."""
-        parts: list[Any] = []
-        for stem in ("root", "intermediate"):
-            key = serialization.load_pem_private_key(
-                (directory / f"{stem}-key.pem").read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise TypeError(f"{stem}-key.pem is not an EC private key")
-            parts += [key, x509.load_pem_x509_certificate((directory / f"{stem}.pem").read_bytes())]
-        return cls(*parts)
+        (root, root_key), (intermediate, key) = load_pairs(directory, ("root", "intermediate"))
+        return cls(root_key, root, key, intermediate)
 
 
 def image_pcrs(image: bytes = DEFAULT_IMAGE, *, debug: bool = False,

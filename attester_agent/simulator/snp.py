@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from attester_agent.simulator.ca_files import load_pairs, save_pairs
 from keybroker.evidence.der import der_ia5, der_uint
 from keybroker.evidence.snp_certs import (
     GUID_ASK,
@@ -195,34 +195,16 @@ class SnpTestCa:
 
     def save(self, directory: Path) -> None:
         """Write ``ark.pem``, ``ask.pem``, ``asvk.pem`` and ``*-key.pem`` (mode 0600)."""
-        directory = Path(directory)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for stem, cert, key in zip(_FILES, (self.ark, self.ask, self.asvk),
-                                   (self.ark_key, self.ask_key, self.asvk_key), strict=True):
-            (directory / f"{stem}.pem").write_bytes(
-                cert.public_bytes(serialization.Encoding.PEM))
-            pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-            path = directory / f"{stem}-key.pem"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(pem)
-            os.chmod(path, 0o600)
+        save_pairs(directory, list(zip(_FILES, (self.ark, self.ask, self.asvk),
+                                       (self.ark_key, self.ask_key, self.asvk_key),
+                                       strict=True)))
 
     @classmethod
     def load(cls, directory: Path) -> SnpTestCa:
         """Read a CA written by ``save``."""
-        directory = Path(directory)
-        certs = [x509.load_pem_x509_certificate((directory / f"{s}.pem").read_bytes())
-                 for s in _FILES]
-        keys = []
-        for stem in _FILES:
-            key = serialization.load_pem_private_key(
-                (directory / f"{stem}-key.pem").read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise TypeError(f"{stem}-key.pem is not an EC private key")
-            keys.append(key)
+        pairs = load_pairs(directory, _FILES)
+        certs = [cert for cert, _ in pairs]
+        keys = [key for _, key in pairs]
         (name,) = certs[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         product = str(name.value).removeprefix("ARK-")
         return cls(product=product, ark_key=keys[0], ask_key=keys[1], asvk_key=keys[2],

@@ -20,6 +20,7 @@ from support.paths import CONFIG, VECTORS
 
 from keybroker.errors import Category, KeybrokerError
 from keybroker_cli.main import main
+from verifier.claims_view import claims_view, lookup, platform_claims_from_dict, sample_claims
 from verifier.nitro.chain import G1_FINGERPRINT, pinned_root
 from verifier.nitro.verify import NitroVerifier
 
@@ -185,3 +186,17 @@ def test_nitro_pcr0_through_reference_values(capsys: pytest.CaptureFixture[str],
     appraisal = out["appraisal"]
     assert isinstance(appraisal, dict)
     assert appraisal["matched"] == {"evidence.pcrs.0": "enclave-images@1/release-1"}
+
+
+def test_nitro_claims_view_round_trip() -> None:
+    """Recorded Nitro claims (the real document's and the sample) read back exactly through
+    the registry; a dict whose debug flag contradicts its PCRs is refused."""
+    claims = VERIFIER.verify(REAL, at=REAL_AT)
+    for value in (claims, sample_claims("nitro")[0]):
+        assert platform_claims_from_dict(value.as_dict()) == value
+    lying = {**claims.as_dict(), "debug": True}
+    with pytest.raises(KeybrokerError) as exc:
+        platform_claims_from_dict(lying)
+    assert exc.value.category is Category.MALFORMED and "debug" in exc.value.reason
+    assert lookup(claims_view(claims, sample_claims("nitro")[1]), "evidence.pcrs.0") == (
+        claims.pcrs[0].hex())
