@@ -21,8 +21,12 @@ resource manager (a kernel's /dev/tpmrm0 gives each client its own object slots)
 default there is one agent and releases/s is the swtpm's pace; the CPU per release and the
 ratio are the services' alone.
 
+The verifier's CPU includes its appraisal worker processes. ``--verifier-workers 1,2,4`` runs
+the whole measurement once per worker count and ends with the curve of releases/s against
+verifier processes (default: the configuration's default, one per core).
+
 Usage: python bench/release.py [--agents N] [--seconds S] [--suite SUITE_ID]
-       [--tee snp|tdx|sgx|tpm|nitro] [--insecure-plaintext]
+       [--tee snp|tdx|sgx|tpm|nitro] [--insecure-plaintext] [--verifier-workers LIST]
 """
 
 from __future__ import annotations
@@ -47,9 +51,16 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process and of its live children (the verifier's workers)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 
@@ -109,25 +120,17 @@ def agent_worker(args: tuple[str, str, float, str, str, bool]) -> list[float]:
     return latencies
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", type=int, default=None,
-                        help="agent processes (default 4; 1 for --tee tpm)")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--suite", default=Suite.X25519_HKDFSHA256_AES256GCM.value)
-    parser.add_argument("--tee", default="snp", choices=["snp", "tdx", "sgx", "tpm", "nitro"])
-    parser.add_argument("--insecure-plaintext", action="store_true",
-                        help="no TLS anywhere (loopback), for comparison")
-    args = parser.parse_args()
-    args.agents = args.agents or (1 if args.tee == "tpm" else 4)
-    transport = ["--insecure-plaintext"] if args.insecure_plaintext else []
-    suite = Suite.from_id(args.suite)
-
+def run(args: argparse.Namespace, suite: Suite, workers: int | None) -> dict[str, float]:
+    """One measurement (services started and stopped); prints its figures."""
     from keybroker_cli.demo_setup import DemoLayout, prepare, write_broker_config
     from keybroker_cli.launcher import ServiceProcess, keybroker_command
 
+    transport = ["--insecure-plaintext"] if args.insecure_plaintext else []
     layout = DemoLayout(Path(tempfile.mkdtemp(prefix="keybroker-bench-")))
     prepare(layout, tee=args.tee)
+    if workers is not None:
+        with layout.verifier_config.open("a") as config:
+            config.write(f"workers = {workers}\n")
     if args.tee == "tdx":
         from keybroker_cli.demo import measure_image
 
@@ -152,8 +155,8 @@ def main() -> int:
             machines.enter_context(tpm_machines(
                 layout.sim, (DEMO_TEES["tpm"].measurement,), broker.address,
                 agent_channel(layout)[0]))
-        # Warm-up (chain caches, connections), not measured.
-        agent_worker((broker.address, str(layout.root), time.time() + 1.0, suite.value,
+        # Warm-up (chain caches in every worker, connections), not measured.
+        agent_worker((broker.address, str(layout.root), time.time() + 2.0, suite.value,
                       args.tee, args.insecure_plaintext))
         v0, b0 = cpu_seconds(verifier.pid), cpu_seconds(broker.pid)
         deadline = time.time() + args.seconds
@@ -178,7 +181,8 @@ def main() -> int:
     per_release_cpu = cpu / count
     p99 = latencies[min(count - 1, int(count * 0.99))]
     print(f"tee={args.tee} suite={suite.value} agents={args.agents} seconds={args.seconds:.0f} "
-          f"cores={os.cpu_count()} transport={'PLAINTEXT' if args.insecure_plaintext else 'mTLS'}")
+          f"cores={os.cpu_count()} verifier_workers={'default' if workers is None else workers} "
+          f"transport={'PLAINTEXT' if args.insecure_plaintext else 'mTLS'}")
     print(f"releases={count} releases_per_s={count / wall:.1f}")
     print(f"latency_ms p50={statistics.median(latencies) * 1000:.2f} p99={p99 * 1000:.2f}")
     print(f"server_cpu_ms_per_release={per_release_cpu * 1000:.3f} "
@@ -186,6 +190,30 @@ def main() -> int:
     print("floor_us " + " ".join(f"{k}={v * 1e6:.1f}" for k, v in floor.items())
           + f" total={floor_total * 1e6:.1f}")
     print(f"floor_ratio = {per_release_cpu / floor_total:.1f}")
+    return {"releases_per_s": count / wall, "p99_ms": p99 * 1000}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=None,
+                        help="agent processes (default 4; 1 for --tee tpm)")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--suite", default=Suite.X25519_HKDFSHA256_AES256GCM.value)
+    parser.add_argument("--tee", default="snp", choices=["snp", "tdx", "sgx", "tpm", "nitro"])
+    parser.add_argument("--insecure-plaintext", action="store_true",
+                        help="no TLS anywhere (loopback), for comparison")
+    parser.add_argument("--verifier-workers", default=None, metavar="LIST",
+                        help="comma-separated verifier worker counts, one run each (0: "
+                             "appraise in the serving process)")
+    args = parser.parse_args()
+    args.agents = args.agents or (1 if args.tee == "tpm" else 4)
+    suite = Suite.from_id(args.suite)
+    counts: list[int | None] = ([int(n) for n in args.verifier_workers.split(",")]
+                                if args.verifier_workers else [None])
+    curve = [(n, run(args, suite, n)) for n in counts]
+    if len(curve) > 1:
+        print("curve verifier_workers -> releases_per_s (p99 ms): " + ", ".join(
+            f"{n}: {r['releases_per_s']:.1f} ({r['p99_ms']:.0f})" for n, r in curve))
     return 0
 
 

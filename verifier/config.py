@@ -28,6 +28,8 @@ Invariants:
   activation) and ``tpm_ak_roots`` (roots of AK certificates); both empty by default, so no
   TPM AK is trusted until an operator names its roots. MAA: ``maa_instances``, a list of
   ``{issuer, jwks}`` (an https issuer URL and the instance's JWKS file); empty by default.
+- ``workers``: appraisal processes, 0..64, default the number of cores (0: appraisals run on
+  one thread of the serving process).
 - Nitro: the AWS root G1 is pinned in code and trusted unless ``nitro_roots`` names the root
   files to trust instead (another AWS partition's root); ``nitro_max_age_seconds`` (1..86400,
   default 300) and ``nitro_max_skew_seconds`` (0..600, default 30) bound a document's
@@ -39,6 +41,7 @@ Invariants:
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import tomllib
 from collections.abc import Iterator
@@ -60,13 +63,14 @@ DEFAULT_LISTEN = "127.0.0.1:50061"
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 INSECURE_MARKER = "INSECURE TEST ROOT"
 DEFAULT_STATE_DB = "verifier-state.db"
+DEFAULT_WORKERS = os.cpu_count() or 1
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "listen": str, "policies": list, "collateral": list, "result_key": str,
     "result_ttl_seconds": int, "audience": str, "simulator_roots": list,
     "simulator_intel_roots": list, "max_request_bytes": int,
     "tpm_ek_roots": list, "tpm_ak_roots": list, "simulator_tpm_roots": list,
     "maa_instances": list, "simulator_nitro_roots": list, "nitro_roots": list,
-    "nitro_max_age_seconds": int, "nitro_max_skew_seconds": int,
+    "nitro_max_age_seconds": int, "nitro_max_skew_seconds": int, "workers": int,
     "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
     "health_check_seconds": (int, float),
     "admins": dict, "reference_providers": list,
@@ -140,6 +144,7 @@ class VerifierConfig:
     simulator_nitro_roots: tuple[Path, ...] = ()  # Nitro simulator roots, insecure
     nitro_max_age_seconds: int = 300
     nitro_max_skew_seconds: int = 30
+    workers: int = DEFAULT_WORKERS  # appraisal processes; 0: one thread of the front process
     state_db: Path = Path(DEFAULT_STATE_DB)
     record_days: int = 7
     policy_poll_seconds: float = 1.0
@@ -251,6 +256,7 @@ def load_config(path: Path) -> VerifierConfig:
                                          low=1, high=86400),
         nitro_max_skew_seconds=_int_range(path, table, "nitro_max_skew_seconds", default=30,
                                           low=0, high=600),
+        workers=_int_range(path, table, "workers", default=DEFAULT_WORKERS, low=0, high=64),
         maa_instances=_maa_instances(path, table.get("maa_instances", [])),
         state_db=_paths(path, "state_db", [table.get("state_db", DEFAULT_STATE_DB)])[0],
         record_days=record_days,

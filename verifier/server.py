@@ -11,8 +11,10 @@ Invariants:
 - The listening socket is mutual TLS (``keybroker.tls``); plaintext only with
   ``--insecure-plaintext``, on loopback, logged as INSECURE. SIGHUP re-reads the certificate
   files (they are also re-read when they change).
+- Appraisals run in ``workers`` processes (``verifier.workers``; 0: one thread of this
+  process); this process keeps the port, health, admin API and metrics responsive.
 - Shutdown reports NOT_SERVING first, then lets in-flight RPCs finish within a grace period,
-  then stops the policy watcher and flushes the recorded appraisals.
+  then stops the policy watcher and the workers and flushes the recorded appraisals.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ from verifier.policy.state import load_state, seed_policies
 from verifier.records import RecordStore, RecordWriter
 from verifier.reference.store import ReferenceStore
 from verifier.result import ResultSigner
-from verifier.service import SERVICE_NAME, Clock, VerifierServicer, utc_now
+from verifier.service import SERVICE_NAME, Clock, Recorder, VerifierServicer, utc_now
 from verifier.tee import EvidenceVerifier, VerifierSetup
+from verifier.workers import AppraisalWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +75,11 @@ def open_verifiers(setup: VerifierSetup) -> dict[str, EvidenceVerifier]:
 
 def build_servicer(
     config: VerifierConfig, *, insecure: bool, clock: Clock = utc_now,
-    plaintext: bool = False,
+    plaintext: bool = False, seed: bool = True, recorder: Recorder | None = None,
 ) -> VerifierServicer:
-    """Load trust anchors, collateral, policies and the result key once (start-up)."""
+    """Load trust anchors, collateral, policies and the result key once (start-up). ``seed``
+    applies the configured policy files to the state database (the front process only);
+    ``recorder`` replaces the record writer (an appraisal worker's capture)."""
     ensure_secure(config, insecure=insecure)
     if insecure:
         logger.warning(
@@ -94,14 +99,15 @@ def build_servicer(
                                ttl_seconds=config.result_ttl_seconds)
     policy_store = PolicyStore(config.state_db)
     reference_store = ReferenceStore(config.state_db)
-    seed_policies(policy_store, config.policies, clock())
+    if seed:
+        seed_policies(policy_store, config.policies, clock())
     compiled: dict[tuple[str, int, str], AppraisalPolicy] = {}
     watched = Watched("verifier policies and reference values",
                       lambda: (policy_store.generation(), reference_store.generation()),
                       lambda: load_state(policy_store, reference_store, compiled))
-    records = (RecordWriter(RecordStore(config.state_db,
-                                        retention=timedelta(days=config.record_days)))
-               if config.record_days > 0 else None)
+    records = recorder or (RecordWriter(RecordStore(
+        config.state_db, retention=timedelta(days=config.record_days)))
+        if config.record_days > 0 else None)
     logger.info("verifier policies in force=%s result_alg=%s kid=%s record_days=%d",
                 ",".join(p.policy_id for p in watched.current.policies.values()),
                 signer.alg, signer.kid, config.record_days)
@@ -240,6 +246,11 @@ async def serve(
     """Run the verifier until SIGTERM/SIGINT, then shut down gracefully; SIGHUP re-reads the
     TLS certificate files."""
     servicer = build_servicer(config, insecure=insecure, clock=clock, plaintext=plaintext)
+    if config.workers > 0:
+        servicer.workers = AppraisalWorkers(config.source, config.workers, insecure=insecure,
+                                            plaintext=plaintext, build=build_servicer,
+                                            submit_record=servicer.submit_record)
+        servicer.workers.warm()
     tls = server_tls(config, plaintext=plaintext)
     admin = await start_verifier_admin(config, servicer, plaintext)
     probes: dict[str, Probe] = {"database": blocking(lambda: probe_file(config.state_db))}

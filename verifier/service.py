@@ -38,10 +38,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -58,7 +59,7 @@ from verifier.collateral.cache import CollateralStore
 from verifier.policy.decision import appraise_claims, evidence_workload
 from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import PolicyState, read_policy_files
-from verifier.records import AppraisalRecord, RecordWriter
+from verifier.records import AppraisalRecord
 from verifier.result import ResultSigner
 from verifier.tee import (
     Claims,
@@ -69,6 +70,7 @@ from verifier.tee import (
     check_binding,
 )
 from verifier.verdict import Appraisal
+from verifier.workers import AppraisalWorkers
 from verifier.workload import WorkloadClaims
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,14 @@ def _check_request(request: verifier_pb2.AppraiseRequest, max_bytes: int) -> lis
     return names
 
 
+class Recorder(Protocol):
+    """Where appraisal records go: the background writer, or a worker's capture."""
+
+    def submit(self, record: AppraisalRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class _Verdict:
     """What one request's evidence proved and how each requested policy judged it."""
@@ -150,7 +160,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         insecure: bool,
         policies: Mapping[str, AppraisalPolicy] | None = None,
         state: Callable[[], PolicyState] | None = None,
-        records: RecordWriter | None = None,
+        records: Recorder | None = None,
         max_request_bytes: int = 1 << 20,
         clock: Clock = utc_now,
         clients: frozenset[str] | None = None,
@@ -170,6 +180,9 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         # (tee, seconds, category or "" when affirmed) after every appraisal (metrics).
         self.observer: Callable[[str, float, str], None] | None = None
         self.tracing = Tracing()  # spans (off unless configured; set by the server)
+        # Appraisal worker processes (``verifier.workers``), or None: one appraisal thread.
+        self.workers: AppraisalWorkers | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="appraise")
 
     def start_background(self, poll_seconds: float) -> None:
         """Start watching the state database for applied policies and reference values."""
@@ -180,8 +193,16 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         """Stop watching and flush the recorded appraisals."""
         if self.watched is not None:
             await self.watched.stop()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        if self.workers is not None:
+            await asyncio.to_thread(self.workers.close)
         if self._records is not None:
             await asyncio.to_thread(self._records.close)
+
+    def submit_record(self, record: object) -> None:
+        """Queue an appraisal record made elsewhere (a worker process) for writing."""
+        if self._records is not None and isinstance(record, AppraisalRecord):
+            self._records.submit(record)
 
     @staticmethod
     def _policy(state: PolicyState, name: str) -> AppraisalPolicy:
@@ -357,7 +378,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         digest = hashlib.sha256(request.evidence.SerializeToString(deterministic=True)).hexdigest()
         tee, start = request.evidence.WhichOneof("kind") or "none", time.perf_counter()
         try:
-            token = self.appraise(request, digest)
+            if self.workers is not None:
+                token = await self.workers.appraise(request, digest)
+            else:  # one thread: the event loop (health, other RPCs) stays responsive
+                token = await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self.appraise, request, digest)
         except KeybrokerError as err:
             self._observe(tee, start, err.category.value)
             logger.info("appraisal denied evidence_sha256=%s %s", digest, err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,16 @@ def test_nitro_settings(tmp_path: Path) -> None:
     with pytest.raises(Malformed) as hidden:  # a test root passed off as a production one
         ensure_secure(config, insecure=False)
     assert "sim-root.pem" in str(hidden.value.actual)
+
+
+def test_workers_setting(tmp_path: Path) -> None:
+    """``workers`` defaults to the number of cores and is range-checked (0 = in-process)."""
+    base = 'policies = ["p"]\nresult_key = "k"\n'
+    assert load_config(_write(tmp_path, base)).workers == (os.cpu_count() or 1)
+    assert load_config(_write(tmp_path, base + "workers = 0\n")).workers == 0
+    for bad in ("workers = -1\n", "workers = 65\n", 'workers = "2"\n'):
+        with pytest.raises(Malformed, match="workers"):
+            load_config(_write(tmp_path, base + bad))
 
 
 def test_row58_simulator_certificate_in_collateral_refused(tmp_path: Path) -> None:
