@@ -13,6 +13,7 @@ Invariants:
 - A worker returns the token (or the typed denial) and the appraisal records it would have
   written; the front writes the records through its one writer, so nothing is recorded twice
   and record counters stay in one place.
+- Workers die with the serving process (Linux parent-death signal), even when it is killed.
 - A worker that dies fails the requests it held closed (UNAVAILABLE) and the pool is replaced:
   the next request is served by fresh workers. Nothing waits forever: a call carries its
   deadline from the caller (gRPC), and shutdown does not wait for queued work.
@@ -21,9 +22,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
@@ -38,6 +42,7 @@ from verifier.config import load_config
 
 logger = logging.getLogger(__name__)
 
+PR_SET_PDEATHSIG = 1
 Outcome = tuple[str, str, str, str, str, str]  # ("ok", token, ...) or ("deny", category, ...)
 
 
@@ -78,8 +83,19 @@ class _Setup:
     log_format: str
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to stop this worker when the serving process dies, even by SIGKILL (no
+    orphaned workers holding the state database)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the parent died before the request took effect
+            os._exit(0)
+
+
 def _init_worker(setup: _Setup) -> None:
     """Build this worker's servicer from the configuration (module invariants)."""
+    _die_with_parent()
     configure(setup.level, "json" if setup.log_format == "json" else "text")
     config = load_config(Path(setup.config_path))
     records: list[object] = []
