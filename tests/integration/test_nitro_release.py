@@ -13,8 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from support.agent_tls import secure_channel
-from support.demo_stack import prepared_services
+from support.demo_stack import prepared_services, served_env
 from support.release_attempts import (
     Env,
     agent,
@@ -27,7 +26,7 @@ from support.release_attempts import (
 from attester_agent.collectors.nitro_nsm import NitroNsmCollector
 from attester_agent.simulator.nitro import NitroTestCa, SimulatedNsm, image_pcrs
 from keybroker.errors import Category
-from keybroker.v1 import broker_pb2_grpc, evidence_pb2
+from keybroker.v1 import evidence_pb2
 from keybroker_cli.demo_nitro import DEMO_IMAGE_PCR0
 from keybroker_cli.demo_setup import DEMO_INIT_DATA, DEMO_KEY_ID, agent_tls_args
 
@@ -37,13 +36,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """The prepared ``--tee nitro`` deployment, its verifier and broker running."""
-    with prepared_services(tmp_path_factory.mktemp("nitro-release"), tee="nitro") as served:
-        channel = secure_channel(served.layout, served.broker.address)
-        try:
-            yield Env(served.layout, served.secret, served.verifier, served.broker, channel,
-                      broker_pb2_grpc.KeyBrokerStub(channel))
-        finally:
-            channel.close()
+    with (prepared_services(tmp_path_factory.mktemp("nitro-release"), tee="nitro") as served,
+          served_env(served) as env):
+        yield env
 
 
 def enclave(env: Env, *, pcrs: dict[int, bytes] | None = None,

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from support.agent_tls import secure_channel
 from support.demo_stack import Prepared, prepared_services
-from support.release_attempts import Env, build_attempt, open_released, send
+from support.release_attempts import Env, build_attempt, open_released, recovers, send
 from test_verifier_workers import children, wait_for_workers
 
 from keybroker.errors import Category, KeybrokerError
@@ -139,14 +139,6 @@ def test_fault_verifier_killed_then_restarted(stack: Stack) -> None:
         restarted = stack.start("verifier")
         assert restarted.address == stack.served.verifier.address
         assert children(restarted.pid) or wait_for_workers(restarted.pid, 1)
-        recovered = False
-        deadline = time.monotonic() + 30
-        while not recovered and time.monotonic() < deadline:
-            try:
-                recovered = release(env) == env.secret
-            except KeybrokerError as err:
-                assert err.category is Category.UNAVAILABLE
-                time.sleep(0.5)
-        assert recovered
+        assert recovers(lambda: release(env), env.secret, timeout=30)
     finally:
         env.channel.close()

@@ -16,13 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.agent_tls import secure_channel
-from support.demo_stack import prepared_services
-from support.release_attempts import Env, build_attempt, open_released, send
+from support.demo_stack import prepared_services, served_env
+from support.release_attempts import Env, build_attempt, open_released, recovers, send
 
 from keybroker.errors import Category, KeybrokerError
 from keybroker.tls import client_credentials
-from keybroker.v1 import broker_pb2_grpc
 from keybroker_cli.demo import demo_collector
 
 pytestmark = pytest.mark.integration
@@ -55,14 +53,10 @@ def wait_for_workers(pid: int, count: int, timeout: float = 30.0) -> set[int]:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    with prepared_services(tmp_path_factory.mktemp("workers"),
-                           verifier_settings=f"workers = {WORKERS}\n") as served:
-        channel = secure_channel(served.layout, served.broker.address)
-        try:
-            yield Env(served.layout, served.secret, served.verifier, served.broker, channel,
-                      broker_pb2_grpc.KeyBrokerStub(channel))
-        finally:
-            channel.close()
+    with (prepared_services(tmp_path_factory.mktemp("workers"),
+                            verifier_settings=f"workers = {WORKERS}\n") as served,
+          served_env(served) as env):
+        yield env
 
 
 def release(env: Env) -> bytes:
@@ -125,13 +119,5 @@ def test_fault_worker_killed_fails_closed_then_recovers(env: Env) -> None:
     with pytest.raises(KeybrokerError) as exc:
         release(env)
     assert exc.value.category is Category.UNAVAILABLE
-    recovered = False
-    deadline = time.monotonic() + 60
-    while not recovered and time.monotonic() < deadline:
-        try:
-            recovered = release(env) == env.secret
-        except KeybrokerError as err:
-            assert err.category is Category.UNAVAILABLE
-            time.sleep(0.5)
-    assert recovered
+    assert recovers(lambda: release(env), env.secret, timeout=60)
     assert not wait_for_workers(env.verifier.pid, WORKERS) & workers

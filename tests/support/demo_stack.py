@@ -10,10 +10,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from keybroker.v1 import broker_pb2_grpc
 from keybroker_cli.demo_prepare import Ports, prepare_deployment
 from keybroker_cli.demo_setup import DemoLayout, PolicySpec, Tee, write_broker_config
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
 from support.admin import free_port
+from support.agent_tls import secure_channel
+from support.release_attempts import Env
 
 
 def start_verifier(layout: DemoLayout) -> ServiceProcess:
@@ -89,3 +92,15 @@ def prepared_services(root: Path, *, broker_settings: str = "", verifier_setting
         with suppress(ProcessLookupError):
             os.kill(verifier.pid, signal.SIGCONT)
         verifier.stop()
+
+
+@contextmanager
+def served_env(served: Prepared) -> Iterator[Env]:
+    """The release-attempt environment of a running deployment: an agent channel (mutual
+    TLS) to its broker; the channel is closed on exit."""
+    channel = secure_channel(served.layout, served.broker.address)
+    try:
+        yield Env(served.layout, served.secret, served.verifier, served.broker, channel,
+                  broker_pb2_grpc.KeyBrokerStub(channel))
+    finally:
+        channel.close()

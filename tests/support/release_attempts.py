@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,3 +104,16 @@ def assert_denied(env: Env, attempt: Attempt, category: Category) -> KeybrokerEr
                for r in records), records
     assert not any(r.get("kind") == "released" for r in records)
     return exc.value
+
+
+def recovers(attempt: Callable[[], bytes], secret: bytes, *, timeout: float) -> bool:
+    """Whether ``attempt`` returns ``secret`` within ``timeout`` seconds, retrying while it
+    is refused UNAVAILABLE (a service coming back); any other refusal fails the caller."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return attempt() == secret
+        except KeybrokerError as err:
+            assert err.category is Category.UNAVAILABLE, err
+            time.sleep(0.5)
+    return False
