@@ -159,13 +159,6 @@ class AppraisalWorkers:
         for _ in range(self.count):
             self._pool.submit(_ping)
 
-    async def pids(self) -> set[int]:
-        """The process ids of the workers (each answers one ping; for status and tests)."""
-        loop = asyncio.get_running_loop()
-        found = await asyncio.gather(*(loop.run_in_executor(self._pool, _ping)
-                                       for _ in range(self.count * 4)))
-        return set(found)
-
     async def appraise(self, request: verifier_pb2.AppraiseRequest, digest: str) -> str:
         """The token, or the typed denial raised (module invariants)."""
         pool = self._pool

@@ -85,10 +85,6 @@ def _issue(cn: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | 
     return builder.sign(signer, hashes.SHA384())
 
 
-def _pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 

@@ -62,24 +62,26 @@ def pinned_root() -> NitroRoot:
     return NitroRoot(der, cert, insecure=False)
 
 
-def configured_roots(paths: Sequence[Path]) -> tuple[NitroRoot, ...]:
-    """Production roots an operator named (PEM files), or the pinned G1 when none."""
-    if not paths:
-        return (pinned_root(),)
-    return tuple(NitroRoot(r.der, r.certificate, insecure=False) for r in simulator_roots(paths))
-
-
-def simulator_roots(paths: Sequence[Path]) -> tuple[NitroRoot, ...]:
-    """Roots from PEM files (INSECURE: tests and demos, behind the insecure switch)."""
+def _roots(paths: Sequence[Path], *, insecure: bool) -> tuple[NitroRoot, ...]:
     roots = []
     for path in paths:
         try:
             cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
         except ValueError as exc:
-            raise Malformed("Nitro simulator root is not a PEM certificate",
+            raise Malformed("Nitro root file is not a PEM certificate",
                             actual=str(path)) from exc
-        roots.append(NitroRoot(cert.public_bytes(Encoding.DER), cert, insecure=True))
+        roots.append(NitroRoot(cert.public_bytes(Encoding.DER), cert, insecure=insecure))
     return tuple(roots)
+
+
+def configured_roots(paths: Sequence[Path]) -> tuple[NitroRoot, ...]:
+    """Production roots an operator named (PEM files), or the pinned G1 when none."""
+    return _roots(paths, insecure=False) if paths else (pinned_root(),)
+
+
+def simulator_roots(paths: Sequence[Path]) -> tuple[NitroRoot, ...]:
+    """Roots from PEM files (INSECURE: tests and demos, behind the insecure switch)."""
+    return _roots(paths, insecure=True)
 
 
 def _ca_constraints(policy: object, cert: x509.Certificate,
