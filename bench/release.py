@@ -43,25 +43,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from timing import per_op
+from timing import cpu_seconds, per_op
 
 from keybroker.wrapping import AgentKeyPair, Suite, load_public_key, release_info, seal
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and of its live children (the verifier's workers)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
 
 
 def crypto_floor(suite: Suite, tee: str) -> dict[str, float]:

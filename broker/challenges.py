@@ -27,10 +27,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import sqlite_utils
-
-from keybroker.database import Database, immediate
+from keybroker.database import Database
 from keybroker.errors import Exhausted, FreshnessError, Malformed
+from keybroker.migrations import ddl, sqlite_columns
+from keybroker.store_session import Session, immediate
 
 NONCE_SIZE = 32
 MAX_KEY_IDS = 64
@@ -70,9 +70,10 @@ class Challenge:
     peer: Peer = NO_PEER
 
 
-def challenge_schema(db: sqlite_utils.Database) -> None:
+def challenge_schema(db: Session) -> None:
     """Create the challenges table (idempotent)."""
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS challenges ("
         " challenge_id TEXT PRIMARY KEY,"
         " nonce BLOB NOT NULL,"
@@ -84,8 +85,8 @@ def challenge_schema(db: sqlite_utils.Database) -> None:
         " peer TEXT NOT NULL DEFAULT '',"
         " channel BLOB NOT NULL DEFAULT x'')"
     )
-    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(challenges)").fetchall()}
-    if "peer" not in columns:  # a database from before peer binding
+    if db.dialect == "sqlite" and "peer" not in sqlite_columns(db, "challenges"):
+        # a file from before peer binding
         db.execute("ALTER TABLE challenges ADD COLUMN peer TEXT NOT NULL DEFAULT ''")
         db.execute("ALTER TABLE challenges ADD COLUMN channel BLOB NOT NULL DEFAULT x''")
     db.execute("CREATE INDEX IF NOT EXISTS challenges_expiry ON challenges (expires_at)")
@@ -136,7 +137,7 @@ class ChallengeStore:
             peer=peer,
         )
 
-        def op(db: sqlite_utils.Database) -> None:
+        def op(db: Session) -> None:
             with immediate(db):
                 total = db.execute("SELECT COUNT(*) FROM challenges WHERE consumed_at IS NULL"
                                    " AND expires_at > ?", [now]).fetchone()[0]
@@ -167,7 +168,7 @@ class ChallengeStore:
         when it was issued to another client certificate: the challenge is spent)."""
         now = self._clock()
 
-        def op(db: sqlite_utils.Database) -> Challenge | None:
+        def op(db: Session) -> Challenge | None:
             cursor = db.execute(
                 "UPDATE challenges SET consumed_at = ?"
                 " WHERE challenge_id = ? AND consumed_at IS NULL AND expires_at > ?"
@@ -214,7 +215,7 @@ class ChallengeStore:
         """Delete challenges that expired more than ``older_than_seconds`` ago."""
         cutoff = self._clock() - older_than_seconds
 
-        def op(db: sqlite_utils.Database) -> int:
+        def op(db: Session) -> int:
             return db.execute("DELETE FROM challenges WHERE expires_at < ?", [cutoff]).rowcount
 
         return self._db.run(op)

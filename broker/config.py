@@ -5,9 +5,19 @@ Invariants:
   MALFORMED (with the file, what was expected and what was found), so a typo never silently
   falls back to a default.
 - Relative paths are resolved against the directory of the configuration file.
+- ``database`` is a SQLite file or a ``postgresql://`` URL (replicas share it: broker state in
+  schema ``broker``, the audit log in ``broker_audit``); with a URL, ``audit_database``
+  defaults to the same database.
 - ``admins`` maps identities to roles (``keybroker.roles``; the broker honours
   ``policy-admin`` for release rules); ``policy_poll_seconds`` (0.1..60) is how often the
   service looks for newly applied release rules in ``database``.
+- Replicas: ``replica_id`` names this broker in its audit records (default ``host:listen``;
+  unique per replica, stable across its restarts). At start a broker marks its own
+  release intents without outcome ``unknown``; every ``challenge_purge_seconds`` it marks
+  those of any replica older than ``intent_grace_seconds`` (10..86400, default 300: longer
+  than any release can take), so a replica that never returns leaves no dangling intent.
+- ``verifier`` is one ``host:port`` or a list of them (replicas): the broker keeps a channel
+  to each, sends each appraisal to a healthy one and fails over to the next on UNAVAILABLE.
 - Transport: ``tls_cert`` + ``tls_key`` (the agents' TLS server certificate) come together;
   ``agent_client_ca``, when set, requires every agent to present a client certificate under it
   (challenges and bindings then cover that certificate). ``verifier_ca``,
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -43,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from keybroker.admin_auth import ADMIN_KEYS, AdminSettings, admin_settings
+from keybroker.database import DatabaseTarget, database_target, is_database_url
 from keybroker.errors import Malformed
 from keybroker.metrics import METRICS_KEYS, MetricsSettings, metrics_settings
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
@@ -90,10 +102,10 @@ class BrokerConfig:
     """The ``[broker]`` table of the broker configuration file."""
 
     listen: str
-    database: Path
-    audit_database: Path
+    database: DatabaseTarget
+    audit_database: DatabaseTarget
     kek_file: Path
-    verifier: str
+    verifiers: tuple[str, ...]  # host:port of each verifier replica (failover in order)
     verifier_jwks: Path
     verifier_alg: str
     verifier_timeout_seconds: float
@@ -115,6 +127,8 @@ class BrokerConfig:
     max_challenges: int = 100_000
     max_challenges_per_peer: int = 64
     challenge_purge_seconds: float = 30.0
+    replica_id: str = ""  # this replica's name in the audit log (default host:listen)
+    intent_grace_seconds: float = 300.0
     health_check_seconds: float = 2.0
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
@@ -158,15 +172,28 @@ _DEFAULTS: dict[str, object] = {
     "pkcs11_pin_file": "",
     "pkcs11_pin_env": "",
     "challenge_purge_seconds": 30.0,
+    "replica_id": "",
+    "intent_grace_seconds": 300.0,
     "health_check_seconds": 2.0,
 }
 
 _PATHS = ("database", "audit_database", "kek_file", "verifier_jwks", "release_rules")
-_STRINGS = ("listen", "verifier", "verifier_alg", "audience")
+_STRINGS = ("listen", "verifier_alg", "audience")
 _PKCS11 = ("pkcs11_module", "pkcs11_token_label", "pkcs11_key_label", "pkcs11_pin_file",
            "pkcs11_pin_env")
 _OPTIONAL_PATHS = ("tls_cert", "tls_key", "agent_client_ca", "verifier_ca",
                    "verifier_client_cert", "verifier_client_key")
+
+
+def _verifiers(path: Path, value: object) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if (not isinstance(items, list) or not items or len(items) > 16
+            or not all(isinstance(i, str) and i.strip() for i in items)
+            or len(set(items)) != len(items)):
+        raise Malformed(f"{path}: [broker].verifier has the wrong value", rule="broker.verifier",
+                        expected="host:port, or a list of 1..16 distinct host:port",
+                        actual=repr(value)[:120])
+    return tuple(str(i).strip() for i in items)
 
 
 def _typed(path: Path, key: str, value: object, kind: type | tuple[type, ...]) -> None:
@@ -241,10 +268,13 @@ def parse_config(data: dict[str, object], path: Path) -> BrokerConfig:
                         expected="4096..16777216", actual=str(max_bytes))
     config = BrokerConfig(
         listen=str(merged["listen"]),
-        database=p("database"),
-        audit_database=p("audit_database"),
+        database=database_target(str(merged["database"]), base, "broker"),
+        audit_database=database_target(
+            str(merged["database"] if is_database_url(str(merged["database"]))
+                and "audit_database" not in table else merged["audit_database"]),
+            base, "broker_audit"),
         kek_file=p("kek_file"),
-        verifier=str(merged["verifier"]),
+        verifiers=_verifiers(path, merged["verifier"]),
         verifier_jwks=p("verifier_jwks"),
         verifier_alg=alg,
         verifier_timeout_seconds=timeout,
@@ -325,6 +355,15 @@ def _transport(path: Path, merged: dict[str, object]) -> dict[str, Any]:
                         expected="1 <= max_challenges_per_peer <= max_challenges <= 10000000",
                         actual=f"{limits['max_challenges_per_peer']}, "
                                f"{limits['max_challenges']}")
+    grace = merged["intent_grace_seconds"]
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not 10 <= grace <= 86400:
+        raise Malformed(f"{path}: intent_grace_seconds out of range",
+                        rule="broker.intent_grace_seconds", expected="10..86400",
+                        actual=repr(grace))
+    replica = merged["replica_id"]
+    if not isinstance(replica, str) or len(replica) > 128 or not replica.isprintable():
+        raise Malformed(f"{path}: replica_id is not a name", rule="broker.replica_id",
+                        expected="up to 128 printable characters", actual=repr(replica)[:140])
     purge = float(merged["challenge_purge_seconds"])  # type: ignore[arg-type]
     if not 1 <= purge <= 3600:
         raise Malformed(f"{path}: challenge_purge_seconds out of range",
@@ -342,6 +381,8 @@ def _transport(path: Path, merged: dict[str, object]) -> dict[str, Any]:
                          if verifier else None),
         "verifier_server_name": str(merged["verifier_server_name"]),
         "challenge_purge_seconds": purge,
+        "intent_grace_seconds": float(grace),
+        "replica_id": replica or f"{socket.gethostname()}:{merged['listen']}",
         **limits,
     }
 

@@ -23,11 +23,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from broker.kek import KekBackend, KekProvider
-from keybroker.database import Database, immediate
+from keybroker.database import Database
 from keybroker.errors import Unavailable
+from keybroker.migrations import ddl
+from keybroker.store_session import Session, immediate
 
 _log = logging.getLogger(__name__)
 
@@ -35,9 +35,10 @@ Clock = Callable[[], float]
 Rewrap = Callable[[KekProvider, Callable[[str], KekProvider]], int]
 
 
-def kek_schema(db: sqlite_utils.Database) -> None:
+def kek_schema(db: Session) -> None:
     """Create the KEK version table (idempotent)."""
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS kek_versions ("
         " kek_id TEXT PRIMARY KEY,"
         " version INTEGER UNIQUE NOT NULL,"
@@ -88,7 +89,7 @@ class KekRing:
             return
         first = self.backend.open(self.backend.locator(1))
 
-        def op(db: sqlite_utils.Database) -> None:
+        def op(db: Session) -> None:
             with immediate(db):
                 if db.execute("SELECT COUNT(*) FROM kek_versions").fetchone()[0] == 0:
                     db.execute("INSERT INTO kek_versions VALUES (?, 1, ?, ?, 'current', ?)",
@@ -99,7 +100,7 @@ class KekRing:
 
     def versions(self) -> list[KekVersion]:
         """Every version, oldest first."""
-        def op(db: sqlite_utils.Database) -> list[KekVersion]:
+        def op(db: Session) -> list[KekVersion]:
             rows = db.execute("SELECT kek_id, version, backend, locator, state, created_at"
                               " FROM kek_versions ORDER BY version").fetchall()
             return [KekVersion(str(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]),
@@ -146,7 +147,7 @@ class KekRing:
             locator = self.backend.locator(number)
             kek = self.backend.create(locator)
 
-            def record(db: sqlite_utils.Database) -> None:
+            def record(db: Session) -> None:
                 with immediate(db):
                     db.execute("INSERT INTO kek_versions VALUES (?, ?, ?, ?, 'target', ?)",
                                [kek.kek_id, number, self.backend.name, locator,
@@ -159,7 +160,7 @@ class KekRing:
                   " resumed" if resumed else "")
         count = rewrap(self.provider(target.kek_id), self.provider)
 
-        def promote(db: sqlite_utils.Database) -> None:
+        def promote(db: Session) -> None:
             with immediate(db):
                 db.execute("UPDATE kek_versions SET state = 'previous' WHERE state = 'current'")
                 db.execute("UPDATE kek_versions SET state = 'current' WHERE kek_id = ?",
@@ -176,7 +177,7 @@ class KekRing:
             if version.state != "previous":
                 continue
 
-            def referenced(db: sqlite_utils.Database, kek_id: str = version.kek_id) -> bool:
+            def referenced(db: Session, kek_id: str = version.kek_id) -> bool:
                 row = db.execute("SELECT 1 FROM secrets WHERE kek_id = ? LIMIT 1",
                                  [kek_id]).fetchone()
                 return row is not None
@@ -186,7 +187,7 @@ class KekRing:
             self.backend.destroy(version.locator)
             self._open.pop(version.kek_id, None)
 
-            def mark(db: sqlite_utils.Database, kek_id: str = version.kek_id) -> None:
+            def mark(db: Session, kek_id: str = version.kek_id) -> None:
                 with immediate(db):
                     db.execute("UPDATE kek_versions SET state = 'retired' WHERE kek_id = ?",
                                [kek_id])

@@ -73,12 +73,14 @@ class _Trail:
     policy_ids: tuple[str, ...] = ()
     keys: tuple[str, ...] = ()
     released: bool = field(default=False)
+    replica: str = ""
 
     def entry(self, kind: str, category: str = "", reason: str = "") -> AuditEntry:
         return AuditEntry(request_id=self.request_id, kind=kind, category=category,
                           reason=reason, evidence_digest=self.evidence_digest,
                           policy_ids=self.policy_ids, keys=self.keys,
-                          agent_key_fingerprint=self.agent_fp, challenge_id=self.challenge_id)
+                          agent_key_fingerprint=self.agent_fp, challenge_id=self.challenge_id,
+                          replica=self.replica)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Broker:
         self.appraiser = appraiser
         self._clock = clock
         self.suites = tuple(Suite)
+        self.replica = ""  # this broker's replica id, in its audit records (set at build)
         self.watched_rules: Watched[ReleaseRules] | None = None
         self.monitor: HealthMonitor | None = None  # set by the server (status replies)
         self.tracing = Tracing()  # spans (off unless configured; set by the server)
@@ -200,7 +203,8 @@ class Broker:
         if request.request_id and request.request_id != request_id:
             bad_id = Malformed("request id invalid",
                                expected=f"<= {MAX_REQUEST_ID} printable ASCII characters")
-        trail = _Trail(request_id=request_id, challenge_id=request.challenge_id[:MAX_CHALLENGE_ID],
+        trail = _Trail(request_id=request_id,
+                       challenge_id=request.challenge_id[:MAX_CHALLENGE_ID], replica=self.replica,
                        agent_fp=hashlib.sha256(request.public_key).hexdigest(),
                        keys=tuple(f"{k.key_id[:256]}@{k.version or 'latest'}"
                                   for k in request.keys[:64]))
@@ -279,7 +283,7 @@ class Broker:
         """
         secrets = [self.secrets.get(key_id, version) for key_id, version in keys]
         trail.keys = tuple(f"{s.key_id}@{s.version}" for s in secrets)
-        self.audit.append(trail.entry("intent"))
+        self.audit.append(trail.entry("intent"), first_for_challenge=True)
         return secrets
 
     def _seal_and_record(

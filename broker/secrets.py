@@ -29,15 +29,16 @@ import secrets as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlite_utils
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker.challenges import MAX_KEY_ID_LEN, Clock
 from broker.kek import KekProvider
 from broker.kek_ring import KekRing
-from keybroker.database import Database, immediate
+from keybroker.database import Database
 from keybroker.errors import Malformed, PlatformPolicyViolation, Unavailable
+from keybroker.migrations import ddl, refuse, sqlite_columns
+from keybroker.store_session import Session, immediate
 
 _AAD_LABEL = b"keybroker/v1/secret\x00"
 _NONCE = 12
@@ -87,9 +88,10 @@ class SecretInfo:
                 "kek_id": self.kek_id, "state": self.state, "destroy_after": self.destroy_after}
 
 
-def secret_schema(db: sqlite_utils.Database) -> None:
+def secret_schema(db: Session) -> None:
     """Create the secrets table (idempotent)."""
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS secrets ("
         " key_id TEXT NOT NULL,"
         " version INTEGER NOT NULL,"
@@ -99,20 +101,18 @@ def secret_schema(db: sqlite_utils.Database) -> None:
         " created_at REAL NOT NULL,"
         " PRIMARY KEY (key_id, version))"
     )
-    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(secrets)").fetchall()}
-    if "state" not in columns:  # a database from before the lifecycle
-        db.execute("ALTER TABLE secrets ADD COLUMN state TEXT NOT NULL DEFAULT 'enabled'")
-        db.execute("ALTER TABLE secrets ADD COLUMN destroy_after REAL")
-    db.execute("DROP TRIGGER IF EXISTS secrets_immutable")  # from before KEK rotation
-    db.execute(
-        "CREATE TRIGGER IF NOT EXISTS secrets_value_immutable"
-        " BEFORE UPDATE OF key_id, version, ciphertext, created_at ON secrets"
-        " BEGIN SELECT RAISE(ABORT, 'secret versions are immutable'); END"
-    )
-    db.execute(
-        "CREATE TRIGGER IF NOT EXISTS secrets_no_delete BEFORE DELETE ON secrets"
-        " BEGIN SELECT RAISE(ABORT, 'secret versions are never deleted'); END"
-    )
+    if db.dialect == "sqlite":
+        if "state" not in sqlite_columns(db, "secrets"):  # a file from before the lifecycle
+            db.execute("ALTER TABLE secrets ADD COLUMN state TEXT NOT NULL DEFAULT 'enabled'")
+            db.execute("ALTER TABLE secrets ADD COLUMN destroy_after REAL")
+        db.execute("DROP TRIGGER IF EXISTS secrets_immutable")  # from before KEK rotation
+    else:
+        ddl(db, "ALTER TABLE secrets ADD COLUMN IF NOT EXISTS state TEXT NOT NULL"
+                " DEFAULT 'enabled'")
+        ddl(db, "ALTER TABLE secrets ADD COLUMN IF NOT EXISTS destroy_after REAL")
+    refuse(db, "secrets_value_immutable", "secrets", "UPDATE", "secret versions are immutable",
+           columns=("key_id", "version", "ciphertext", "created_at"))
+    refuse(db, "secrets_no_delete", "secrets", "DELETE", "secret versions are never deleted")
 
 
 def _aad(key_id: str, version: int) -> bytes:
@@ -141,7 +141,7 @@ class SecretStore:
                             expected=f"1..{MAX_SECRET_BYTES} bytes", actual=f"{len(value)} bytes")
         now = self._clock()
 
-        def op(db: sqlite_utils.Database) -> int:
+        def op(db: Session) -> int:
             with immediate(db):
                 row = db.execute("SELECT MAX(version) FROM secrets WHERE key_id = ?",
                                  [key_id]).fetchone()
@@ -168,7 +168,7 @@ class SecretStore:
 
     def latest_version(self, key_id: str) -> int:
         """The latest version of ``key_id``, 0 if it has none."""
-        def op(db: sqlite_utils.Database) -> int:
+        def op(db: Session) -> int:
             row = db.execute("SELECT MAX(version) FROM secrets WHERE key_id = ?",
                              [key_id]).fetchone()
             return int(row[0]) if row and row[0] is not None else 0
@@ -182,7 +182,7 @@ class SecretStore:
             raise Malformed("version out of range", expected=f"0..{MAX_VERSION}",
                             actual=str(version))
 
-        def op(db: sqlite_utils.Database) -> tuple[int, str, bytes, bytes, str] | None:
+        def op(db: Session) -> tuple[int, str, bytes, bytes, str] | None:
             if version == 0:
                 sql = ("SELECT version, kek_id, wrapped_key, ciphertext, state FROM secrets"
                        " WHERE key_id = ? ORDER BY state = 'enabled' DESC, version DESC LIMIT 1")
@@ -219,7 +219,7 @@ class SecretStore:
 
     def list(self, key_id: str | None = None) -> list[SecretInfo]:
         """All stored versions (of ``key_id``), by key id then version (never values)."""
-        def op(db: sqlite_utils.Database) -> list[SecretInfo]:
+        def op(db: Session) -> list[SecretInfo]:
             where, params = ("WHERE key_id = ?", [key_id]) if key_id is not None else ("", [])
             rows = db.execute(f"{_INFO} {where} ORDER BY key_id, version", params).fetchall()
             return [SecretInfo(str(r[0]), int(r[1]), float(r[2]), str(r[3]), str(r[4]),
@@ -249,7 +249,7 @@ class SecretStore:
                             expected=f"0..{MAX_GRACE_SECONDS} seconds", actual=str(grace_seconds))
         now = self._clock()
 
-        def op(db: sqlite_utils.Database) -> None:
+        def op(db: Session) -> None:
             with immediate(db):
                 row = db.execute("SELECT state FROM secrets WHERE key_id = ? AND version = ?",
                                  [key_id, version]).fetchone()
@@ -275,12 +275,13 @@ class SecretStore:
         key is erased. Returns ``key@version`` of what was destroyed."""
         now = self._clock()
 
-        def op(db: sqlite_utils.Database) -> tuple[str, ...]:
+        def op(db: Session) -> tuple[str, ...]:
             with immediate(db):
                 rows = db.execute("SELECT key_id, version FROM secrets WHERE state = ?"
                                   " AND destroy_after <= ?", [PENDING, now]).fetchall()
-                db.execute("UPDATE secrets SET state = ?, wrapped_key = x''"
-                           " WHERE state = ? AND destroy_after <= ?", [DESTROYED, PENDING, now])
+                db.execute("UPDATE secrets SET state = ?, wrapped_key = ?"
+                           " WHERE state = ? AND destroy_after <= ?",
+                           [DESTROYED, b"", PENDING, now])
                 return tuple(f"{r[0]}@{r[1]}" for r in rows)
 
         return self._db.run(op)
@@ -291,7 +292,7 @@ class SecretStore:
         is a compare-and-set on its old ``kek_id``. Returns the number of rows changed."""
         changed = 0
         while True:
-            def pending(db: sqlite_utils.Database) -> list[tuple[str, int, str, bytes]]:
+            def pending(db: Session) -> list[tuple[str, int, str, bytes]]:
                 rows = db.execute(
                     "SELECT key_id, version, kek_id, wrapped_key FROM secrets"
                     " WHERE kek_id != ? AND length(wrapped_key) > 0 LIMIT ?",
@@ -307,7 +308,7 @@ class SecretStore:
                 rewrapped = target.wrap(kek(old_id).unwrap(wrapped, aad), aad)
                 updates.append((target.kek_id, rewrapped, key_id, version, old_id))
 
-            def write(db: sqlite_utils.Database,
+            def write(db: Session,
                       updates: list[tuple[str, bytes, str, int, str]] = updates) -> int:
                 with immediate(db):
                     return sum(db.execute(

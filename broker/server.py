@@ -39,6 +39,7 @@ from keybroker.errors import KeybrokerError, Unavailable
 from keybroker.health import HealthMonitor
 from keybroker.metrics import serve_metrics
 from keybroker.policy_store import PolicyStore
+from keybroker.server_limits import MAX_CONCURRENT_RPCS, server_options
 from keybroker.tls import ServerTls, TlsFiles, check_plaintext
 from keybroker.tracing import start_tracing
 from keybroker.v1 import admin_pb2_grpc, broker_pb2_grpc
@@ -80,6 +81,7 @@ async def start_server(
     broker: Broker, listen: str, *, tls: ServerTls | None,
     max_request_bytes: int = 1024 * 1024, monitor: HealthMonitor | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
 ) -> RunningServer:
     """Start the KeyBroker gRPC server (plus health and reflection) on ``listen``; ``tls``
     None is plaintext (loopback only). With ``monitor`` the health status follows its probes
@@ -88,11 +90,9 @@ async def start_server(
     ``listen`` may use port 0; the bound port is in the result.
     """
     host, _ = split_listen(listen)
-    server = grpc.aio.server(interceptors=list(interceptors), options=[
-        ("grpc.max_receive_message_length", max_request_bytes),
-        ("grpc.max_send_message_length", 4 * max_request_bytes),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(interceptors=list(interceptors),
+                             options=server_options(max_request_bytes, 4 * max_request_bytes),
+                             maximum_concurrent_rpcs=max_concurrent_rpcs)
     broker_pb2_grpc.add_KeyBrokerServicer_to_server(KeyBrokerServicer(broker), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -135,14 +135,18 @@ async def start_broker_admin(config: BrokerConfig, broker: Broker, plaintext: bo
     return server, tls
 
 
-async def purge_challenges(broker: Broker, every_seconds: float) -> None:
-    """Every ``every_seconds`` until cancelled: delete expired challenges and destroy secret
-    versions whose destruction grace period has passed."""
+async def purge_challenges(broker: Broker, every_seconds: float,
+                           intent_grace_seconds: float) -> None:
+    """Every ``every_seconds`` until cancelled: delete expired challenges, destroy secret
+    versions whose destruction grace period has passed, and mark release intents older than
+    ``intent_grace_seconds`` without outcome (a replica that stopped) ``unknown``."""
     while True:
         await asyncio.sleep(every_seconds)
         try:
             purged = await asyncio.to_thread(broker.challenges.purge_expired)
             destroyed = await asyncio.to_thread(broker.secrets.destroy_due)
+            orphaned = await asyncio.to_thread(
+                lambda: broker.audit.reconcile(older_than=time.time() - intent_grace_seconds))
         except KeybrokerError as exc:
             _log.warning("housekeeping failed: %s", exc.detail)
             continue
@@ -150,6 +154,9 @@ async def purge_challenges(broker: Broker, every_seconds: float) -> None:
             _log.debug("purged %d expired challenges", purged)
         for name in destroyed:
             _log.warning("secret version %s destroyed (grace period over)", name)
+        if orphaned:
+            _log.warning("audit: %d release intents of a stopped replica marked unknown",
+                         orphaned)
 
 
 async def close_broker(broker: Broker) -> None:
@@ -207,9 +214,11 @@ async def serve(
             broker.appraiser.reconnect()
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    purger = asyncio.create_task(purge_challenges(broker, config.challenge_purge_seconds))
+    purger = asyncio.create_task(purge_challenges(broker, config.challenge_purge_seconds,
+                                                  config.intent_grace_seconds))
     checker = asyncio.create_task(monitor.run())
-    _log.info("broker serving on %s (verifier %s)", running.address, config.verifier)
+    _log.info("broker serving on %s (verifiers %s)", running.address,
+              ", ".join(config.verifiers))
     ready(running.address)
     try:
         await stop.wait()

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
-import sqlite_utils
 
 from broker.challenges import ChallengeStore, Clock, Peer, challenge_schema
 from broker.config import BrokerConfig
@@ -39,12 +38,14 @@ from broker.secrets import SecretStore, secret_schema
 from broker.token import TokenVerifier, load_jwks
 from broker.verifier_client import Appraiser, GrpcAppraiser, TpmEnroller
 from keybroker.audit_log import AuditLog
-from keybroker.database import Database
+from keybroker.database import Database, open_database
 from keybroker.errors import KeybrokerError, Malformed, Unavailable
 from keybroker.logs import REQUEST_ID_METADATA, request_scope
+from keybroker.migrations import Migration
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
 from keybroker.rpc_errors import abort, metadata_value
+from keybroker.store_session import Session
 from keybroker.tls import (
     ServerTls,
     certificate_digest,
@@ -62,16 +63,19 @@ Context = grpc.aio.ServicerContext[object, object]
 _R = TypeVar("_R")
 
 
-def broker_schema(db: sqlite_utils.Database) -> None:
+def broker_schema(db: Session) -> None:
     """Schema of the main broker database: challenges, KEK versions and secrets."""
     challenge_schema(db)
     kek_schema(db)
     secret_schema(db)
 
 
+BROKER_MIGRATIONS = (Migration(1, "challenges, KEK versions and secrets", broker_schema),)
+
+
 def open_main_database(config: BrokerConfig) -> Database:
     """Open (creating if needed) the broker's main SQLite database."""
-    return Database(config.database, schema=broker_schema)
+    return open_database(config.database, component="broker", migrations=BROKER_MIGRATIONS)
 
 
 def build_broker(
@@ -94,7 +98,8 @@ def build_broker(
     backend.audit_mac(b"keybroker start-up probe")  # the audit key must exist: refuse otherwise
     audit = AuditLog(config.audit_database, clock=clock, mac=backend.audit_mac,
                      checkpoint_every=config.audit_checkpoint_every)
-    dangling = audit.reconcile()
+    dangling = audit.reconcile(replica=config.replica_id,
+                               older_than=clock() - config.intent_grace_seconds)
     if dangling:
         _log.warning("audit: %d release intents without outcome marked unknown", dangling)
     challenges = ChallengeStore(db, ttl_seconds=config.challenge_ttl_seconds, clock=clock,
@@ -111,6 +116,7 @@ def build_broker(
         clock=clock,
     )
     built.watched_rules = rules
+    built.replica = config.replica_id
     return built
 
 
@@ -118,8 +124,9 @@ def verifier_client(config: BrokerConfig, plaintext: bool) -> GrpcAppraiser:
     """The verifier channel: mutual TLS from the config, or plaintext to a loopback verifier
     with the insecure flag; a config without verifier TLS refuses to start otherwise."""
     if plaintext:
-        check_plaintext(config.verifier, flag="--insecure-plaintext")
-        return GrpcAppraiser(config.verifier, timeout_seconds=config.verifier_timeout_seconds)
+        for target in config.verifiers:
+            check_plaintext(target, flag="--insecure-plaintext")
+        return GrpcAppraiser(config.verifiers, timeout_seconds=config.verifier_timeout_seconds)
     files = config.verifier_tls
     if files is None or files.ca is None:
         raise Malformed("no mutual TLS to the verifier configured", rule="broker.verifier_ca",
@@ -132,7 +139,7 @@ def verifier_client(config: BrokerConfig, plaintext: bool) -> GrpcAppraiser:
         return client_credentials(ca, files.cert, files.key)
 
     credentials()  # check the files now: a bad one stops start-up, naming the file
-    return GrpcAppraiser(config.verifier, timeout_seconds=config.verifier_timeout_seconds,
+    return GrpcAppraiser(config.verifiers, timeout_seconds=config.verifier_timeout_seconds,
                          credentials=credentials, server_name=config.verifier_server_name)
 
 

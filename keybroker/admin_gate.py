@@ -29,6 +29,7 @@ from keybroker.admin_auth import Authenticator, CallContext, Principal
 from keybroker.audit_log import AuditEntry, AuditLog
 from keybroker.errors import KeybrokerError, Unavailable
 from keybroker.rpc_errors import abort
+from keybroker.server_limits import MAX_CONCURRENT_RPCS, server_options
 from keybroker.tls import ServerTls
 
 _log = logging.getLogger(__name__)
@@ -111,8 +112,8 @@ class AdminGate:
 async def start_admin_server(add: Callable[[grpc.aio.Server], None], listen: str,
                              tls: ServerTls) -> tuple[grpc.aio.Server, int]:
     """An admin gRPC server on ``listen`` over ``tls`` (mutual when it has a client CA)."""
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=server_options(4 << 20, 4 << 20),
+                             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
     add(server)
     try:
         port = server.add_secure_port(listen, tls.credentials())

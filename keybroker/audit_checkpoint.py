@@ -21,17 +21,18 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from keybroker.errors import Malformed
+from keybroker.migrations import ddl, refuse
+from keybroker.store_session import Session
 
 Mac = Callable[[bytes], bytes]
 _LABEL = "keybroker/v1/audit-checkpoint"
 
 
-def checkpoint_schema(db: sqlite_utils.Database) -> None:
+def checkpoint_schema(db: Session) -> None:
     """Create the checkpoint table and its append-only triggers (idempotent)."""
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS audit_checkpoints ("
         " to_seq INTEGER PRIMARY KEY,"
         " from_seq INTEGER NOT NULL,"
@@ -40,10 +41,8 @@ def checkpoint_schema(db: sqlite_utils.Database) -> None:
         " mac TEXT NOT NULL)"
     )
     for op in ("UPDATE", "DELETE"):
-        db.execute(
-            f"CREATE TRIGGER IF NOT EXISTS audit_checkpoints_no_{op.lower()} BEFORE {op} ON"
-            " audit_checkpoints BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END"
-        )
+        refuse(db, f"audit_checkpoints_no_{op.lower()}", "audit_checkpoints", op,
+               "checkpoints are append-only")
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def checkpoint_mac(mac: Mac, from_seq: int, to_seq: int, time: float,
     return mac(body.encode("ascii")).hex()
 
 
-def write_checkpoint(db: sqlite_utils.Database, mac: Mac, now: float) -> Checkpoint | None:
+def write_checkpoint(db: Session, mac: Mac, now: float) -> Checkpoint | None:
     """Cover every record after the last checkpoint (None when there is none). The caller
     holds the write lock."""
     row = db.execute("SELECT MAX(to_seq) FROM audit_checkpoints").fetchone()
@@ -88,7 +87,7 @@ def write_checkpoint(db: sqlite_utils.Database, mac: Mac, now: float) -> Checkpo
     return Checkpoint(start, end, now, hashes, tag)
 
 
-def read_checkpoints(db: sqlite_utils.Database) -> list[Checkpoint]:
+def read_checkpoints(db: Session) -> list[Checkpoint]:
     """Every checkpoint, oldest first."""
     rows = db.execute("SELECT from_seq, to_seq, time, hashes, mac FROM audit_checkpoints"
                       " ORDER BY to_seq").fetchall()

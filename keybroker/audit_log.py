@@ -9,10 +9,16 @@ Invariants:
   after the record is committed durably. A release writes an ``intent`` record before the
   response leaves and an outcome (``released``/``denied``) after; a denial writes a
   ``denied`` record with its category. Intents left without outcome (crash) become
-  ``unknown`` records at the next start (``reconcile``).
+  ``unknown`` records at the next start of their replica, or once older than the grace
+  period for a replica that never returns (``reconcile``).
+- Replicas sharing one log append under the store's write lock (SQLite's, or PostgreSQL's
+  advisory lock): one linear chain, each record naming the replica that wrote it.
 - Records never contain secret bytes, tokens or raw evidence: digests, ids, versions and the
   operator reason only.
 - Any failure to write is ``Unavailable`` (so the caller releases nothing).
+- Concurrent appends share one transaction (``keybroker.group_commit``): one durable commit
+  covers the records that arrived during the previous one, and each ``append`` still
+  returns only after its own record is committed.
 - With an audit key (``mac``), a keyed checkpoint (``keybroker.audit_checkpoint``) covers the
   records every ``checkpoint_every`` appends and at shutdown (``checkpoint``). It is written in
   its own transaction after the record: a checkpoint that cannot be written (HSM down) is
@@ -25,12 +31,9 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from keybroker.audit_checkpoint import (
     Checkpoint,
@@ -40,8 +43,11 @@ from keybroker.audit_checkpoint import (
     verify_checkpoints,
     write_checkpoint,
 )
-from keybroker.database import Database, immediate
-from keybroker.errors import KeybrokerError, Malformed, Unavailable
+from keybroker.database import DatabaseTarget, open_database
+from keybroker.errors import FreshnessError, KeybrokerError, Malformed, Unavailable
+from keybroker.group_commit import GroupCommit
+from keybroker.migrations import Migration, ddl, refuse, sqlite_columns
+from keybroker.store_session import Session, immediate
 
 _log = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ class AuditEntry:
     agent_key_fingerprint: str = ""     # hex SHA-256 of the agent's raw public key
     challenge_id: str = ""
     principal: str = ""                 # admin calls: the authenticated principal
+    replica: str = ""                   # the broker replica that wrote it (releases)
 
 
 @dataclass(frozen=True)
@@ -94,16 +101,18 @@ def record_hash(seq: int, time: float, entry: AuditEntry, prev_hash: str) -> str
     body = {"seq": seq, "time": repr(time), "prev_hash": prev_hash, **asdict(entry)}
     body["policy_ids"] = list(entry.policy_ids)
     body["keys"] = list(entry.keys)
-    if not entry.principal:  # records from before admin calls were audited hash as they did
-        del body["principal"]
+    for added in ("principal", "replica"):  # records from before these fields hash as they did
+        if not body[added]:
+            del body[added]
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def audit_schema(db: sqlite_utils.Database) -> None:
+def audit_schema(db: Session) -> None:
     """Create the audit and checkpoint tables and their append-only triggers (idempotent)."""
     checkpoint_schema(db)
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS audit ("
         " seq INTEGER PRIMARY KEY,"
         " time REAL NOT NULL,"
@@ -119,37 +128,51 @@ def audit_schema(db: sqlite_utils.Database) -> None:
         " prev_hash TEXT NOT NULL,"
         " hash TEXT NOT NULL)"
     )
-    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(audit)").fetchall()}
-    if "principal" not in columns:
+    if db.dialect == "sqlite" and "principal" not in sqlite_columns(db, "audit"):
         db.execute("ALTER TABLE audit ADD COLUMN principal TEXT NOT NULL DEFAULT ''")
+    elif db.dialect == "postgresql":
+        db.execute("ALTER TABLE audit ADD COLUMN IF NOT EXISTS principal TEXT NOT NULL"
+                   " DEFAULT ''")
     db.execute("CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id)")
     for op in ("UPDATE", "DELETE"):
-        db.execute(
-            f"CREATE TRIGGER IF NOT EXISTS audit_no_{op.lower()} BEFORE {op} ON audit"
-            " BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END"
-        )
+        refuse(db, f"audit_no_{op.lower()}", "audit", op, "audit log is append-only")
+
+
+def _replica_column(db: Session) -> None:
+    ddl(db, "ALTER TABLE audit ADD COLUMN replica TEXT NOT NULL DEFAULT ''")
+
+
+def _challenge_index(db: Session) -> None:
+    db.execute("CREATE INDEX IF NOT EXISTS audit_challenge ON audit (challenge_id)"
+               " WHERE kind = 'intent'")
+
+
+AUDIT_MIGRATIONS = (Migration(1, "audit records and checkpoints", audit_schema),
+                    Migration(2, "the broker replica of each record", _replica_column),
+                    Migration(3, "release intents by challenge", _challenge_index))
 
 
 _SELECT_ALL = (
     "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
-    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal FROM audit ORDER BY seq"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal, replica FROM audit"
+    " ORDER BY seq"
 )
 _SELECT_REQUEST = (
     "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
-    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal FROM audit"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal, replica FROM audit"
     " WHERE request_id = ? ORDER BY seq"
 )
 _SELECT_DANGLING = (
     "SELECT seq, time, request_id, kind, category, reason, evidence_digest, policy_ids, keys,"
-    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal FROM audit a"
-    " WHERE kind = 'intent' AND NOT EXISTS (SELECT 1 FROM audit b"
+    " agent_key_fingerprint, challenge_id, prev_hash, hash, principal, replica FROM audit a"
+    " WHERE kind = 'intent' AND ({wanted}) AND NOT EXISTS (SELECT 1 FROM audit b"
     " WHERE b.request_id = a.request_id AND b.seq > a.seq"
     " AND b.kind IN ('released', 'denied', 'unknown')) ORDER BY seq"
 )
 _INSERT = (
     "INSERT INTO audit (seq, time, request_id, kind, category, reason, evidence_digest,"
-    " policy_ids, keys, agent_key_fingerprint, challenge_id, prev_hash, hash, principal)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " policy_ids, keys, agent_key_fingerprint, challenge_id, prev_hash, hash, principal,"
+    " replica) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -165,6 +188,7 @@ def _from_row(row: tuple[Any, ...]) -> AuditRecord:
         agent_key_fingerprint=str(row[9]),
         challenge_id=str(row[10]),
         principal=str(row[13]),
+        replica=str(row[14]),
     )
     return AuditRecord(int(row[0]), float(row[1]), entry, str(row[11]), str(row[12]))
 
@@ -172,15 +196,49 @@ def _from_row(row: tuple[Any, ...]) -> AuditRecord:
 class AuditLog:
     """The broker's audit sink."""
 
-    def __init__(self, path: Path, *, clock: Clock, busy_timeout_seconds: float = 2.0,
-                 mac: Mac | None = None, checkpoint_every: int = 100) -> None:
-        self._db = Database(path, schema=audit_schema, synchronous="FULL",
-                            busy_timeout_seconds=busy_timeout_seconds)
+    def __init__(self, target: DatabaseTarget, *, clock: Clock,
+                 busy_timeout_seconds: float = 2.0, mac: Mac | None = None,
+                 checkpoint_every: int = 100) -> None:
+        self._db = open_database(target, component="audit", migrations=AUDIT_MIGRATIONS,
+                                 synchronous="FULL", busy_timeout_seconds=busy_timeout_seconds)
         self._clock = clock
         self._mac = mac
         self._every = checkpoint_every
         # Called with (seconds, succeeded) after every append (metrics).
         self.observer: Callable[[float, bool], None] | None = None
+        self._group: GroupCommit[tuple[AuditEntry, bool], AuditRecord] = GroupCommit(
+            lambda batch: self._db.run(lambda db: self._write(db, batch)))
+
+    def _write(self, db: Session, batch: Sequence[tuple[AuditEntry, bool]]
+               ) -> list[AuditRecord | BaseException]:
+        """Append ``batch`` in one transaction (one durable commit), chained in order."""
+        now = self._clock()
+        outcomes: list[AuditRecord | BaseException] = []
+        with immediate(db):
+            last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                              ).fetchone()
+            seq, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+            for entry, first_for_challenge in batch:
+                if first_for_challenge and db.execute(
+                        "SELECT 1 FROM audit WHERE kind = 'intent' AND challenge_id = ?"
+                        " LIMIT 1", [entry.challenge_id]).fetchone() is not None:
+                    outcomes.append(FreshnessError(
+                        "challenge already spent (audit log)", rule="challenge.audit",
+                        expected="an unused challenge",
+                        actual=f"an intent for {entry.challenge_id[:64]!r}"))
+                    continue
+                seq += 1
+                digest = record_hash(seq, now, entry, prev)
+                db.execute(
+                    _INSERT,
+                    [seq, now, entry.request_id, entry.kind, entry.category, entry.reason,
+                     entry.evidence_digest, json.dumps(list(entry.policy_ids)),
+                     json.dumps(list(entry.keys)), entry.agent_key_fingerprint,
+                     entry.challenge_id, prev, digest, entry.principal, entry.replica],
+                )
+                outcomes.append(AuditRecord(seq, now, entry, prev, digest))
+                prev = digest
+        return outcomes
 
     def close(self) -> None:
         """Close the database connections."""
@@ -190,31 +248,18 @@ class AuditLog:
         """Health probe of the audit sink (``Database.probe``)."""
         self._db.probe()
 
-    def append(self, entry: AuditEntry) -> AuditRecord:
-        """Append ``entry`` durably and return the stored record; failure -> Unavailable."""
+    def append(self, entry: AuditEntry, *, first_for_challenge: bool = False) -> AuditRecord:
+        """Append ``entry`` durably and return the stored record; failure -> Unavailable.
+
+        ``first_for_challenge`` (release intents): FRESHNESS if the log already holds an
+        intent for ``entry.challenge_id``, checked in the same transaction. The log is the
+        durable record of what was spent: a challenge store restored from a backup cannot
+        make a spent challenge release again."""
         if entry.kind not in KINDS:
             raise ValueError(f"unknown audit kind {entry.kind!r}")
-        now = self._clock()
-
-        def op(db: sqlite_utils.Database) -> AuditRecord:
-            with immediate(db):
-                last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
-                                  ).fetchone()
-                seq = int(last[0]) + 1 if last else 1
-                prev = str(last[1]) if last else GENESIS
-                digest = record_hash(seq, now, entry, prev)
-                db.execute(
-                    _INSERT,
-                    [seq, now, entry.request_id, entry.kind, entry.category, entry.reason,
-                     entry.evidence_digest, json.dumps(list(entry.policy_ids)),
-                     json.dumps(list(entry.keys)), entry.agent_key_fingerprint,
-                     entry.challenge_id, prev, digest, entry.principal],
-                )
-            return AuditRecord(seq, now, entry, prev, digest)
-
         start = time.perf_counter()
         try:
-            record = self._db.run(op)
+            record = self._group.submit((entry, first_for_challenge))
         except Unavailable:
             if self.observer is not None:
                 self.observer(time.perf_counter() - start, False)
@@ -238,7 +283,7 @@ class AuditLog:
         mac = self._mac
         now = self._clock()
 
-        def op(db: sqlite_utils.Database) -> Checkpoint | None:
+        def op(db: Session) -> Checkpoint | None:
             with immediate(db):
                 return write_checkpoint(db, mac, now)
 
@@ -250,7 +295,7 @@ class AuditLog:
 
     def records(self, *, request_id: str | None = None) -> list[AuditRecord]:
         """All records in order (optionally of one request)."""
-        def op(db: sqlite_utils.Database) -> list[AuditRecord]:
+        def op(db: Session) -> list[AuditRecord]:
             if request_id is None:
                 rows = db.execute(_SELECT_ALL).fetchall()
             else:
@@ -295,18 +340,35 @@ class AuditLog:
         records = self.records()
         return records[-1].hash if records else GENESIS
 
-    def reconcile(self) -> int:
-        """Append an ``unknown`` outcome for every intent without outcome; return how many."""
-        def op(db: sqlite_utils.Database) -> list[AuditRecord]:
-            rows = db.execute(_SELECT_DANGLING).fetchall()
+    def reconcile(self, *, replica: str | None = None, older_than: float | None = None) -> int:
+        """Append an ``unknown`` outcome for intents without outcome; return how many.
+
+        Without arguments every such intent (one broker alone). With replicas sharing the log,
+        only the intents of ``replica`` (this replica, just restarted: none of its requests
+        is in flight) and those older than ``older_than`` (a replica that never came back);
+        the intents of live replicas are in flight and left alone."""
+        wanted: list[str] = ["1 = 1"]
+        args: list[object] = []
+        if replica is not None or older_than is not None:
+            wanted = []
+            if replica is not None:
+                wanted.append("replica = ?")
+                args.append(replica)
+            if older_than is not None:
+                wanted.append("time < ?")
+                args.append(older_than)
+        sql = _SELECT_DANGLING.format(wanted=" OR ".join(wanted))
+
+        def op(db: Session) -> list[AuditRecord]:
+            rows = db.execute(sql, args).fetchall()
             return [_from_row(r) for r in rows]
 
         dangling = self._db.run(op)
         for rec in dangling:
             self.append(AuditEntry(
                 request_id=rec.entry.request_id, kind="unknown", category="",
-                reason="outcome unknown: intent without outcome at start-up",
+                reason="outcome unknown: intent without outcome (its broker stopped)",
                 evidence_digest=rec.entry.evidence_digest, policy_ids=rec.entry.policy_ids,
                 keys=rec.entry.keys, agent_key_fingerprint=rec.entry.agent_key_fingerprint,
-                challenge_id=rec.entry.challenge_id))
+                challenge_id=rec.entry.challenge_id, replica=rec.entry.replica))
         return len(dangling)

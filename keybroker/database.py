@@ -1,146 +1,89 @@
-"""SQLite access for the broker and the verifier state (sqlite-utils over stdlib sqlite3).
+"""Where a store lives: a SQLite file (the embedded default) or a PostgreSQL schema.
+
+A process's configuration names its databases as paths or ``postgresql://`` URLs
+(``target``); ``open_database`` opens the store area there, applying its migrations.
 
 Invariants:
-- Every database runs in WAL mode with a busy timeout; each thread has its own connection
-  (the gRPC service runs blocking SQLite calls in worker threads).
-- ``synchronous`` is FULL where durability is a security property (the audit log), so a
-  committed record survives a crash or power loss.
-- SQLite BUSY/LOCKED is retried a bounded number of times, then becomes ``Unavailable``; any
-  other SQLite failure is ``Unavailable`` at once. The store never answers "probably fine".
-- Schema creation is idempotent and happens at open time, never at import time. Only that
-  first open may create the file: a database file that vanishes later is ``Unavailable``
-  (connections of new threads open it read-write, never creating an empty one).
+- A URL selects PostgreSQL only with the ``postgresql://`` or ``postgres://`` scheme; any
+  other value is a path. The area's schema name is fixed by the process (``broker``,
+  ``broker_audit``, ``verifier``, ``verifier_audit``), so replicas of one deployment share
+  the same tables and two areas never share a table.
+- Both backends give the stores the same ``run`` / ``probe`` / ``close`` contract and the
+  same ``Unavailable`` errors; stores never see which backend they run on except through
+  ``Session.dialect`` in migrations.
 """
 
 from __future__ import annotations
 
-import logging
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import quote
+from typing import Protocol, TypeVar
 
-import sqlite_utils
-
-from keybroker.errors import Unavailable
-
-_log = logging.getLogger(__name__)
+from keybroker.migrations import Migration
+from keybroker.sqlite_database import SqliteDatabase
+from keybroker.store_session import Session
 
 T = TypeVar("T")
 
-_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_SCHEMES = ("postgresql://", "postgres://")
 
 
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and (code & 0xFF) in _BUSY_CODES:
-        return True
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
+@dataclass(frozen=True)
+class PostgresTarget:
+    """One store area of a PostgreSQL database."""
+
+    url: str
+    schema: str
+
+    def __str__(self) -> str:
+        return f"PostgreSQL schema {self.schema}"
 
 
-class Database:
-    """A SQLite file shared by threads (one connection each) and by other processes."""
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        schema: Callable[[sqlite_utils.Database], None],
-        synchronous: str = "NORMAL",
-        busy_timeout_seconds: float = 2.0,
-        retries: int = 3,
-    ) -> None:
-        if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError("synchronous must be NORMAL or FULL")
-        self.path = path
-        self._synchronous = synchronous
-        self._busy_timeout = busy_timeout_seconds
-        self._retries = retries
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._created = False
-        self.run(schema)
-        self._created = True  # from now on a vanished file is an error, never re-created
-
-    def _connect(self) -> sqlite_utils.Database:
-        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
-        if db is not None:
-            return db
-        target, uri = ((f"file:{quote(str(self.path))}?mode=rw", True) if self._created
-                       else (str(self.path), False))
-        conn = sqlite3.connect(target, uri=uri, timeout=self._busy_timeout,
-                               check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
-        db = sqlite_utils.Database(conn, execute_plugins=False)
-        db.enable_wal()
-        db.execute(f"PRAGMA synchronous = {self._synchronous}")
-        self._local.db = db
-        with self._lock:
-            self._connections.append(conn)
-        return db
-
-    def run(self, op: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run ``op`` on this thread's connection; BUSY is retried, then ``Unavailable``."""
-        delay = 0.01
-        for attempt in range(1, self._retries + 1):
-            try:
-                return op(self._connect())
-            except sqlite3.Error as exc:
-                if _is_busy(exc) and attempt < self._retries:
-                    _log.warning("sqlite busy on %s (attempt %d), retrying", self.path, attempt)
-                    time.sleep(delay)
-                    delay *= 4
-                    continue
-                _log.error("sqlite failure on %s: %s", self.path, exc)
-                raise Unavailable("store unavailable", rule="store.sqlite",
-                                  actual=type(exc).__name__) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def probe(self) -> None:
-        """Health probe of this database's file (``probe_file``)."""
-        probe_file(self.path)
-
-    def close(self) -> None:
-        """Close every connection opened by any thread."""
-        with self._lock:
-            conns, self._connections = self._connections, []
-        for conn in conns:
-            conn.close()
-        self._local = threading.local()
+DatabaseTarget = Path | PostgresTarget
 
 
-def probe_file(path: Path) -> None:
-    """Health probe: open ``path`` afresh (read-write, never creating it) and read its schema;
-    ``Unavailable`` naming the file when it is gone, unreadable or corrupt.
-
-    A fresh connection, because open ones keep working on a file that was deleted."""
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=rw", uri=True, timeout=1.0)
-        try:
-            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise Unavailable(f"database {path} is not usable", rule="health.database",
-                          actual=str(exc)[:200]) from None
-    if not tables:
-        raise Unavailable(f"database {path} is empty (replaced?)", rule="health.database",
-                          expected="its tables", actual="no tables")
+def is_database_url(value: str) -> bool:
+    """True when ``value`` names a PostgreSQL database rather than a file."""
+    return value.startswith(_SCHEMES)
 
 
-@contextmanager
-def immediate(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """A write transaction taken with BEGIN IMMEDIATE (the write lock is held from the start)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.rollback()
-        raise
-    db.commit()
+def database_target(value: str, base: Path, schema: str) -> DatabaseTarget:
+    """A configured ``value`` (path relative to ``base``, or URL) for the area ``schema``."""
+    if is_database_url(value):
+        return PostgresTarget(value, schema)
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+class Database(Protocol):
+    """An opened store area."""
+
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def applied(self) -> tuple[int, ...]: ...
+
+    def run(self, op: Callable[[Session], T]) -> T: ...
+
+    def probe(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_database(target: DatabaseTarget, *, component: str, migrations: Sequence[Migration],
+                  synchronous: str = "NORMAL", busy_timeout_seconds: float = 2.0) -> Database:
+    """Open ``component``'s store at ``target`` and apply its migrations.
+
+    ``synchronous`` and ``busy_timeout_seconds`` are SQLite's; PostgreSQL commits durably
+    (the server's ``synchronous_commit``) and waits on its own locks."""
+    if isinstance(target, PostgresTarget):
+        # Imported here: psycopg only in processes that use PostgreSQL (start-up time).
+        from keybroker.postgres_database import PostgresDatabase  # noqa: PLC0415
+
+        return PostgresDatabase(target.url, target.schema, component=component,
+                                migrations=migrations)
+    return SqliteDatabase(target, component=component, migrations=migrations,
+                          synchronous=synchronous, busy_timeout_seconds=busy_timeout_seconds)
+

@@ -24,13 +24,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from keybroker.database import Database, immediate
+from keybroker.database import DatabaseTarget, open_database
 from keybroker.errors import Malformed
+from keybroker.migrations import Migration, ddl, refuse
+from keybroker.store_session import Session, immediate
 
 ACTIONS = ("apply", "rollback", "seed")
 SEED_AUTHOR = "config-seed"
@@ -68,9 +67,10 @@ def _parse_stamp(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-def policy_schema(db: sqlite_utils.Database) -> None:
+def policy_schema(db: Session) -> None:
     """Create the policy version table and its immutability triggers (idempotent)."""
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS policy_versions ("
         " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
         " kind TEXT NOT NULL,"
@@ -86,11 +86,11 @@ def policy_schema(db: sqlite_utils.Database) -> None:
         " UNIQUE (kind, name, version))"
     )
     for op in ("UPDATE", "DELETE"):
-        db.execute(
-            f"CREATE TRIGGER IF NOT EXISTS policy_versions_no_{op.lower()}"
-            f" BEFORE {op} ON policy_versions"
-            " BEGIN SELECT RAISE(ABORT, 'policy versions are immutable'); END"
-        )
+        refuse(db, f"policy_versions_no_{op.lower()}", "policy_versions", op,
+               "policy versions are immutable")
+
+
+POLICY_MIGRATIONS = (Migration(1, "policy versions", policy_schema),)
 
 
 _LATEST = (
@@ -138,13 +138,17 @@ def _require_text(value: str, field: str) -> str:
 class PolicyStore:
     """Versioned policy documents of every kind in one SQLite file."""
 
-    def __init__(self, path: Path, *, busy_timeout_seconds: float = 5.0) -> None:
-        self._db = Database(path, schema=policy_schema, synchronous="FULL",
-                            busy_timeout_seconds=busy_timeout_seconds)
+    def __init__(self, target: DatabaseTarget, *, busy_timeout_seconds: float = 5.0) -> None:
+        self._db = open_database(target, component="policies", migrations=POLICY_MIGRATIONS,
+                                 synchronous="FULL", busy_timeout_seconds=busy_timeout_seconds)
 
     def close(self) -> None:
         """Close the database connections."""
         self._db.close()
+
+    def probe(self) -> None:
+        """Health probe of the database (a fresh connection)."""
+        self._db.probe()
 
     def apply(
         self,
@@ -173,7 +177,7 @@ class PolicyStore:
         created = _stamp(now)
         digest = hashlib.sha256(document).hexdigest()
 
-        def op(db: sqlite_utils.Database) -> PolicyVersion:
+        def op(db: Session) -> PolicyVersion:
             with immediate(db):
                 row = db.execute(_LATEST, [kind, name]).fetchone()
                 current = _from_row(row) if row else None
@@ -201,7 +205,7 @@ class PolicyStore:
         digest = hashlib.sha256(document).hexdigest()
         comment = f"seeded from {source}" if source.strip() else "seeded from configuration"
 
-        def op(db: sqlite_utils.Database) -> PolicyVersion | None:
+        def op(db: Session) -> PolicyVersion | None:
             with immediate(db):
                 if db.execute(_LATEST, [kind, name]).fetchone() is not None:
                     return None

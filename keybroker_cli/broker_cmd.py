@@ -52,7 +52,8 @@ def _init(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         for path in (config.database, config.audit_database, config.kek_file):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(path, Path):
+                path.parent.mkdir(parents=True, exist_ok=True)
         backend = open_backend(config)
         created = initialise(backend)
         for what in created:

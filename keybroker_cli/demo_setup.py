@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import subprocess
@@ -324,17 +325,23 @@ def put_secret(layout: DemoLayout, key_id: str, secret: bytes) -> None:
         secret_file.unlink()
 
 
-def write_broker_config(layout: DemoLayout, verifier_address: str, *,
-                        challenge_ttl: int = 60, listen: str = "127.0.0.1:0") -> None:
-    """(Re)write the broker config pointing at the verifier's address (TLS to agents, which
-    must present a certificate of the demo CA; mutual TLS to the verifier)."""
+def write_broker_config(layout: DemoLayout, verifier_address: str | Sequence[str], *,
+                        challenge_ttl: int = 60, listen: str = "127.0.0.1:0",
+                        database: str = "broker.db", replica_id: str = "",
+                        config: Path | None = None) -> None:
+    """(Re)write the broker config (``config``, default the layout's) pointing at the
+    verifier's address or replicas' addresses (TLS to agents, which must present a
+    certificate of the demo CA; mutual TLS to the verifier)."""
     tls = layout.tls
-    layout.broker_config.write_text(
+    verifiers = ([verifier_address] if isinstance(verifier_address, str)
+                 else list(verifier_address))
+    (config or layout.broker_config).write_text(
         "[broker]\n"
         f'listen = "{listen}"\n'
-        'database = "broker.db"\n'
-        'kek_file = "kek.bin"\n'
-        f'verifier = "{verifier_address}"\n'
+        f'database = "{database}"\n'
+        + (f'replica_id = "{replica_id}"\n' if replica_id else "")
+        + 'kek_file = "kek.bin"\n'
+        f"verifier = {json.dumps(verifiers)}\n"
         f'verifier_jwks = "{layout.verifier / "verifier-jwks.json"}"\n'
         'verifier_alg = "ES256"\n'
         "verifier_timeout_seconds = 5.0\n"

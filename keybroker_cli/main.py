@@ -16,6 +16,7 @@ from keybroker.logs import LOG_FORMATS, LOG_LEVELS, configure
 from keybroker.version import version
 from keybroker_cli import (
     broker_cmd,
+    db_cmd,
     demo,
     eventlog_cmd,
     status_cmd,
@@ -34,6 +35,7 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     admin_command.register,
     tls_cmd.register,
     status_cmd.register,
+    db_cmd.register,
     eventlog_cmd.register,
 )
 

@@ -2,7 +2,8 @@
 # when missing (`apt-get update` once, then only what is missing). Usage:
 #   . scripts/debian-packages.sh softhsm tpm
 # softhsm: SoftHSM2 (the PKCS#11 KEK); tpm: swtpm with its EK CA tools and the tpm2 libraries
-# tpm2-pytss builds against.
+# tpm2-pytss builds against; postgres: the PostgreSQL server (the tests start a throwaway
+# cluster of their own; the package's default cluster is not used).
 missing=()
 for want in "$@"; do
   case "$want" in
@@ -11,6 +12,9 @@ for want in "$@"; do
       command -v swtpm >/dev/null 2>&1 || missing+=(swtpm)
       command -v swtpm_setup >/dev/null 2>&1 || missing+=(swtpm-tools)
       pkg-config --exists tss2-esys tss2-tctildr 2>/dev/null || missing+=(libtss2-dev pkg-config)
+      ;;
+    postgres)
+      compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
       ;;
   esac
 done

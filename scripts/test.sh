@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests run for real: SoftHSM2 (the PKCS#11 KEK), swtpm with its EK CA
-# tools and the tpm2 libraries (the TPM tests).
-. scripts/debian-packages.sh softhsm tpm
+# tools and the tpm2 libraries (the TPM tests), the PostgreSQL server (the store tests run on
+# SQLite and on a throwaway PostgreSQL cluster).
+. scripts/debian-packages.sh softhsm tpm postgres
 . scripts/venv.sh "[test]"
 
 echo "== ruff"
@@ -14,4 +15,20 @@ echo "== ruff"
 echo "== mypy --strict"
 "$VENV/bin/mypy"
 echo "== pytest"
-"$VENV/bin/pytest" -q "$@"
+if [ $# -gt 0 ]; then
+  exec "$VENV/bin/pytest" -q "$@"
+fi
+# The whole suite as two pytest runs side by side, one per core: the process-level tests
+# (tests/integration, in order, mostly waiting on the processes they start) and the
+# in-process ones. Each run starts its own throwaway PostgreSQL cluster and SoftHSM2 token.
+logs=$(mktemp -d)
+"$VENV/bin/pytest" -q -p no:cacheprovider tests/integration > "$logs/integration.log" 2>&1 &
+integration=$!
+unit_rc=0
+"$VENV/bin/pytest" -q tests/unit tests/vectors || unit_rc=$?
+integration_rc=0
+wait "$integration" || integration_rc=$?
+echo "== pytest tests/integration"
+cat "$logs/integration.log"
+rm -rf "$logs"
+[ "$unit_rc" -eq 0 ] && [ "$integration_rc" -eq 0 ]

@@ -6,10 +6,14 @@ replay it), ``support/`` (shared builders and environments, on ``sys.path`` via
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.softhsm import SoftHsmToken, create_token
+from support.store_backends import StoreBackend
+
+from keybroker_cli.pg_cluster import PostgresCluster
 
 _INTEGRATION = Path(__file__).resolve().parent / "integration"
 
@@ -27,3 +31,28 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsmToken:
     process, so every in-process PKCS#11 test shares it; child processes inherit
     ``SOFTHSM2_CONF``)."""
     return create_token(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway PostgreSQL cluster per test session (fsync off: tests do not survive an
+    OS crash, only process crashes and restarts)."""
+    cluster = PostgresCluster.create(fsync=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
+    """Each store test once on SQLite and once on PostgreSQL (its own schema)."""
+    if request.param == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        store = StoreBackend("postgres", tmp_path, cluster.url)
+    else:
+        store = StoreBackend("sqlite", tmp_path)
+    try:
+        yield store
+    finally:
+        store.close()

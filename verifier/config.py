@@ -9,9 +9,11 @@ Invariants:
   simulator certificate (subject or issuer O containing "INSECURE TEST ROOT") among the
   collateral unless the process was started with the explicit insecure switch.
 - ``state_db`` (policy versions, reference-value sets, recorded appraisals) defaults to
-  ``verifier-state.db`` beside the config; ``record_days`` 0..90 (0: record nothing),
-  ``policy_poll_seconds`` 0.1..60, ``health_check_seconds`` 0.1..300 (dependency probes).
-  ``admins`` maps identities to roles (``keybroker.roles``); each
+  ``verifier-state.db`` beside the config; ``database`` (or ``state_db``) may instead be
+  a ``postgresql://`` URL shared by replicas (schema ``verifier``; ``audit_database``
+  then defaults to the same database, schema ``verifier_audit``); ``record_days`` 0..90
+  (0: record nothing), ``policy_poll_seconds`` 0.1..60, ``health_check_seconds`` 0.1..300
+  (dependency probes). ``admins`` maps identities to roles (``keybroker.roles``); each
   ``[[verifier.reference_providers]]`` names a provider, its PEM public key (path) and the
   fnmatch patterns of the reference-value sets it may publish.
 - Transport: ``tls_cert``, ``tls_key`` and ``tls_client_ca`` come together (mutual TLS: the
@@ -52,6 +54,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from keybroker.admin_auth import ADMIN_KEYS, AdminSettings, admin_settings
+from keybroker.database import DatabaseTarget, PostgresTarget, database_target
 from keybroker.errors import Malformed
 from keybroker.metrics import METRICS_KEYS, MetricsSettings, metrics_settings
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
@@ -71,7 +74,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "tpm_ek_roots": list, "tpm_ak_roots": list, "simulator_tpm_roots": list,
     "maa_instances": list, "simulator_nitro_roots": list, "nitro_roots": list,
     "nitro_max_age_seconds": int, "nitro_max_skew_seconds": int, "workers": int,
-    "state_db": str, "record_days": int, "policy_poll_seconds": (int, float),
+    "state_db": str, "database": str, "record_days": int, "policy_poll_seconds": (int, float),
     "health_check_seconds": (int, float),
     "admins": dict, "reference_providers": list,
     "tls_cert": str, "tls_key": str, "tls_client_ca": str, "allowed_clients": list,
@@ -145,7 +148,7 @@ class VerifierConfig:
     nitro_max_age_seconds: int = 300
     nitro_max_skew_seconds: int = 30
     workers: int = DEFAULT_WORKERS  # appraisal processes; 0: one thread of the front process
-    state_db: Path = Path(DEFAULT_STATE_DB)
+    state_db: DatabaseTarget = Path(DEFAULT_STATE_DB)
     record_days: int = 7
     policy_poll_seconds: float = 1.0
     health_check_seconds: float = 2.0
@@ -156,7 +159,7 @@ class VerifierConfig:
     tls: TlsFiles | None = None  # None: plaintext, only with --insecure-plaintext on loopback
     allowed_clients: frozenset[str] = frozenset()
     admin: AdminSettings = field(default_factory=AdminSettings)
-    audit_database: Path = Path("verifier-audit.db")
+    audit_database: DatabaseTarget = Path("verifier-audit.db")
 
 
 def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
@@ -171,6 +174,14 @@ def _int_range(path: Path, table: dict[str, object], key: str, *, default: int, 
     if not low <= value <= high:
         raise _fail(path, key, "value out of range", f"{low}..{high}", str(value))
     return value
+
+
+def _database(path: Path, table: dict[str, object], key: str, schema: str,
+              default: str) -> DatabaseTarget:
+    if not isinstance(value := table.get(key, default), str) or not value:
+        raise _fail(path, key, "wrong value", "a path or postgresql:// URL", repr(value))
+    target = database_target(value, path.parent, schema)
+    return target if isinstance(target, PostgresTarget) else target.resolve()
 
 
 def _paths(path: Path, key: str, value: object) -> tuple[Path, ...]:
@@ -237,6 +248,10 @@ def load_config(path: Path) -> VerifierConfig:
     listen = str(table.get("listen", DEFAULT_LISTEN))
     if ":" not in listen:
         raise _fail(path, "listen", "invalid listen address", "HOST:PORT", listen)
+    if "database" in table and "state_db" in table:
+        raise _fail(path, "database", "database and state_db", "one of them", "both")
+    state = _database(path, table, "database" if "database" in table else "state_db",
+                      "verifier", DEFAULT_STATE_DB)
     return VerifierConfig(
         source=path,
         listen=listen,
@@ -258,7 +273,7 @@ def load_config(path: Path) -> VerifierConfig:
                                           low=0, high=600),
         workers=_int_range(path, table, "workers", default=DEFAULT_WORKERS, low=0, high=64),
         maa_instances=_maa_instances(path, table.get("maa_instances", [])),
-        state_db=_paths(path, "state_db", [table.get("state_db", DEFAULT_STATE_DB)])[0],
+        state_db=state,
         record_days=record_days,
         policy_poll_seconds=float(poll),
         health_check_seconds=float(health),
@@ -268,8 +283,9 @@ def load_config(path: Path) -> VerifierConfig:
         admin=admin_settings(table, path.parent, f"{path} [verifier]"),
         metrics=metrics_settings(table, path.parent, f"{path} [verifier]"),
         tracing=tracing_settings(table, path.parent, f"{path} [verifier]"),
-        audit_database=_paths(path, "audit_database",
-                              [table.get("audit_database", "verifier-audit.db")])[0],
+        audit_database=_database(path, table, "audit_database", "verifier_audit",
+                                 state.url if isinstance(state, PostgresTarget)
+                                 else "verifier-audit.db"),
         allowed_clients=_allowed_clients(path, table, table.get("allowed_clients", [])),
     )
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from keybroker.health import HealthMonitor
@@ -55,7 +55,7 @@ class _VerifierState(Collector):
         self._servicer = servicer
         self._clock = clock
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         watched = self._servicer.watched
         if watched is not None:
             state = watched.current
@@ -86,3 +86,13 @@ class _VerifierState(Collector):
                 due.add_metric((item.item,), (item.next_update - now).total_seconds())
         yield age
         yield due
+        writer = self._servicer.record_writer
+        if writer is not None:
+            records = CounterMetricFamily(
+                "keybroker_appraisal_records", "appraisal records written, dropped (queue "
+                "full: the appraisal answers without waiting for the store) or failed",
+                labels=("outcome",))
+            for outcome, count in (("written", writer.written), ("dropped", writer.dropped),
+                                   ("failed", writer.failed)):
+                records.add_metric((outcome,), count)
+            yield records

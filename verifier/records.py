@@ -23,13 +23,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from keybroker.database import Database, immediate
+from keybroker.database import DatabaseTarget, open_database
 from keybroker.errors import KeybrokerError, Malformed
+from keybroker.migrations import Migration, ddl
+from keybroker.store_session import Session, immediate
 
 _log = logging.getLogger(__name__)
 
@@ -87,9 +86,10 @@ def _decisions(text: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def records_schema(db: sqlite_utils.Database) -> None:
+def records_schema(db: Session) -> None:
     """Create the appraisal record table (idempotent)."""
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS appraisal_records ("
         " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
         " at TEXT NOT NULL,"
@@ -103,6 +103,9 @@ def records_schema(db: sqlite_utils.Database) -> None:
         " decisions TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX IF NOT EXISTS appraisal_records_at ON appraisal_records (at)")
+
+
+RECORD_MIGRATIONS = (Migration(1, "appraisal records", records_schema),)
 
 
 _INSERT = (
@@ -138,13 +141,13 @@ def _from_row(row: tuple[Any, ...]) -> AppraisalRecord:
 class RecordStore:
     """Appraisal records with a retention window."""
 
-    def __init__(self, path: Path, *, retention: timedelta,
+    def __init__(self, target: DatabaseTarget, *, retention: timedelta,
                  busy_timeout_seconds: float = 5.0) -> None:
         if retention <= timedelta(0):
             raise ValueError("retention must be positive (do not record instead)")
         self.retention = retention
-        self._db = Database(path, schema=records_schema, synchronous="NORMAL",
-                            busy_timeout_seconds=busy_timeout_seconds)
+        self._db = open_database(target, component="records", migrations=RECORD_MIGRATIONS,
+                                 busy_timeout_seconds=busy_timeout_seconds)
 
     def close(self) -> None:
         """Close the database connections."""
@@ -157,9 +160,9 @@ class RecordStore:
         rows = [_row(r) for r in records]
         cutoff = _stamp(max(r.at for r in records) - self.retention)
 
-        def op(db: sqlite_utils.Database) -> None:
+        def op(db: Session) -> None:
             with immediate(db):
-                db.conn.executemany(_INSERT, rows)
+                db.executemany(_INSERT, rows)
                 db.execute("DELETE FROM appraisal_records WHERE at < ?", [cutoff])
 
         self._db.run(op)

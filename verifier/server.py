@@ -34,12 +34,12 @@ from grpc_reflection.v1alpha import reflection
 from keybroker.admin_auth import Authenticator
 from keybroker.admin_gate import AdminGate, admin_enabled, start_admin_server
 from keybroker.audit_log import AuditLog
-from keybroker.database import probe_file
 from keybroker.errors import Malformed, Unavailable
 from keybroker.health import HealthMonitor, Probe, blocking
 from keybroker.metrics import serve_metrics
 from keybroker.policy_store import PolicyStore
 from keybroker.reload import Watched
+from keybroker.server_limits import MAX_CONCURRENT_RPCS, server_options
 from keybroker.tls import ServerTls, TlsFiles, check_plaintext
 from keybroker.tracing import start_tracing
 from keybroker.v1 import admin_pb2_grpc, verifier_pb2_grpc
@@ -199,10 +199,9 @@ class VerifierServer:
         ``tls`` None is plaintext (loopback only). With ``monitor`` the health status follows
         its probes (checked once before this returns); without, SERVING while running."""
         host, port = _split_listen(listen)
-        server = grpc.aio.server(interceptors=list(interceptors), options=[
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_send_message_length", 1 << 20),
-        ])
+        server = grpc.aio.server(interceptors=list(interceptors),
+                                 options=server_options(max_request_bytes, 1 << 20),
+                                 maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS)
         verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -253,7 +252,7 @@ async def serve(
         servicer.workers.warm()
     tls = server_tls(config, plaintext=plaintext)
     admin = await start_verifier_admin(config, servicer, plaintext)
-    probes: dict[str, Probe] = {"database": blocking(lambda: probe_file(config.state_db))}
+    probes: dict[str, Probe] = {"database": blocking(PolicyStore(config.state_db).probe)}
     if admin is not None:
         probes["audit"] = blocking(admin[2].probe)
     monitor = HealthMonitor(SERVICE_NAME, probes, interval=config.health_check_seconds)

@@ -59,7 +59,7 @@ from verifier.collateral.cache import CollateralStore
 from verifier.policy.decision import appraise_claims, evidence_workload
 from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import PolicyState, read_policy_files
-from verifier.records import AppraisalRecord
+from verifier.records import AppraisalRecord, RecordWriter
 from verifier.result import ResultSigner
 from verifier.tee import (
     Claims,
@@ -168,6 +168,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         fixed = PolicyState.static(policies or {})
         self._state: Callable[[], PolicyState] = state if state is not None else fixed.itself
         self._records = records
+        self.record_writer = records if isinstance(records, RecordWriter) else None
         self._verifiers = dict(verifiers)
         self._signer = signer
         self._insecure = insecure

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from broker.config import BrokerConfig
 from broker.config import load_config as load_broker_config
+from keybroker.database import DatabaseTarget
 from keybroker.errors import KeybrokerError, Malformed
 from keybroker.roles import Admins
 from verifier.config import VerifierConfig
@@ -53,7 +54,7 @@ class Target:
 
     service: str  # "verifier" | "broker"
     source: Path
-    store_path: Path
+    store_path: DatabaseTarget
     admins: Admins
     verifier: VerifierConfig | None = None
     broker: BrokerConfig | None = None

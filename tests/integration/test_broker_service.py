@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -245,6 +246,27 @@ def test_verifier_slow_is_unavailable(tmp_path: Path) -> None:
         assert "released" not in kinds and "intent" not in kinds
 
     run(tmp_path, scenario, timeout=0.3)
+
+
+def test_fault_overload_is_resource_exhausted_not_queued(tmp_path: Path) -> None:
+    """With every call slot busy (a slow verifier), the next call is refused
+    RESOURCE_EXHAUSTED at once instead of waiting in a queue; the busy calls finish and
+    the freed slots serve again."""
+    async def scenario(stack: Stack, stub: broker_pb2_grpc.KeyBrokerAsyncStub) -> None:
+        requests = [(await _request(stub))[2] for _ in range(4)]
+        stack.verifier.delay = 1.0
+        busy = [asyncio.ensure_future(stub.ReleaseKey(r)) for r in requests[:2]]
+        await asyncio.sleep(0.3)
+        began = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await stub.ReleaseKey(requests[2])
+        assert exc.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - began < 0.5
+        assert all(r.keys for r in await asyncio.gather(*busy))
+        stack.verifier.delay = 0.0
+        assert (await stub.ReleaseKey(requests[3])).keys
+
+    run(tmp_path, scenario, max_concurrent_rpcs=2, timeout=5.0)
 
 
 def test_verifier_denial_relayed_without_detail(tmp_path: Path) -> None:

@@ -116,6 +116,10 @@ def test_metrics_verifier_appraisals_versions_and_collateral(scraped: Scraped) -
                for item in items)
     assert all(value(v, "keybroker_collateral_age_seconds", item=item) >= 0 for item in items)
     assert value(v, "keybroker_dependency_up", dependency="database") == 1
+    # Appraisal records are never dropped silently: the writer's counts are exported.
+    assert value(v, "keybroker_appraisal_records_total", outcome="dropped") == 0
+    assert value(v, "keybroker_appraisal_records_total", outcome="failed") == 0
+    assert 0 <= value(v, "keybroker_appraisal_records_total", outcome="written") <= 2
 
 
 def test_metrics_client_certificate_required_where_configured(scraped: Scraped) -> None:

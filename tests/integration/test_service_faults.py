@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections import Counter
@@ -25,6 +28,7 @@ from support.release_attempts import Env, build_attempt, open_released, recovers
 from test_verifier_workers import children, wait_for_workers
 
 from keybroker.errors import Category, KeybrokerError
+from keybroker.server_limits import HANDSHAKE_TIMEOUT_MS
 from keybroker.v1 import broker_pb2_grpc
 from keybroker_cli.demo import demo_collector
 from keybroker_cli.launcher import ServiceProcess, keybroker_command
@@ -142,3 +146,80 @@ def test_fault_verifier_killed_then_restarted(stack: Stack) -> None:
         assert recovers(lambda: release(env), env.secret, timeout=30)
     finally:
         env.channel.close()
+
+
+_SKEWED_VERIFIER = textwrap.dedent("""
+    import asyncio, sys
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+    from verifier.config import load_config
+    from verifier.server import serve
+    skew = timedelta(seconds=float(sys.argv[2]))
+    asyncio.run(serve(load_config(Path(sys.argv[1])), insecure=True,
+                      on_ready=lambda a: print(f"verifier listening on {a}", flush=True),
+                      clock=lambda: datetime.now(UTC) + skew))
+""")
+
+
+def refusal_once_reachable(env: Env) -> Category:
+    """The category of the first refusal that is not UNAVAILABLE (the broker reconnecting
+    to a restarted verifier); fails if a key is released."""
+    deadline = time.monotonic() + 20
+    while True:
+        with pytest.raises(KeybrokerError) as exc:
+            release(env)
+        if exc.value.category is not Category.UNAVAILABLE or time.monotonic() > deadline:
+            return exc.value.category
+        time.sleep(0.5)
+
+
+SKEWS = ((2.0, None),                        # within the broker's leeway: released
+         (600.0, Category.TOKEN_INVALID),    # verifier ahead: a token from the future
+         (-600.0, Category.TOKEN_INVALID))   # verifier behind: the token expired on arrival
+
+
+def test_fault_clock_skew_between_broker_and_verifier(tmp_path: Path) -> None:
+    """A verifier process whose clock is off (restarted with each skew): within the leeway
+    releases go on; past it the broker refuses the result token (TOKEN_INVALID) and
+    releases nothing."""
+    with prepared_services(tmp_path / "skew", verifier_settings="workers = 0\n") as served:
+        served.verifier.stop()
+        config = served.layout.verifier_config
+        for skew, category in SKEWS:
+            skewed = ServiceProcess.start(
+                "verifier", [sys.executable, "-c", _SKEWED_VERIFIER, str(config), str(skew)],
+                log_path=config.parent / "verifier-skewed.log")
+            env = Stack(served).env(verifier=skewed)
+            try:
+                if category is None:
+                    assert recovers(lambda env=env: release(env), env.secret, timeout=20)
+                else:
+                    assert refusal_once_reachable(env) is category, skew
+            finally:
+                env.channel.close()
+                skewed.stop()
+
+
+def test_fault_slow_clients_do_not_hold_the_broker(stack: Stack) -> None:
+    """A hundred connections that never finish their TLS handshake (half send the first
+    bytes of one and stall): releases still go through at once, and the broker closes the
+    stalled connections at its handshake deadline."""
+    host, port = stack.served.broker.address.rsplit(":", 1)
+    stalled = [socket.create_connection((host, int(port)), timeout=5) for _ in range(100)]
+    try:
+        for sock in stalled[::2]:
+            sock.sendall(b"\x16\x03\x01\x02\x00")  # a TLS record header, then nothing
+        env = stack.env()
+        try:
+            began = time.monotonic()
+            assert release(env) == env.secret
+            assert time.monotonic() - began < 5
+        finally:
+            env.channel.close()
+        for sock in (stalled[0], stalled[1]):
+            sock.settimeout(HANDSHAKE_TIMEOUT_MS / 1000 + 10)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""  # closed by the broker
+    finally:
+        for sock in stalled:
+            sock.close()

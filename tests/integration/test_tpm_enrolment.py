@@ -7,11 +7,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.store_backends import StoreBackend
 
 from attester_agent.collectors.tpm import EnrolmentMaterial, TpmCollector
 from attester_agent.simulator.tpm import Swtpm, SwtpmLayout
@@ -62,8 +62,8 @@ class Clock:
         return self.now
 
 
-def store(tmp_path: Path, machine: Machine, clock: Clock | None = None) -> TpmEnrolments:
-    return TpmEnrolments(tmp_path / "state.db", machine.roots, clock or Clock())
+def store(where: StoreBackend, machine: Machine, clock: Clock | None = None) -> TpmEnrolments:
+    return TpmEnrolments(where.target("state"), machine.roots, clock or Clock())
 
 
 def enrol(enrolments: TpmEnrolments, machine: Machine) -> None:
@@ -85,10 +85,11 @@ def code(call: object) -> tuple[Category, str]:
     return exc.value.category, exc.value.rule
 
 
-def test_tpm_enrolment_by_activation_then_idempotent(swtpm: Machine, tmp_path: Path) -> None:
+def test_tpm_enrolment_by_activation_then_idempotent(swtpm: Machine,
+                                                     db_backend: StoreBackend) -> None:
     """The TPM's ActivateCredential recovers our MakeCredential; the AK is then enrolled for
     the EK, and enrolling the same AK again is accepted."""
-    enrolments = store(tmp_path, swtpm)
+    enrolments = store(db_backend, swtpm)
     enrol(enrolments, swtpm)
     enrol(enrolments, swtpm)
     ek = x509.load_der_x509_certificate(swtpm.material.ek_certificate)
@@ -98,9 +99,9 @@ def test_tpm_enrolment_by_activation_then_idempotent(swtpm: Machine, tmp_path: P
 
 
 def test_tpm_another_ak_for_an_enrolled_ek_needs_a_revocation(swtpm: Machine,
-                                                              tmp_path: Path) -> None:
+                                                              db_backend: StoreBackend) -> None:
     """A second AK for the same EK is refused until the old one is revoked."""
-    enrolments = store(tmp_path, swtpm)
+    enrolments = store(db_backend, swtpm)
     enrol(enrolments, swtpm)
     ek = x509.load_der_x509_certificate(swtpm.material.ek_certificate)
     begin = lambda: enrolments.begin(swtpm.material.ek_certificate, [], other_ak())  # noqa: E731
@@ -114,19 +115,20 @@ def test_tpm_another_ak_for_an_enrolled_ek_needs_a_revocation(swtpm: Machine,
 @pytest.mark.parametrize("attributes", [
     AK_BITS & ~RESTRICTED, AK_BITS & ~SIGN, AK_BITS & ~FIXED_TPM, AK_BITS & ~FIXED_PARENT,
     AK_BITS | (1 << 17)])
-def test_tpm_a_key_that_is_not_an_ak_is_refused(swtpm: Machine, tmp_path: Path,
+def test_tpm_a_key_that_is_not_an_ak_is_refused(swtpm: Machine, db_backend: StoreBackend,
                                                 attributes: int) -> None:
     """Unrestricted, non-signing, movable or decrypting keys are CHAIN_UNTRUSTED."""
-    enrolments = store(tmp_path, swtpm)
+    enrolments = store(db_backend, swtpm)
     begin = lambda: enrolments.begin(swtpm.material.ek_certificate, [],  # noqa: E731
                                      other_ak(attributes))
     assert code(begin) == (Category.CHAIN_UNTRUSTED, "tpm.ak-attributes")
 
 
-def test_tpm_wrong_credential_consumes_the_enrolment(swtpm: Machine, tmp_path: Path) -> None:
+def test_tpm_wrong_credential_consumes_the_enrolment(swtpm: Machine,
+                                                     db_backend: StoreBackend) -> None:
     """A wrong credential is CHAIN_UNTRUSTED and the enrolment is gone (the right one then
     finds nothing: FRESHNESS)."""
-    enrolments = store(tmp_path, swtpm)
+    enrolments = store(db_backend, swtpm)
     pending = enrolments.begin(swtpm.material.ek_certificate, [], swtpm.material.ak_public)
     right = swtpm.collector.activate(pending.blob, pending.encrypted_secret)
     wrong = bytes(b ^ 1 for b in right)
@@ -136,10 +138,10 @@ def test_tpm_wrong_credential_consumes_the_enrolment(swtpm: Machine, tmp_path: P
         Category.FRESHNESS, "tpm.enrolment")
 
 
-def test_tpm_expired_enrolment_is_freshness(swtpm: Machine, tmp_path: Path) -> None:
+def test_tpm_expired_enrolment_is_freshness(swtpm: Machine, db_backend: StoreBackend) -> None:
     """An activation after ``PENDING_SECONDS`` is FRESHNESS."""
     clock = Clock()
-    enrolments = store(tmp_path, swtpm, clock)
+    enrolments = store(db_backend, swtpm, clock)
     pending = enrolments.begin(swtpm.material.ek_certificate, [], swtpm.material.ak_public)
     right = swtpm.collector.activate(pending.blob, pending.encrypted_secret)
     clock.now += timedelta(seconds=PENDING_SECONDS + 1)
@@ -147,9 +149,10 @@ def test_tpm_expired_enrolment_is_freshness(swtpm: Machine, tmp_path: Path) -> N
         Category.FRESHNESS, "tpm.enrolment")
 
 
-def test_tpm_ek_of_an_unconfigured_root_is_refused(swtpm: Machine, tmp_path: Path) -> None:
+def test_tpm_ek_of_an_unconfigured_root_is_refused(swtpm: Machine,
+                                                  db_backend: StoreBackend) -> None:
     """Without the swtpm CA among the roots, the EK certificate does not chain."""
-    enrolments = TpmEnrolments(tmp_path / "state.db", EkRoots(), Clock())
+    enrolments = TpmEnrolments(db_backend.target("state"), EkRoots(), Clock())
     begin = lambda: enrolments.begin(swtpm.material.ek_certificate, [],  # noqa: E731
                                      swtpm.material.ak_public)
     assert code(begin) == (Category.CHAIN_UNTRUSTED, "tpm.ek-cert")
@@ -158,9 +161,9 @@ def test_tpm_ek_of_an_unconfigured_root_is_refused(swtpm: Machine, tmp_path: Pat
     assert code(garbage) == (Category.MALFORMED, "tpm.ek")
 
 
-def test_tpm_counters_must_not_go_backwards(swtpm: Machine, tmp_path: Path) -> None:
+def test_tpm_counters_must_not_go_backwards(swtpm: Machine, db_backend: StoreBackend) -> None:
     """(resetCount, restartCount) only grow per enrolled AK; lower is FRESHNESS."""
-    enrolments = store(tmp_path, swtpm)
+    enrolments = store(db_backend, swtpm)
     enrol(enrolments, swtpm)
     name = parse_public(swtpm.material.ak_public).name
     enrolments.observe(name, 5, 0)
@@ -178,12 +181,12 @@ def test_tpm_make_credential_needs_an_rsa_2048_ek() -> None:
         Category.MALFORMED, "tpm.ek")
 
 
-def test_tpm_pending_enrolments_are_bounded(swtpm: Machine, tmp_path: Path,
+def test_tpm_pending_enrolments_are_bounded(swtpm: Machine, db_backend: StoreBackend,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Begun but unactivated enrolments are capped; expired ones make room again."""
     monkeypatch.setattr(enrolment_module, "MAX_PENDING", 2)
     clock = Clock()
-    enrolments = store(tmp_path, swtpm, clock)
+    enrolments = store(db_backend, swtpm, clock)
 
     def begin() -> object:
         return enrolments.begin(swtpm.material.ek_certificate, [], swtpm.material.ak_public)

@@ -115,7 +115,7 @@ def verifier_admin(directory: Path, principals: Sequence[str], *, admins: str,
     port = free_port()
     extra = (f'tls_cert = "{tls.cert("verifier")}"\ntls_key = "{tls.key("verifier")}"\n'
              f'tls_client_ca = "{tls.ca}"\nadmin_listen = "127.0.0.1:{port}"\n'
-             f'admin_client_ca = "{tls.ca}"\n')
+             f'admin_client_ca = "{tls.ca}"\nlisten = "127.0.0.1:0"\nworkers = 1\n')
     config = write_verifier_config(directory, admins=admins, providers=providers,
                                    policy=policy, extra=extra)
     profiles = {}

@@ -22,6 +22,7 @@ from broker.server import RunningServer, close_broker, start_server
 from broker.service import build_broker
 from keybroker.errors import BindingMismatch, KeybrokerError
 from keybroker.rpc_errors import abort
+from keybroker.server_limits import MAX_CONCURRENT_RPCS
 from keybroker.v1 import evidence_pb2, verifier_pb2, verifier_pb2_grpc
 
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
@@ -224,7 +225,8 @@ class Stack:
 
 
 async def start_stack(tmp: Path, *, verifier_up: bool = True, ttl: int = 60,
-                      timeout: float = 2.0, rules: str = RULES) -> Stack:
+                      timeout: float = 2.0, rules: str = RULES,
+                      max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS) -> Stack:
     clock = FakeClock()
     signer = EarSigner()
     fake = FakeVerifier(signer=signer, clock=clock)
@@ -238,5 +240,6 @@ async def start_stack(tmp: Path, *, verifier_up: bool = True, ttl: int = 60,
     # The release logic under test here runs on loopback in plaintext (the explicit insecure
     # mode); transport security has its own tests through real processes (test_tls_*).
     broker = build_broker(config, clock=clock, plaintext=True)
-    running = await start_server(broker, config.listen, tls=None)
+    running = await start_server(broker, config.listen, tls=None,
+                                 max_concurrent_rpcs=max_concurrent_rpcs)
     return Stack(broker, running, fake, vserver, clock, config)

@@ -18,9 +18,21 @@ from support.admin import free_port
 from support.agent_tls import secure_channel
 from support.release_attempts import Env
 
+# Test deployments start many verifiers: one appraisal process each unless a test asks for
+# more (the worker pool itself is tested in test_verifier_workers with several).
+ONE_WORKER = "workers = 1\n"
+
+
+def _one_worker(settings: str) -> str:
+    return settings if "workers" in settings else settings + ONE_WORKER
+
 
 def start_verifier(layout: DemoLayout) -> ServiceProcess:
-    """``keybroker verifier serve`` from the layout's config."""
+    """``keybroker verifier serve`` from the layout's config (one appraisal worker unless
+    the config names ``workers``)."""
+    config = layout.verifier_config.read_text()
+    if "workers" not in config:
+        layout.verifier_config.write_text(config + ONE_WORKER)
     return ServiceProcess.start(
         "verifier", keybroker_command("verifier", "serve", "--config",
                                       str(layout.verifier_config), "--insecure-simulator"),
@@ -73,7 +85,7 @@ def prepared_services(root: Path, *, broker_settings: str = "", verifier_setting
     layout = DemoLayout(root)
     ports = Ports(*(free_port() for _ in range(6)))
     secret = prepare_deployment(layout, ports=ports, broker_settings=broker_settings,
-                                verifier_settings=verifier_settings, tee=tee,
+                                verifier_settings=_one_worker(verifier_settings), tee=tee,
                                 extra_policies=extra_policies)
     if before_start is not None:
         before_start(layout)

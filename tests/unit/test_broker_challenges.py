@@ -9,9 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.store_backends import StoreBackend
 
-from broker.challenges import ChallengeStore, Peer, challenge_schema
-from keybroker.database import Database
+from broker.challenges import ChallengeStore, Peer
+from broker.service import BROKER_MIGRATIONS
+from keybroker.database import Database, DatabaseTarget, open_database
 from keybroker.errors import (
     Category,
     Exhausted,
@@ -21,6 +23,7 @@ from keybroker.errors import (
     Unavailable,
 )
 from keybroker.rpc_errors import STATUS_FOR
+from keybroker.sqlite_database import SqliteDatabase
 from keybroker.v1 import evidence_pb2
 
 T0 = 1_750_000_000.0
@@ -35,14 +38,17 @@ class Clock:
         return self.now
 
 
-def _store(path: Path, clock: Clock, ttl: int = 60, **kw: float) -> ChallengeStore:
-    return ChallengeStore(Database(path, schema=challenge_schema, **kw),  # type: ignore[arg-type]
-                          ttl_seconds=ttl, clock=clock)
+def _store(target: DatabaseTarget, clock: Clock, ttl: int = 60) -> ChallengeStore:
+    return ChallengeStore(_db(target), ttl_seconds=ttl, clock=clock)
 
 
-def test_issue_and_consume_once(tmp_path: Path) -> None:
+def _db(target: DatabaseTarget) -> Database:
+    return open_database(target, component="broker", migrations=BROKER_MIGRATIONS)
+
+
+def test_issue_and_consume_once(db_backend: StoreBackend) -> None:
     """A consumed challenge returns its nonce, tee and keys; the nonce is 32 random bytes."""
-    store = _store(tmp_path / "b.db", Clock())
+    store = _store(db_backend.target("broker"), Clock())
     ch = store.issue(SNP, ["demo/a", "demo/b", "demo/a"])
     assert len(ch.nonce) == 32
     assert ch.key_ids == ("demo/a", "demo/b")
@@ -51,9 +57,9 @@ def test_issue_and_consume_once(tmp_path: Path) -> None:
     assert store.issue(SNP, ["demo/a"]).nonce != ch.nonce
 
 
-def test_second_use_is_freshness(tmp_path: Path) -> None:
+def test_second_use_is_freshness(db_backend: StoreBackend) -> None:
     """Consuming the same challenge twice is refused with FRESHNESS (hostile row 24)."""
-    store = _store(tmp_path / "b.db", Clock())
+    store = _store(db_backend.target("broker"), Clock())
     ch = store.issue(SNP, ["demo/a"])
     store.consume(ch.challenge_id)
     with pytest.raises(FreshnessError) as exc:
@@ -61,18 +67,18 @@ def test_second_use_is_freshness(tmp_path: Path) -> None:
     assert exc.value.category is Category.FRESHNESS
 
 
-def test_unknown_challenge_is_freshness(tmp_path: Path) -> None:
+def test_unknown_challenge_is_freshness(db_backend: StoreBackend) -> None:
     """A never-issued challenge id is FRESHNESS (hostile row 25)."""
-    store = _store(tmp_path / "b.db", Clock())
+    store = _store(db_backend.target("broker"), Clock())
     with pytest.raises(KeybrokerError) as exc:
         store.consume("00000000-0000-4000-8000-000000000000")
     assert exc.value.category is Category.FRESHNESS
 
 
-def test_expiry_with_injected_clock(tmp_path: Path) -> None:
+def test_expiry_with_injected_clock(db_backend: StoreBackend) -> None:
     """A challenge is usable until its TTL and FRESHNESS at or after it (hostile row 25)."""
     clock = Clock()
-    store = _store(tmp_path / "b.db", clock, ttl=30)
+    store = _store(db_backend.target("broker"), clock, ttl=30)
     live = store.issue(SNP, ["demo/a"])
     dead = store.issue(SNP, ["demo/a"])
     clock.now = T0 + 29.9
@@ -83,9 +89,9 @@ def test_expiry_with_injected_clock(tmp_path: Path) -> None:
     assert exc.value.category is Category.FRESHNESS
 
 
-def test_thread_race_only_one_wins(tmp_path: Path) -> None:
+def test_thread_race_only_one_wins(db_backend: StoreBackend) -> None:
     """Sixteen threads with their own connections race for one challenge; exactly one wins."""
-    path = tmp_path / "b.db"
+    path = db_backend.target("broker")
     clock = Clock()
     ch = _store(path, clock).issue(SNP, ["demo/a"])
     stores = [_store(path, clock) for _ in range(16)]
@@ -111,11 +117,10 @@ def test_thread_race_only_one_wins(tmp_path: Path) -> None:
     assert sorted(results) == ["FRESHNESS"] * 15 + ["ok"]
 
 
-def consume_in_process(args: tuple[str, str, float]) -> str:
+def consume_in_process(args: tuple[DatabaseTarget, str, float]) -> str:
     """Child-process worker: open the database afresh and try to consume."""
-    path, challenge_id, now = args
-    store = ChallengeStore(Database(Path(path), schema=challenge_schema), ttl_seconds=60,
-                           clock=lambda: now)
+    target, challenge_id, now = args
+    store = ChallengeStore(_db(target), ttl_seconds=60, clock=lambda: now)
     try:
         store.consume(challenge_id)
     except KeybrokerError as err:
@@ -123,13 +128,13 @@ def consume_in_process(args: tuple[str, str, float]) -> str:
     return "ok"
 
 
-def test_process_race_only_one_wins(tmp_path: Path) -> None:
-    """Separate processes (like broker replicas) sharing one SQLite file: exactly one wins."""
-    path = tmp_path / "b.db"
+def test_process_race_only_one_wins(db_backend: StoreBackend) -> None:
+    """Separate processes (broker replicas) sharing one store: exactly one wins."""
+    path = db_backend.target("broker")
     clock = Clock()
     store = _store(path, clock)
     challenges = [store.issue(SNP, ["demo/a"]) for _ in range(3)]
-    jobs = [(str(path), ch.challenge_id, T0) for ch in challenges for _ in range(4)]
+    jobs = [(path, ch.challenge_id, T0) for ch in challenges for _ in range(4)]
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         results = pool.map(consume_in_process, jobs)
     for i in range(3):
@@ -140,7 +145,9 @@ def test_busy_database_is_unavailable(tmp_path: Path) -> None:
     """A store held locked by another writer ends in UNAVAILABLE after bounded retries."""
     path = tmp_path / "b.db"
     clock = Clock()
-    store = _store(path, clock, busy_timeout_seconds=0.05, retries=2)
+    store = ChallengeStore(SqliteDatabase(path, component="broker", migrations=BROKER_MIGRATIONS,
+                                          busy_timeout_seconds=0.05, retries=2),
+                           ttl_seconds=60, clock=clock)
     ch = store.issue(SNP, ["demo/a"])
     blocker = sqlite3.connect(str(path), isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
@@ -156,18 +163,18 @@ def test_busy_database_is_unavailable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "key_ids", [[], [""], ["x" * 257], ["a\x00b"], [f"k{i}" for i in range(65)]])
-def test_invalid_key_ids_are_malformed(tmp_path: Path, key_ids: list[str]) -> None:
+def test_invalid_key_ids_are_malformed(db_backend: StoreBackend, key_ids: list[str]) -> None:
     """Empty, oversized, NUL-containing or too many key ids are MALFORMED."""
-    store = _store(tmp_path / "b.db", Clock())
+    store = _store(db_backend.target("broker"), Clock())
     with pytest.raises(Malformed) as exc:
         store.issue(SNP, key_ids)
     assert exc.value.category is Category.MALFORMED
 
 
-def test_purge_removes_only_long_expired(tmp_path: Path) -> None:
+def test_purge_removes_only_long_expired(db_backend: StoreBackend) -> None:
     """Purging deletes challenges expired for longer than the window, not live ones."""
     clock = Clock()
-    store = _store(tmp_path / "b.db", clock, ttl=10)
+    store = _store(db_backend.target("broker"), clock, ttl=10)
     old = store.issue(SNP, ["demo/a"])
     clock.now = T0 + 7200
     live = store.issue(SNP, ["demo/a"])
@@ -177,16 +184,16 @@ def test_purge_removes_only_long_expired(tmp_path: Path) -> None:
     assert store.consume(live.challenge_id).nonce == live.nonce
 
 
-def _limited(path: Path, clock: Clock, *, total: int, per_peer: int) -> ChallengeStore:
-    return ChallengeStore(Database(path, schema=challenge_schema), ttl_seconds=60, clock=clock,
+def _limited(path: DatabaseTarget, clock: Clock, *, total: int, per_peer: int) -> ChallengeStore:
+    return ChallengeStore(_db(path), ttl_seconds=60, clock=clock,
                           max_outstanding=total, max_per_peer=per_peer)
 
 
-def test_outstanding_challenges_are_bounded_per_peer_and_in_total(tmp_path: Path) -> None:
+def test_outstanding_challenges_are_bounded_per_peer_and_in_total(db_backend: StoreBackend) -> None:
     """Past the per-peer or the total bound issue() is Exhausted (UNAVAILABLE category, sent
     as RESOURCE_EXHAUSTED) and stores nothing; consumed or expired ones do not count."""
     clock = Clock()
-    store = _limited(tmp_path / "b.db", clock, total=4, per_peer=2)
+    store = _limited(db_backend.target("broker"), clock, total=4, per_peer=2)
     a, b = Peer("10.0.0.1"), Peer("10.0.0.2")
     first = store.issue(SNP, ["k"], a)
     store.issue(SNP, ["k"], a)
@@ -206,10 +213,10 @@ def test_outstanding_challenges_are_bounded_per_peer_and_in_total(tmp_path: Path
     assert STATUS_FOR[exc.value.category] is grpc.StatusCode.UNAVAILABLE  # refined in abort()
 
 
-def test_expired_challenges_are_purged(tmp_path: Path) -> None:
+def test_expired_challenges_are_purged(db_backend: StoreBackend) -> None:
     """purge_expired deletes every expired challenge (consumed or not) and keeps live ones."""
     clock = Clock()
-    store = _store(tmp_path / "b.db", clock)
+    store = _store(db_backend.target("broker"), clock)
     old = [store.issue(SNP, ["k"]) for _ in range(3)]
     store.consume(old[0].challenge_id)
     clock.now += 61
@@ -219,10 +226,10 @@ def test_expired_challenges_are_purged(tmp_path: Path) -> None:
     assert store.consume(live.challenge_id).challenge_id == live.challenge_id
 
 
-def test_challenge_is_bound_to_the_client_certificate(tmp_path: Path) -> None:
+def test_challenge_is_bound_to_the_client_certificate(db_backend: StoreBackend) -> None:
     """A challenge issued to one client certificate cannot be consumed from another one, or
     from a channel without a certificate: FRESHNESS, and it is spent (row 26)."""
-    store = _store(tmp_path / "b.db", Clock())
+    store = _store(db_backend.target("broker"), Clock())
     alice, bob = Peer("10.0.0.1", b"\xaa" * 32), Peer("10.0.0.1", b"\xbb" * 32)
     for thief in (bob, Peer("10.0.0.1")):
         ch = store.issue(SNP, ["k"], alice)

@@ -3,46 +3,42 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
-import sqlite_utils
+from support.store_backends import RawConnection, RawError, StoreBackend
 
 from broker.kek import KEK_SIZE, FileBackend, FileKek
-from broker.kek_ring import KekRing, kek_schema
-from broker.secrets import SecretStore, VersionConflict, secret_schema
-from keybroker.database import Database
+from broker.kek_ring import KekRing
+from broker.secrets import SecretStore, VersionConflict
+from broker.service import BROKER_MIGRATIONS
+from keybroker.database import open_database
 from keybroker.errors import Category, KeybrokerError, Malformed, Unavailable
 
 T0 = 1_750_000_000.0
 
 
-def _schema(db: sqlite_utils.Database) -> None:
-    kek_schema(db)
-    secret_schema(db)
-
-
-def _store(tmp: Path) -> SecretStore:
+def _store(tmp: Path, where: StoreBackend) -> SecretStore:
     kek_path = tmp / "kek.bin"
     if not kek_path.exists():
         FileKek.create(kek_path)
-    db = Database(tmp / "b.db", schema=_schema)
+    db = open_database(where.target("broker"), component="broker",
+                       migrations=BROKER_MIGRATIONS)
     return SecretStore(db, KekRing(db, FileBackend(kek_path), clock=lambda: T0),
                        clock=lambda: T0)
 
 
-def _raw(tmp: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(tmp / "b.db"), isolation_level=None)
-    for trigger in ("secrets_value_immutable", "secrets_no_delete"):  # an attacker with file
-        conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")  # access drops the guards
+def _raw(where: StoreBackend) -> RawConnection:
+    conn = where.raw("broker")
+    for trigger in ("secrets_value_immutable", "secrets_no_delete"):  # an attacker with
+        conn.drop_trigger(trigger, "secrets")  # database access drops the guards
     return conn
 
 
-def test_round_trip_and_versions(tmp_path: Path) -> None:
+def test_round_trip_and_versions(tmp_path: Path, db_backend: StoreBackend) -> None:
     """Versions count from 1; latest and explicit versions decrypt to what was stored."""
-    store = _store(tmp_path)
+    store = _store(tmp_path, db_backend)
     assert store.put("demo/db", b"v1-secret") == 1
     assert store.put("demo/db", b"v2-secret") == 2
     assert store.get("demo/db").value == b"v2-secret"
@@ -54,19 +50,19 @@ def test_round_trip_and_versions(tmp_path: Path) -> None:
 
 def test_plaintext_not_stored(tmp_path: Path) -> None:
     """Neither the value nor the data key appears in the database file."""
-    store = _store(tmp_path)
+    store = _store(tmp_path, StoreBackend("sqlite", tmp_path))
     store.put("demo/db", b"very-recognisable-secret-value")
     store._db.close()
-    data = b"".join(p.read_bytes() for p in tmp_path.glob("b.db*"))
+    data = b"".join(p.read_bytes() for p in tmp_path.glob("broker.db*"))
     assert b"very-recognisable-secret-value" not in data
 
 
-def test_tampered_ciphertext_detected(tmp_path: Path) -> None:
+def test_tampered_ciphertext_detected(tmp_path: Path, db_backend: StoreBackend) -> None:
     """One flipped ciphertext bit makes the read fail with UNAVAILABLE (integrity)."""
-    store = _store(tmp_path)
+    store = _store(tmp_path, db_backend)
     store.put("demo/db", b"secret")
-    conn = _raw(tmp_path)
-    (ct,) = conn.execute("SELECT ciphertext FROM secrets").fetchone()
+    conn = _raw(db_backend)
+    [(ct,)] = conn.execute("SELECT ciphertext FROM secrets")
     flipped = bytes([ct[0]]) + bytes([ct[1] ^ 1]) + ct[2:]
     conn.execute("UPDATE secrets SET ciphertext = ?", [flipped])
     with pytest.raises(Unavailable) as exc:
@@ -74,14 +70,14 @@ def test_tampered_ciphertext_detected(tmp_path: Path) -> None:
     assert exc.value.category is Category.UNAVAILABLE
 
 
-def test_row_moved_to_other_version_detected(tmp_path: Path) -> None:
+def test_row_moved_to_other_version_detected(tmp_path: Path, db_backend: StoreBackend) -> None:
     """Copying version 1's blobs over version 2 fails: AAD binds key id and version."""
-    store = _store(tmp_path)
+    store = _store(tmp_path, db_backend)
     store.put("demo/db", b"old")
     store.put("demo/db", b"new")
-    conn = _raw(tmp_path)
-    wrapped, ct = conn.execute(
-        "SELECT wrapped_key, ciphertext FROM secrets WHERE version = 1").fetchone()
+    conn = _raw(db_backend)
+    [(wrapped, ct)] = conn.execute(
+        "SELECT wrapped_key, ciphertext FROM secrets WHERE version = 1")
     conn.execute("UPDATE secrets SET wrapped_key = ?, ciphertext = ? WHERE version = 2",
                  [wrapped, ct])
     with pytest.raises(KeybrokerError) as exc:
@@ -89,29 +85,29 @@ def test_row_moved_to_other_version_detected(tmp_path: Path) -> None:
     assert exc.value.category is Category.UNAVAILABLE
 
 
-def test_other_kek_cannot_open(tmp_path: Path) -> None:
+def test_other_kek_cannot_open(tmp_path: Path, db_backend: StoreBackend) -> None:
     """A different KEK file in place of the recorded one opens nothing (UNAVAILABLE, no
     fallback)."""
-    _store(tmp_path).put("demo/db", b"secret")
+    _store(tmp_path, db_backend).put("demo/db", b"secret")
     (tmp_path / "kek.bin").unlink()
     FileKek.create(tmp_path / "kek.bin")
     with pytest.raises(Unavailable) as exc:
-        _store(tmp_path).get("demo/db")
+        _store(tmp_path, db_backend).get("demo/db")
     assert (exc.value.category, exc.value.rule) == (Category.UNAVAILABLE, "kek.version")
 
 
-def test_versions_are_immutable(tmp_path: Path) -> None:
+def test_versions_are_immutable(tmp_path: Path, db_backend: StoreBackend) -> None:
     """The store refuses UPDATE of a stored version."""
-    store = _store(tmp_path)
+    store = _store(tmp_path, db_backend)
     store.put("demo/db", b"secret")
-    conn = sqlite3.connect(str(tmp_path / "b.db"), isolation_level=None)
-    with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+    conn = db_backend.raw("broker")
+    with pytest.raises(RawError, match="immutable"):
         conn.execute("UPDATE secrets SET created_at = 0")
 
 
-def test_cas_conflict(tmp_path: Path) -> None:
+def test_cas_conflict(tmp_path: Path, db_backend: StoreBackend) -> None:
     """expect_version must equal the latest version (0 = new key), else VersionConflict."""
-    store = _store(tmp_path)
+    store = _store(tmp_path, db_backend)
     assert store.put("demo/db", b"a", expect_version=0) == 1
     with pytest.raises(VersionConflict) as exc:
         store.put("demo/db", b"b", expect_version=0)
@@ -122,10 +118,10 @@ def test_cas_conflict(tmp_path: Path) -> None:
     assert store.get("demo/db").value == b"b"
 
 
-def test_concurrent_rotation_one_wins(tmp_path: Path) -> None:
+def test_concurrent_rotation_one_wins(tmp_path: Path, db_backend: StoreBackend) -> None:
     """Eight rotators with the same expected version: exactly one succeeds."""
-    _store(tmp_path).put("demo/db", b"v1")
-    stores = [_store(tmp_path) for _ in range(8)]
+    _store(tmp_path, db_backend).put("demo/db", b"v1")
+    stores = [_store(tmp_path, db_backend) for _ in range(8)]
     barrier = threading.Barrier(len(stores))
     outcomes: list[str] = []
 
@@ -143,12 +139,12 @@ def test_concurrent_rotation_one_wins(tmp_path: Path) -> None:
     for t in threads:
         t.join(30)
     assert sorted(outcomes) == ["conflict"] * 7 + ["ok"]
-    assert _store(tmp_path).latest_version("demo/db") == 2
+    assert _store(tmp_path, db_backend).latest_version("demo/db") == 2
 
 
-def test_unknown_key_or_version_is_malformed(tmp_path: Path) -> None:
+def test_unknown_key_or_version_is_malformed(tmp_path: Path, db_backend: StoreBackend) -> None:
     """Reading a key or version that was never stored is MALFORMED."""
-    store = _store(tmp_path)
+    store = _store(tmp_path, db_backend)
     store.put("demo/db", b"x")
     for key_id, version in (("demo/none", 0), ("demo/db", 2)):
         with pytest.raises(Malformed) as exc:
@@ -157,10 +153,10 @@ def test_unknown_key_or_version_is_malformed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value", [b"", b"x" * (64 * 1024 + 1)])
-def test_value_size_bounds(tmp_path: Path, value: bytes) -> None:
+def test_value_size_bounds(tmp_path: Path, db_backend: StoreBackend, value: bytes) -> None:
     """Empty and oversized values are MALFORMED."""
     with pytest.raises(Malformed):
-        _store(tmp_path).put("demo/db", value)
+        _store(tmp_path, db_backend).put("demo/db", value)
 
 
 def test_kek_file_created_0600_and_not_overwritten(tmp_path: Path) -> None:

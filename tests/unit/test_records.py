@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
+from support.store_backends import StoreBackend
 
+from keybroker.database import DatabaseTarget
 from verifier.records import AppraisalRecord, RecordStore, RecordWriter
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -28,13 +29,13 @@ def _record(at: datetime, request_id: str = "r1", **kw: object) -> AppraisalReco
     return AppraisalRecord(**fields)  # type: ignore[arg-type]
 
 
-def _store(tmp_path: Path, days: int = 7) -> RecordStore:
-    return RecordStore(tmp_path / "state.db", retention=timedelta(days=days))
+def _store(db: StoreBackend, days: int = 7) -> RecordStore:
+    return RecordStore(db.target("state"), retention=timedelta(days=days))
 
 
-def test_round_trip(tmp_path: Path) -> None:
+def test_round_trip(db_backend: StoreBackend) -> None:
     """A record comes back equal, including JSON columns, bytes, flags and null parts."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     deny = {"policy_id": "snp-demo@3", "status": "deny", "category": "TCB_POLICY",
             "rule": "snp.min_tcb.microcode", "reason": "below floor"}
     records = [
@@ -43,12 +44,12 @@ def test_round_trip(tmp_path: Path) -> None:
                 insecure=True, decisions={"snp-demo": deny}),
     ]
     store.append_many(records)
-    assert _store(tmp_path).since(T0) == records
+    assert _store(db_backend).since(T0) == records
 
 
-def test_since_is_inclusive_and_ordered(tmp_path: Path) -> None:
+def test_since_is_inclusive_and_ordered(db_backend: StoreBackend) -> None:
     """since(at) returns records at or after ``at``, oldest first, across sub-seconds."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     times = [T0 + timedelta(microseconds=500_000), T0, T0 + timedelta(seconds=2),
              T0 - timedelta(seconds=1)]
     store.append_many([_record(t, f"r{i}") for i, t in enumerate(times)])
@@ -58,9 +59,9 @@ def test_since_is_inclusive_and_ordered(tmp_path: Path) -> None:
     assert store.since(T0 + timedelta(days=1)) == []
 
 
-def test_retention_prunes_on_append(tmp_path: Path) -> None:
+def test_retention_prunes_on_append(db_backend: StoreBackend) -> None:
     """Appending deletes records older than the window before the newest appended record."""
-    store = _store(tmp_path, days=7)
+    store = _store(db_backend, days=7)
     store.append_many([_record(T0, "old"), _record(T0 + timedelta(days=1), "kept")])
     store.append_many([_record(T0 + timedelta(days=8), "new")])
     ids = [r.request_id for r in store.since(T0 - timedelta(days=30))]
@@ -69,15 +70,15 @@ def test_retention_prunes_on_append(tmp_path: Path) -> None:
     assert len(store.since(T0 - timedelta(days=30))) == 2
 
 
-def test_retention_must_be_positive(tmp_path: Path) -> None:
+def test_retention_must_be_positive(db_backend: StoreBackend) -> None:
     """A zero retention is a configuration error (the service should not record at all)."""
     with pytest.raises(ValueError, match="retention"):
-        _store(tmp_path, days=0)
+        _store(db_backend, days=0)
 
 
-def test_writer_drains_on_close(tmp_path: Path) -> None:
+def test_writer_drains_on_close(db_backend: StoreBackend) -> None:
     """Every submitted record is written by the time close() returns."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     writer = RecordWriter(store, batch_size=16)
     for i in range(500):
         writer.submit(_record(T0 + timedelta(milliseconds=i), f"r{i}"))
@@ -90,8 +91,8 @@ def test_writer_drains_on_close(tmp_path: Path) -> None:
 class _GatedStore(RecordStore):
     """A real store whose writes wait for a gate (to fill the writer's queue)."""
 
-    def __init__(self, path: Path, *, retention: timedelta) -> None:
-        super().__init__(path, retention=retention)
+    def __init__(self, target: DatabaseTarget, *, retention: timedelta) -> None:
+        super().__init__(target, retention=retention)
         self.gate = threading.Event()
 
     def append_many(self, records: Sequence[AppraisalRecord]) -> None:
@@ -99,9 +100,9 @@ class _GatedStore(RecordStore):
         super().append_many(records)
 
 
-def test_writer_drops_when_full_and_after_close(tmp_path: Path) -> None:
+def test_writer_drops_when_full_and_after_close(db_backend: StoreBackend) -> None:
     """A full queue drops and counts instead of blocking; so does submit after close."""
-    store = _GatedStore(tmp_path / "state.db", retention=timedelta(days=7))
+    store = _GatedStore(db_backend.target("state"), retention=timedelta(days=7))
     writer = RecordWriter(store, max_queue=2, batch_size=1)
     for i in range(10):
         writer.submit(_record(T0, f"r{i}"))
@@ -114,9 +115,9 @@ def test_writer_drops_when_full_and_after_close(tmp_path: Path) -> None:
     assert writer.written + writer.dropped == 11
 
 
-def test_writer_isolates_a_bad_record(tmp_path: Path) -> None:
+def test_writer_isolates_a_bad_record(db_backend: StoreBackend) -> None:
     """A record that cannot be stored costs only itself, not its batch."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     writer = RecordWriter(store, batch_size=64)
     writer.submit(_record(T0, "good1"))
     writer.submit(_record(T0, "bad", evidence={"x": {1, 2}}))  # a set is not JSON

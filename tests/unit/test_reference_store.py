@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from support.store_backends import RawError, StoreBackend
 
 from keybroker.errors import Malformed, MeasurementMismatch, SignatureInvalid
 from verifier.reference.manifest import Provider
@@ -34,8 +33,8 @@ values:
 DOC_NEXT = DOC.replace(GOOD.encode(), NEXT.encode()).replace(b"ovmf-2026.09", b"ovmf-2027.01")
 
 
-def _store(tmp_path: Path) -> ReferenceStore:
-    return ReferenceStore(tmp_path / "state.db")
+def _store(db: StoreBackend) -> ReferenceStore:
+    return ReferenceStore(db.target("state"))
 
 
 def _import(store: ReferenceStore, raw: bytes = DOC, now: datetime = T0) -> int:
@@ -49,14 +48,14 @@ def _move(store: ReferenceStore, version: int, to: RefState, *,
                      retire_at=retire_at)
 
 
-def test_import_creates_staged_version(tmp_path: Path) -> None:
+def test_import_creates_staged_version(db_backend: StoreBackend) -> None:
     """Import stores a STAGED version with values, provenance admin:<author> and an event."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     imported = store.import_admin(DOC, "snp.yaml", author="secops", comment="fw", now=T0)
     assert (imported.name, imported.version, imported.state) == ("snp-launch", 1,
                                                                  RefState.STAGED)
     assert imported.provenance == "admin:secops" and imported.created_at == T0
-    [listed] = _store(tmp_path).versions()
+    [listed] = _store(db_backend).versions()
     assert listed == imported
     assert listed.values[0].name == "ovmf-2026.09" and listed.values[0].value == GOOD
     assert listed.values[0].not_after == datetime(2027, 1, 1, tzinfo=UTC)
@@ -66,9 +65,9 @@ def test_import_creates_staged_version(tmp_path: Path) -> None:
     assert store.document("snp-launch", 1) == DOC
 
 
-def test_versions_number_per_set(tmp_path: Path) -> None:
+def test_versions_number_per_set(db_backend: StoreBackend) -> None:
     """Each import of a set gets the next version; versions(name) filters by set."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     assert _import(store) == 1
     assert _import(store, DOC_NEXT) == 2
     assert _import(store, DOC.replace(b"name: snp-launch", b"name: tdx-mrtd")) == 1
@@ -78,9 +77,9 @@ def test_versions_number_per_set(tmp_path: Path) -> None:
     assert store.versions("nothing") == []
 
 
-def test_window_must_not_be_empty(tmp_path: Path) -> None:
+def test_window_must_not_be_empty(db_backend: StoreBackend) -> None:
     """not_after <= not_before is MALFORMED with the file and line of not_after."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     raw = DOC.replace(b"not_after: 2027-01-01T00:00:00Z", b"not_after: 2026-01-01T00:00:00Z")
     with pytest.raises(Malformed) as err:
         _import(store, raw)
@@ -89,18 +88,18 @@ def test_window_must_not_be_empty(tmp_path: Path) -> None:
     assert store.versions() == []
 
 
-def test_value_names_unique(tmp_path: Path) -> None:
+def test_value_names_unique(db_backend: StoreBackend) -> None:
     """A value name repeated within one document is MALFORMED at the repeat's line."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     raw = DOC + DOC[DOC.index(b"  - name"):].replace(GOOD.encode(), NEXT.encode())
     with pytest.raises(Malformed) as err:
         _import(store, raw)
     assert err.value.reason.startswith("snp.yaml:9: duplicate value name")
 
 
-def test_schema_errors_have_lines(tmp_path: Path) -> None:
+def test_schema_errors_have_lines(db_backend: StoreBackend) -> None:
     """A schema violation (zone-less instant, unknown field) is MALFORMED with file:line."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     with pytest.raises(Malformed) as err:
         _import(store, DOC.replace(b"00:00:00Z\n  ", b"00:00:00\n  "))
     assert err.value.reason.startswith("snp.yaml:7:")
@@ -109,9 +108,9 @@ def test_schema_errors_have_lines(tmp_path: Path) -> None:
     assert err.value.reason.startswith("snp.yaml:9:")
 
 
-def test_unchanged_refused_until_retired(tmp_path: Path) -> None:
+def test_unchanged_refused_until_retired(db_backend: StoreBackend) -> None:
     """The same document again is refused while its version is live, allowed once retired."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     _import(store)
     with pytest.raises(Malformed) as err:
         _import(store)
@@ -120,9 +119,9 @@ def test_unchanged_refused_until_retired(tmp_path: Path) -> None:
     assert _import(store) == 2
 
 
-def test_author_and_comment_required(tmp_path: Path) -> None:
+def test_author_and_comment_required(db_backend: StoreBackend) -> None:
     """Imports and transitions need a non-empty author and comment."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     with pytest.raises(Malformed):
         store.import_admin(DOC, "snp.yaml", author="", comment="c", now=T0)
     with pytest.raises(Malformed):
@@ -138,9 +137,9 @@ def test_author_and_comment_required(tmp_path: Path) -> None:
     [RefState.ACTIVE, RefState.RETIRED],
     [RefState.ACTIVE, RefState.DEPRECATED, RefState.RETIRED],
 ])
-def test_allowed_transitions(tmp_path: Path, path: list[RefState]) -> None:
+def test_allowed_transitions(db_backend: StoreBackend, path: list[RefState]) -> None:
     """staged->active/retired, active->deprecated/retired, deprecated->retired are allowed."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     _import(store)
     for to in path:
         retire_at = T0 + timedelta(days=30) if to is RefState.DEPRECATED else None
@@ -158,9 +157,10 @@ def test_allowed_transitions(tmp_path: Path, path: list[RefState]) -> None:
     ([RefState.RETIRED], RefState.ACTIVE),
     ([RefState.RETIRED], RefState.RETIRED),
 ])
-def test_refused_transitions(tmp_path: Path, path: list[RefState], refused: RefState) -> None:
+def test_refused_transitions(db_backend: StoreBackend, path: list[RefState],
+                             refused: RefState) -> None:
     """Every other transition is MALFORMED refvalues.state and leaves no event."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     _import(store)
     for to in path:
         retire_at = T0 + timedelta(days=30) if to is RefState.DEPRECATED else None
@@ -173,9 +173,9 @@ def test_refused_transitions(tmp_path: Path, path: list[RefState], refused: RefS
     assert len(store.history("snp-launch")) == events
 
 
-def test_deprecation_needs_future_retire_at(tmp_path: Path) -> None:
+def test_deprecation_needs_future_retire_at(db_backend: StoreBackend) -> None:
     """Deprecate needs retire_at after now; other transitions refuse a retire_at."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     _import(store)
     with pytest.raises(Malformed):
         _move(store, 1, RefState.ACTIVE, retire_at=T0 + timedelta(days=1))
@@ -186,17 +186,17 @@ def test_deprecation_needs_future_retire_at(tmp_path: Path) -> None:
         assert err.value.rule == "refvalues.state"
 
 
-def test_unknown_version(tmp_path: Path) -> None:
+def test_unknown_version(db_backend: StoreBackend) -> None:
     """A transition of a version that does not exist is MALFORMED refvalues.version."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     with pytest.raises(Malformed) as err:
         _move(store, 3, RefState.ACTIVE)
     assert err.value.rule == "refvalues.version"
 
 
-def test_snapshot_follows_life_cycle(tmp_path: Path) -> None:
+def test_snapshot_follows_life_cycle(db_backend: StoreBackend) -> None:
     """Staged does not match, active does, deprecated until retire_at, retired never."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     _import(store)
     with pytest.raises(MeasurementMismatch) as err:
         store.snapshot().match("snp-launch", GOOD, T0)
@@ -221,9 +221,9 @@ def test_snapshot_follows_life_cycle(tmp_path: Path) -> None:
     assert "retired at" in err.value.reason
 
 
-def test_generation_changes_on_other_connection(tmp_path: Path) -> None:
+def test_generation_changes_on_other_connection(db_backend: StoreBackend) -> None:
     """Imports and transitions through another store object change generation()."""
-    reader, writer = _store(tmp_path), _store(tmp_path)
+    reader, writer = _store(db_backend), _store(db_backend)
     g0 = reader.generation()
     _import(writer)
     g1 = reader.generation()
@@ -235,17 +235,16 @@ def test_generation_changes_on_other_connection(tmp_path: Path) -> None:
     assert reader.generation() == g2
 
 
-def test_rows_are_immutable(tmp_path: Path) -> None:
+def test_rows_are_immutable(db_backend: StoreBackend) -> None:
     """UPDATE and DELETE on versions, values and events are refused by the database."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     _import(store)
-    conn = sqlite3.connect(str(tmp_path / "state.db"), isolation_level=None)
+    conn = db_backend.raw("state")
     for table in ("refset_versions", "refset_values", "refset_events"):
-        with pytest.raises(sqlite3.DatabaseError):
+        with pytest.raises(RawError, match="immutable"):
             conn.execute(f"DELETE FROM {table}")
-        with pytest.raises(sqlite3.DatabaseError):
+        with pytest.raises(RawError, match="immutable"):
             conn.execute(f"UPDATE {table} SET version = 9")
-    conn.close()
 
 
 def _manifest(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -258,9 +257,9 @@ def _manifest(key: ec.EllipticCurvePrivateKey) -> bytes:
     return jwt.api_jws.PyJWS().encode(payload, key, algorithm="ES256").encode()
 
 
-def test_import_manifest(tmp_path: Path) -> None:
+def test_import_manifest(db_backend: StoreBackend) -> None:
     """A signed manifest imports as STAGED with jws provenance; a bad one stores nothing."""
-    store = _store(tmp_path)
+    store = _store(db_backend)
     key = ec.generate_private_key(ec.SECP256R1())
     provider = Provider(name="build-pipeline", public_key=key.public_key(), sets=("snp-*",))
     token = _manifest(key)

@@ -3,17 +3,17 @@ which version a release gets (latest enabled unless a release rule pins one)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
-import sqlite_utils
+from support.store_backends import StoreBackend
 
 from broker.kek import FileBackend, FileKek
-from broker.kek_ring import KekRing, kek_schema
+from broker.kek_ring import KekRing
 from broker.rules import parse_rules
-from broker.secrets import SecretStore, VersionConflict, secret_schema
-from keybroker.database import Database
+from broker.secrets import SecretStore, VersionConflict
+from broker.service import BROKER_MIGRATIONS
+from keybroker.database import open_database
 from keybroker.errors import Category, KeybrokerError, Malformed, PlatformPolicyViolation
 
 
@@ -24,20 +24,16 @@ class Clock:
         return self.now
 
 
-def _schema(db: sqlite_utils.Database) -> None:
-    kek_schema(db)
-    secret_schema(db)
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> SecretStore:
+def store(tmp_path: Path, clock: Clock, db_backend: StoreBackend) -> SecretStore:
     FileKek.create(tmp_path / "kek.bin")
-    db = Database(tmp_path / "b.db", schema=_schema)
+    db = open_database(db_backend.target("broker"), component="broker",
+                       migrations=BROKER_MIGRATIONS)
     return SecretStore(db, KekRing(db, FileBackend(tmp_path / "kek.bin"), clock=clock),
                        clock=clock)
 
@@ -62,7 +58,7 @@ def test_latest_enabled_version_is_released(store: SecretStore) -> None:
 
 
 def test_destruction_waits_for_the_grace_period_and_erases_the_data_key(
-        store: SecretStore, clock: Clock, tmp_path: Path) -> None:
+        store: SecretStore, clock: Clock, db_backend: StoreBackend) -> None:
     """pending_destruction can be cancelled; after the grace period destroy_due erases the
     wrapped data key, and destroyed is final."""
     store.put("app/k", b"v1")
@@ -75,9 +71,8 @@ def test_destruction_waits_for_the_grace_period_and_erases_the_data_key(
     assert store.destroy_due() == ()
     clock.now += 1
     assert store.destroy_due() == ("app/k@1",)
-    with sqlite3.connect(tmp_path / "b.db") as conn:
-        wrapped = conn.execute("SELECT wrapped_key FROM secrets WHERE version = 1").fetchone()
-    assert wrapped == (b"",)
+    wrapped = db_backend.raw("broker").execute("SELECT wrapped_key FROM secrets WHERE version = 1")
+    assert wrapped == [(b"",)]
     with pytest.raises(PlatformPolicyViolation):
         store.get("app/k", 1)
     for target in ("enabled", "disabled", "pending_destruction"):

@@ -28,14 +28,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
-from keybroker.database import Database, immediate
+from keybroker.database import DatabaseTarget, open_database
 from keybroker.document import load_document
 from keybroker.errors import Malformed
+from keybroker.migrations import Migration, ddl, refuse
+from keybroker.store_session import Session, immediate, read_view
 from verifier.reference.manifest import Provider, manifest_provenance, verify_manifest
 from verifier.reference.values import (
     ReferenceSnapshot,
@@ -83,9 +82,10 @@ def _opt_time(text: object) -> datetime | None:
     return None if text is None else _time(text)
 
 
-def reference_schema(db: sqlite_utils.Database) -> None:
+def reference_schema(db: Session) -> None:
     """Create the reference-value tables and their immutability triggers (idempotent)."""
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS refset_versions ("
         " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
         " name TEXT NOT NULL,"
@@ -99,7 +99,8 @@ def reference_schema(db: sqlite_utils.Database) -> None:
         " created_at TEXT NOT NULL,"
         " UNIQUE (name, version))"
     )
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS refset_values ("
         " set_name TEXT NOT NULL,"
         " version INTEGER NOT NULL,"
@@ -110,7 +111,8 @@ def reference_schema(db: sqlite_utils.Database) -> None:
         " not_after TEXT NOT NULL CHECK (not_after > not_before),"
         " PRIMARY KEY (set_name, version, value_name))"
     )
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS refset_events ("
         " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
         " name TEXT NOT NULL,"
@@ -127,10 +129,11 @@ def reference_schema(db: sqlite_utils.Database) -> None:
                " ON refset_events (name, version, seq)")
     for table in ("refset_versions", "refset_values", "refset_events"):
         for op in ("UPDATE", "DELETE"):
-            db.execute(
-                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table}"
-                " BEGIN SELECT RAISE(ABORT, 'reference values are immutable'); END"
-            )
+            refuse(db, f"{table}_no_{op.lower()}", table, op, "reference values are immutable")
+
+
+REFERENCE_MIGRATIONS = (Migration(1, "reference-value sets, values and events",
+                                  reference_schema),)
 
 
 def _require(value: str, field: str) -> str:
@@ -152,16 +155,19 @@ _INSERT_EVENT = (
 )
 _EVENTS = (
     "SELECT name, version, from_state, to_state, retire_at, author, comment, at"
-    " FROM refset_events WHERE (? IS NULL OR name = ?) AND (? IS NULL OR version = ?)"
+    " FROM refset_events WHERE (CAST(? AS TEXT) IS NULL OR name = ?)"
+    " AND (CAST(? AS INTEGER) IS NULL OR version = ?)"
     " ORDER BY seq"
 )
 _HEADS = (
     "SELECT name, version, digest, provenance, author, created_at"
-    " FROM refset_versions WHERE (? IS NULL OR name = ?) ORDER BY name, version"
+    " FROM refset_versions WHERE (CAST(? AS TEXT) IS NULL OR name = ?)"
+    " ORDER BY name, version"
 )
 _VALUES = (
     "SELECT set_name, version, value_name, value, not_before, not_after"
-    " FROM refset_values WHERE (? IS NULL OR set_name = ?) ORDER BY set_name, version, position"
+    " FROM refset_values WHERE (CAST(? AS TEXT) IS NULL OR set_name = ?)"
+    " ORDER BY set_name, version, position"
 )
 
 
@@ -176,9 +182,10 @@ def _event(row: tuple[Any, ...]) -> RefEvent:
 class ReferenceStore:
     """Reference-value set versions, their values and their state log."""
 
-    def __init__(self, path: Path, *, busy_timeout_seconds: float = 5.0) -> None:
-        self._db = Database(path, schema=reference_schema, synchronous="FULL",
-                            busy_timeout_seconds=busy_timeout_seconds)
+    def __init__(self, target: DatabaseTarget, *, busy_timeout_seconds: float = 5.0) -> None:
+        self._db = open_database(target, component="references",
+                                 migrations=REFERENCE_MIGRATIONS, synchronous="FULL",
+                                 busy_timeout_seconds=busy_timeout_seconds)
 
     def close(self) -> None:
         """Close the database connections."""
@@ -197,7 +204,7 @@ class ReferenceStore:
         created = _stamp(now)
         digest = doc.digest
 
-        def op(db: sqlite_utils.Database) -> int:
+        def op(db: Session) -> int:
             with immediate(db):
                 for row in db.execute("SELECT version FROM refset_versions WHERE name = ?"
                                       " AND digest = ?", [name, digest]).fetchall():
@@ -215,7 +222,7 @@ class ReferenceStore:
                     " provenance, author, comment, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
                     [name, version, digest, raw, description, provenance, author, comment,
                      created])
-                db.conn.executemany(
+                db.executemany(
                     "INSERT INTO refset_values (set_name, version, position, value_name, value,"
                     " not_before, not_after) VALUES (?,?,?,?,?,?,?)",
                     [[name, version, i, v.name, v.value, _stamp(v.not_before),
@@ -251,7 +258,7 @@ class ReferenceStore:
     # --- life cycle -------------------------------------------------------------------
 
     @staticmethod
-    def _state(db: sqlite_utils.Database, name: str, version: int) -> RefState | None:
+    def _state(db: Session, name: str, version: int) -> RefState | None:
         row = db.execute(_LAST_EVENT, [name, version]).fetchone()
         return None if row is None else RefState(str(row[3]))
 
@@ -273,7 +280,7 @@ class ReferenceStore:
                             expected="no retire_at", actual=rfc3339(retire_at))
         retire = None if retire_at is None else _stamp(retire_at)
 
-        def op(db: sqlite_utils.Database) -> RefEvent:
+        def op(db: Session) -> RefEvent:
             with immediate(db):
                 current = self._state(db, name, version)
                 if current is None:
@@ -318,15 +325,12 @@ class ReferenceStore:
         """Every set version (or every version of ``name``) with its current state."""
         args = [name, name]
 
-        def op(db: sqlite_utils.Database) -> list[RefSetVersion]:
+        def op(db: Session) -> list[RefSetVersion]:
             # One read transaction so versions, values and events are one consistent view.
-            db.execute("BEGIN")
-            try:
+            with read_view(db):
                 heads = db.execute(_HEADS, args).fetchall()
                 vals = db.execute(_VALUES, args).fetchall()
                 events = db.execute(_EVENTS, [*args, None, None]).fetchall()
-            finally:
-                db.conn.rollback()
             return _assemble(heads, vals, events)
 
         return self._db.run(op)

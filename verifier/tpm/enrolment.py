@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import sqlite_utils
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from keybroker.database import Database, immediate
+from keybroker.database import DatabaseTarget, open_database
 from keybroker.errors import ChainUntrusted, Exhausted, FreshnessError, Malformed
 from keybroker.evidence.tpm_public import (
     DECRYPT,
@@ -47,6 +46,8 @@ from keybroker.evidence.tpm_public import (
     TpmPublic,
     parse_public,
 )
+from keybroker.migrations import Migration, ddl
+from keybroker.store_session import Session, immediate
 from verifier.pki import certificates_in
 from verifier.tpm.ak import verify_ak_certificate
 from verifier.tpm.credential import make_credential
@@ -104,17 +105,22 @@ def _blob(value: object) -> bytes:
     return value
 
 
-def _schema(db: sqlite_utils.Database) -> None:
-    db.execute(
+def _schema(db: Session) -> None:
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS tpm_aks ("
         " ek_fingerprint TEXT PRIMARY KEY, ak_name TEXT NOT NULL, ak_public BLOB NOT NULL,"
         " insecure INTEGER NOT NULL, enrolled_at TEXT NOT NULL, revoked_at TEXT,"
         " reset_count INTEGER NOT NULL DEFAULT 0, restart_count INTEGER NOT NULL DEFAULT 0)")
     db.execute("CREATE INDEX IF NOT EXISTS tpm_aks_name ON tpm_aks (ak_name)")
-    db.execute(
+    ddl(
+        db,
         "CREATE TABLE IF NOT EXISTS tpm_pending ("
         " enrolment_id TEXT PRIMARY KEY, ek_fingerprint TEXT NOT NULL, ak_public BLOB NOT NULL,"
         " credential_digest BLOB NOT NULL, insecure INTEGER NOT NULL, expires_at REAL NOT NULL)")
+
+
+TPM_MIGRATIONS = (Migration(1, "enrolled and pending TPM attestation keys", _schema),)
 
 
 def ek_fingerprint(cert: x509.Certificate) -> str:
@@ -147,9 +153,9 @@ def _certificate(der: bytes, what: str) -> x509.Certificate:
 class TpmEnrolments:
     """The enrolment protocol and the enrolled AKs (module invariants)."""
 
-    def __init__(self, path: Path, roots: EkRoots,
+    def __init__(self, target: DatabaseTarget, roots: EkRoots,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._db = Database(path, schema=_schema)
+        self._db = open_database(target, component="tpm", migrations=TPM_MIGRATIONS)
         self._roots = roots
         self._clock = clock
 
@@ -192,7 +198,7 @@ class TpmEnrolments:
         enrolment_id = secrets.token_urlsafe(18)
         expires = now + timedelta(seconds=PENDING_SECONDS)
 
-        def store(db: sqlite_utils.Database) -> None:
+        def store(db: Session) -> None:
             with immediate(db):
                 db.execute("DELETE FROM tpm_pending WHERE expires_at < ?", [now.timestamp()])
                 (pending,) = db.execute("SELECT count(*) FROM tpm_pending").fetchone()
@@ -211,7 +217,7 @@ class TpmEnrolments:
         """Enrol the pending AK if ``credential`` is the one made for it (module invariants)."""
         now = self._clock()
 
-        def consume(db: sqlite_utils.Database) -> tuple[object, ...] | None:
+        def consume(db: Session) -> tuple[object, ...] | None:
             with immediate(db):
                 row = db.execute("SELECT ek_fingerprint, ak_public, credential_digest, insecure,"
                                  " expires_at FROM tpm_pending WHERE enrolment_id = ?",
@@ -233,7 +239,7 @@ class TpmEnrolments:
         ak = parse_public(public)
         stamp = now.isoformat()
 
-        def enrol(db: sqlite_utils.Database) -> None:
+        def enrol(db: Session) -> None:
             with immediate(db):
                 current = db.execute("SELECT ak_name, revoked_at FROM tpm_aks WHERE"
                                      " ek_fingerprint = ?", [fingerprint]).fetchone()
@@ -244,8 +250,12 @@ class TpmEnrolments:
                                          actual=f"AK {ak.name.hex()}")
                 if current is not None and current[1] is None:
                     return  # the same AK again: already enrolled
-                db.execute("INSERT OR REPLACE INTO tpm_aks (ek_fingerprint, ak_name, ak_public,"
-                           " insecure, enrolled_at) VALUES (?,?,?,?,?)",
+                db.execute("INSERT INTO tpm_aks (ek_fingerprint, ak_name, ak_public, insecure,"
+                           " enrolled_at) VALUES (?,?,?,?,?) ON CONFLICT (ek_fingerprint) DO"
+                           " UPDATE SET ak_name = excluded.ak_name, ak_public ="
+                           " excluded.ak_public, insecure = excluded.insecure, enrolled_at ="
+                           " excluded.enrolled_at, revoked_at = NULL, reset_count = 0,"
+                           " restart_count = 0",
                            [fingerprint, ak.name.hex(), public, int(insecure), stamp])
         self._db.run(enrol)
         enrolled = self.by_ek(fingerprint)
@@ -253,7 +263,7 @@ class TpmEnrolments:
         return enrolled
 
     def _one(self, query: str, value: str) -> Enrolled | None:
-        def read(db: sqlite_utils.Database) -> tuple[object, ...] | None:
+        def read(db: Session) -> tuple[object, ...] | None:
             row = db.execute(query, [value]).fetchone()
             return tuple(row) if row is not None else None
         row = self._db.run(read)
@@ -272,7 +282,7 @@ class TpmEnrolments:
 
     def listing(self, fingerprint: str = "") -> list[dict[str, object]]:
         """Every enrolment (revoked ones too), or the one of ``fingerprint``, for operators."""
-        def read(db: sqlite_utils.Database) -> list[tuple[object, ...]]:
+        def read(db: Session) -> list[tuple[object, ...]]:
             query = ("SELECT ek_fingerprint, ak_name, insecure, enrolled_at, revoked_at,"
                      " reset_count, restart_count FROM tpm_aks")
             rows = (db.execute(query + " WHERE ek_fingerprint = ?", [fingerprint])
@@ -287,7 +297,7 @@ class TpmEnrolments:
         """Revoke the AK enrolled for an EK; False when there was none."""
         stamp = self._clock().isoformat()
 
-        def update(db: sqlite_utils.Database) -> int:
+        def update(db: Session) -> int:
             with immediate(db):
                 cursor = db.execute("UPDATE tpm_aks SET revoked_at = ? WHERE ek_fingerprint = ?"
                                     " AND revoked_at IS NULL", [stamp, fingerprint])
@@ -296,7 +306,7 @@ class TpmEnrolments:
 
     def observe(self, ak_name: bytes, reset_count: int, restart_count: int) -> None:
         """Refuse counters below the highest seen for this AK, then remember them."""
-        def check(db: sqlite_utils.Database) -> tuple[int, int] | None:
+        def check(db: Session) -> tuple[int, int] | None:
             with immediate(db):
                 row = db.execute("SELECT reset_count, restart_count FROM tpm_aks WHERE"
                                  " ak_name = ? AND revoked_at IS NULL",
