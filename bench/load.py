@@ -89,7 +89,7 @@ def audit_figures(target: DatabaseTarget, received: set[str]) -> tuple[int, int]
 
 def run(store: str, args: argparse.Namespace) -> None:
     """One replica set on ``store``, loaded by the agents; prints its figures."""
-    from keybroker_cli.demo_replicas import ReplicaSet, prepare_replicas
+    from keybroker_cli.demo_replicas import prepare_replicas, replica_services
     from keybroker_cli.demo_setup import DemoLayout, prepare
     from keybroker_cli.pg_cluster import PostgresCluster
 
@@ -110,12 +110,7 @@ def run(store: str, args: argparse.Namespace) -> None:
                     config.write(settings)
             database = "broker.db"
             audit_target = layout.broker / "broker-audit.db"
-        replicas = ReplicaSet(layout, database)
-        stack.callback(replicas.stop)
-        for _ in range(2):
-            replicas.start_verifier()
-        for _ in range(2):
-            replicas.start_broker()
+        replicas = stack.enter_context(replica_services(layout, database))
         services = [(f"verifier-{i}", v.pid) for i, v in enumerate(replicas.verifiers)]
         services += [(f"broker-{i}", b.pid) for i, b in enumerate(replicas.brokers)]
         if cluster is not None:
