@@ -13,13 +13,12 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from keybroker.errors import KeybrokerError
+from keybroker.periodic import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class Watched(Generic[T]):
         self._load = load
         self._seen = generation()
         self._current = load()
-        self._task: asyncio.Task[None] | None = None
+        self._poller = Periodic(self.refresh)
 
     @property
     def current(self) -> T:
@@ -59,20 +58,10 @@ class Watched(Generic[T]):
         logger.info("reload %s: new state in force (generation %s)", self._name, seen)
         return True
 
-    async def _poll(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await asyncio.to_thread(self.refresh)
-
     def start(self, interval: float) -> None:
         """Start polling every ``interval`` seconds on the running event loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._poll(interval))
+        self._poller.start(interval)
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._poller.stop()

@@ -21,6 +21,7 @@ from keybroker.errors import KeybrokerError
 from keybroker.migrations import Migration
 from keybroker.policy_store import POLICY_MIGRATIONS
 from keybroker_cli.admin.target import UsageError, load_target
+from verifier.collateral.item_store import COLLATERAL_MIGRATIONS
 from verifier.records import RECORD_MIGRATIONS
 from verifier.reference.store import REFERENCE_MIGRATIONS
 from verifier.tpm.enrolment import TPM_MIGRATIONS
@@ -65,6 +66,7 @@ def _areas(config: str) -> list[Area]:
             (verifier.state_db, "references", REFERENCE_MIGRATIONS),
             (verifier.state_db, "records", RECORD_MIGRATIONS),
             (verifier.state_db, "tpm", TPM_MIGRATIONS),
+            (verifier.state_db, "collateral", COLLATERAL_MIGRATIONS),
             (verifier.audit_database, "audit", AUDIT_MIGRATIONS)]
 
 

@@ -16,6 +16,7 @@ from keybroker.logs import LOG_FORMATS, LOG_LEVELS, configure
 from keybroker.version import version
 from keybroker_cli import (
     broker_cmd,
+    collateral_cmd,
     db_cmd,
     demo,
     eventlog_cmd,
@@ -37,12 +38,14 @@ _GROUPS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     status_cmd.register,
     db_cmd.register,
     eventlog_cmd.register,
+    collateral_cmd.register,
 )
 
 DESCRIPTION = """\
 keybroker: an attestation-gated key broker. Run the verifier and the broker services,
-verify evidence offline, administer policies, reference values, secrets and the audit log
-through the services' admin APIs, make TLS certificates, or run the demo.
+verify evidence offline, fetch and bundle collateral, administer policies, reference values,
+secrets and the audit log through the services' admin APIs, make TLS certificates, or run
+the demo.
 
 examples:
   keybroker demo                                   release a secret on the SEV-SNP simulator

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.softhsm import SoftHsmToken, create_token
 from support.store_backends import StoreBackend
+from support.vendor_replay import VendorReplay, vendor_replay
 
 from keybroker_cli.pg_cluster import PostgresCluster
 
@@ -56,3 +57,10 @@ def db_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+def replay() -> Iterator[VendorReplay]:
+    """A local server replaying recorded AMD KDS and Intel PCS responses (with faults)."""
+    with vendor_replay() as server:
+        yield server

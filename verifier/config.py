@@ -60,6 +60,7 @@ from keybroker.metrics import METRICS_KEYS, MetricsSettings, metrics_settings
 from keybroker.roles import NO_ADMINS, Admins, parse_admins
 from keybroker.tls import TlsFiles
 from keybroker.tracing import TRACING_KEYS, TracingSettings, tracing_settings
+from verifier.collateral.settings import FETCH_KEYS, FetchSettings, fetch_settings
 from verifier.pki import certificates_in
 
 DEFAULT_LISTEN = "127.0.0.1:50061"
@@ -79,8 +80,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "admins": dict, "reference_providers": list,
     "tls_cert": str, "tls_key": str, "tls_client_ca": str, "allowed_clients": list,
     "audit_database": str, **{key: str for key in ADMIN_KEYS},
-    **{key: str for key in METRICS_KEYS}, **{key: str for key in TRACING_KEYS},
-}
+    **{key: str for key in METRICS_KEYS}, **{key: str for key in TRACING_KEYS}, **FETCH_KEYS}
 _TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca")
 _PROVIDER_KEYS = ("name", "key", "sets")
 _PROVIDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -160,6 +160,7 @@ class VerifierConfig:
     allowed_clients: frozenset[str] = frozenset()
     admin: AdminSettings = field(default_factory=AdminSettings)
     audit_database: DatabaseTarget = Path("verifier-audit.db")
+    fetch: FetchSettings = field(default_factory=FetchSettings)
 
 
 def _fail(path: Path, key: str, what: str, expected: str, actual: str) -> Malformed:
@@ -214,7 +215,7 @@ def load_config(path: Path) -> VerifierConfig:
         kind = _KEYS.get(key)
         if kind is None:
             raise _fail(path, key, "unknown key", "one of " + ", ".join(sorted(_KEYS)), key)
-        if isinstance(value, bool) or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             kinds = (kind,) if isinstance(kind, type) else kind
             raise _fail(path, key, "wrong type", " or ".join(k.__name__ for k in kinds),
                         f"{type(value).__name__} {value!r}"[:120])
@@ -233,10 +234,6 @@ def load_config(path: Path) -> VerifierConfig:
     policies = _paths(path, "policies", table["policies"])
     if not policies:
         raise _fail(path, "policies", "no appraisal policy configured", ">= 1 path", "[]")
-    record_days = table.get("record_days", 7)
-    assert isinstance(record_days, int)
-    if not 0 <= record_days <= 90:
-        raise _fail(path, "record_days", "value out of range", "0..90", str(record_days))
     poll = table.get("policy_poll_seconds", 1.0)
     assert isinstance(poll, int | float)
     if not 0.1 <= poll <= 60:
@@ -274,7 +271,8 @@ def load_config(path: Path) -> VerifierConfig:
         workers=_int_range(path, table, "workers", default=DEFAULT_WORKERS, low=0, high=64),
         maa_instances=_maa_instances(path, table.get("maa_instances", [])),
         state_db=state,
-        record_days=record_days,
+        record_days=_int_range(path, table, "record_days", default=7, low=0, high=90),
+        fetch=fetch_settings(table, f"{path} [verifier]"),
         policy_poll_seconds=float(poll),
         health_check_seconds=float(health),
         admins=parse_admins(table.get("admins", {}), path, "verifier.admins"),

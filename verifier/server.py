@@ -47,15 +47,20 @@ from verifier import registry
 from verifier.admin import VerifierAdminServicer
 from verifier.collateral.cache import CollateralStore
 from verifier.collateral.freshness import freshness
+from verifier.collateral.item import item_blobs
+from verifier.collateral.item_store import CollateralItemStore
+from verifier.collateral.refresher import Refresher
 from verifier.config import VerifierConfig, ensure_secure
+from verifier.fetch_on_miss import FetchOnMiss
 from verifier.metrics import VerifierMetrics
 from verifier.policy.model import AppraisalPolicy
-from verifier.policy.state import load_state, seed_policies
+from verifier.policy.state import PolicyState, load_state, seed_policies
 from verifier.records import RecordStore, RecordWriter
 from verifier.reference.store import ReferenceStore
 from verifier.result import ResultSigner
 from verifier.service import SERVICE_NAME, Clock, Recorder, VerifierServicer, utc_now
 from verifier.tee import EvidenceVerifier, VerifierSetup
+from verifier.vendors import VendorSources
 from verifier.workers import AppraisalWorkers
 
 logger = logging.getLogger(__name__)
@@ -86,15 +91,10 @@ def build_servicer(
             "INSECURE: verifier started with --insecure-simulator; simulator test roots are "
             "trusted and every result token carries keybroker.insecure=true. NEVER USE IN "
             "PRODUCTION.")
-    try:
-        collateral = CollateralStore.load(list(config.collateral))
-        for skipped in collateral.skipped:
-            logger.warning("collateral file ignored: %s", skipped)
-        verifiers = open_verifiers(VerifierSetup(config=config, collateral=collateral))
-    except OSError as exc:
-        raise Malformed(f"{config.source}: cannot read trust anchors or collateral",
-                        rule="config.collateral", expected="readable files and directories",
-                        actual=str(exc)) from None
+    items = CollateralItemStore(config.state_db)
+    collateral, verifiers = _collateral_state(config, items)
+    miss = (FetchOnMiss(items, VendorSources.from_settings(config.fetch))
+            if config.fetch.fetch_on_miss else None)
     signer = ResultSigner.load(config.result_key, audience=config.audience,
                                ttl_seconds=config.result_ttl_seconds)
     policy_store = PolicyStore(config.state_db)
@@ -102,23 +102,71 @@ def build_servicer(
     if seed:
         seed_policies(policy_store, config.policies, clock())
     compiled: dict[tuple[str, int, str], AppraisalPolicy] = {}
-    watched = Watched("verifier policies and reference values",
-                      lambda: (policy_store.generation(), reference_store.generation()),
-                      lambda: load_state(policy_store, reference_store, compiled))
+    applied = [items.generation()]
+    holder: list[VerifierServicer] = []
+
+    def swap() -> Mapping[str, EvidenceVerifier]:
+        """Serve with verifiers built on the collateral store as it is now."""
+        applied[0] = items.generation()
+        fresh_collateral, fresh = _collateral_state(config, items)
+        holder[0].use_collateral(fresh_collateral, miss.wrap(fresh) if miss else fresh)
+        return fresh
+
+    def load() -> PolicyState:
+        state = load_state(policy_store, reference_store, compiled)
+        if holder and items.generation() != applied[0]:  # the collateral store changed
+            swap()
+        return state
+
+    watched = Watched("verifier policies, reference values and collateral",
+                      lambda: (policy_store.generation(), reference_store.generation(),
+                               items.generation()), load)
     records = recorder or (RecordWriter(RecordStore(
         config.state_db, retention=timedelta(days=config.record_days)))
         if config.record_days > 0 else None)
     logger.info("verifier policies in force=%s result_alg=%s kid=%s record_days=%d",
                 ",".join(p.policy_id for p in watched.current.policies.values()),
                 signer.alg, signer.kid, config.record_days)
-    servicer = VerifierServicer(verifiers=verifiers,
+    servicer = VerifierServicer(verifiers=miss.wrap(verifiers) if miss else verifiers,
                                 state=lambda: watched.current, records=records, signer=signer,
                                 insecure=insecure, max_request_bytes=config.max_request_bytes,
                                 clock=clock,
                                 clients=None if plaintext else config.allowed_clients)
     servicer.watched = watched
     servicer.collateral = collateral
+    holder.append(servicer)
+    if miss is not None:
+        logger.warning("fetch_on_miss is on: appraisals denied for missing collateral fetch it "
+                       "from KDS %s / PCS %s", config.fetch.kds_url, config.fetch.pcs_url)
+        miss.rebuild = swap
     return servicer
+
+
+def collateral_refresher(config: VerifierConfig) -> Refresher | None:
+    """The background refresher of the collateral store, or None when it is off."""
+    fetch = config.fetch
+    if fetch.refresh_seconds <= 0:
+        return None
+    logger.info("collateral refresh every %.0f s, %.0f h ahead of next updates (KDS %s, PCS %s)",
+                fetch.refresh_seconds, fetch.refresh_ahead_hours, fetch.kds_url, fetch.pcs_url)
+    return Refresher(CollateralItemStore(config.state_db),
+                     VendorSources.from_settings(fetch).for_key,
+                     ahead=timedelta(hours=fetch.refresh_ahead_hours))
+
+
+def _collateral_state(config: VerifierConfig, items: CollateralItemStore
+                      ) -> tuple[CollateralStore, dict[str, EvidenceVerifier]]:
+    """The collateral cache (config files + the collateral store's items) and each family's
+    verifier built on it."""
+    try:
+        collateral = CollateralStore.load(list(config.collateral), item_blobs(items.items()))
+        for skipped in collateral.skipped:
+            logger.warning("collateral file ignored: %s", skipped)
+        return collateral, open_verifiers(VerifierSetup(config=config, collateral=collateral))
+    except OSError as exc:
+        raise Malformed(f"{config.source}: cannot read trust anchors or collateral",
+                        rule="config.collateral", expected="readable files and directories",
+                        actual=str(exc)) from None
 
 
 async def start_verifier_admin(config: VerifierConfig, servicer: VerifierServicer,
@@ -283,6 +331,9 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     servicer.start_background(config.policy_poll_seconds)
+    refresher = collateral_refresher(config)
+    if refresher is not None:
+        refresher.start(config.fetch.refresh_seconds)
     logger.info("verifier serving on %s", server.address)
     on_ready(server.address)
     try:
@@ -292,6 +343,8 @@ async def serve(
             loop.remove_signal_handler(sig)
         logger.info("verifier shutting down")
         checker.cancel()
+        if refresher is not None:
+            await refresher.stop()
         await monitor.shutdown()
         if scrape is not None:
             scrape.stop()

@@ -20,10 +20,10 @@ Invariants:
 - Every appraised request (claims, workload claims, init-data, each policy's decision) is
   recorded for dry runs through a background writer that never blocks the RPC; nothing is
   recorded when ``record_days`` is 0.
-- Each family's verifier (its trust stores and caches) is opened once at start-up
-  (``verifier.server.build_servicer``) and lives as long as the servicer. Policies and
-  reference values come from the state database (config files seed it) and are reloaded whole
-  when ``keybroker admin`` changes them (``keybroker.reload``).
+- Each family's verifier (trust stores, caches) is opened at start-up and again, swapped in
+  whole, when the collateral store changes (``use_collateral``). Policies and reference values
+  come from the state database (config files seed it) and are reloaded whole when ``keybroker
+  admin`` changes them (``keybroker.reload``).
 - With ``clients`` set (mutual TLS), a call whose channel has no verified client certificate,
   or one whose names are not among ``clients`` (when non-empty), is refused before any work
   (PERMISSION_DENIED, no detail to the caller).
@@ -61,14 +61,7 @@ from verifier.policy.model import AppraisalPolicy
 from verifier.policy.state import PolicyState, read_policy_files
 from verifier.records import AppraisalRecord, RecordWriter
 from verifier.result import ResultSigner
-from verifier.tee import (
-    Claims,
-    EchoesRequest,
-    Enrolling,
-    EvidenceVerifier,
-    Tee,
-    check_binding,
-)
+from verifier.tee import Claims, EchoesRequest, Enrolling, EvidenceVerifier, Tee, check_binding
 from verifier.verdict import Appraisal
 from verifier.workers import AppraisalWorkers
 from verifier.workload import WorkloadClaims
@@ -181,9 +174,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         # (tee, seconds, category or "" when affirmed) after every appraisal (metrics).
         self.observer: Callable[[str, float, str], None] | None = None
         self.tracing = Tracing()  # spans (off unless configured; set by the server)
-        # Appraisal worker processes (``verifier.workers``), or None: one appraisal thread.
-        self.workers: AppraisalWorkers | None = None
+        self.workers: AppraisalWorkers | None = None  # None: one appraisal thread
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="appraise")
+
+    def use_collateral(self, collateral: CollateralStore,
+                       verifiers: Mapping[str, EvidenceVerifier]) -> None:
+        """Serve with ``verifiers`` built on ``collateral`` (one attribute swap)."""
+        self._verifiers, self.collateral = dict(verifiers), collateral
 
     def start_background(self, poll_seconds: float) -> None:
         """Start watching the state database for applied policies and reference values."""

@@ -1,5 +1,6 @@
 """The verifier's collateral cache: certificates, CRLs and Intel's signed collateral documents,
-read from files once, at start-up.
+read from files and the collateral store's items (``load``); a verifier builds a new cache when
+the store changes, never edits one.
 
 Invariants:
 - Files are recognised by content, never by name: PEM (any number of CERTIFICATE and X509 CRL
@@ -139,8 +140,10 @@ class CollateralStore:
         return cls()
 
     @classmethod
-    def load(cls, paths: Sequence[Path]) -> CollateralStore:
-        """Read files and (recursively) directories; see the module invariants."""
+    def load(cls, paths: Sequence[Path], blobs: Sequence[tuple[str, bytes]] = ()
+             ) -> CollateralStore:
+        """Read files and (recursively) directories, then ``blobs`` (name, content: the
+        collateral store's items); see the module invariants."""
         sink = _Sink()
         for given in paths:
             path = Path(given)
@@ -151,6 +154,8 @@ class CollateralStore:
                      if path.is_dir() else [path])
             for file in files:
                 _load_file(file, sink)
+        for name, data in blobs:
+            _load_data(Path(name), data, sink)
         store = cls(sink.certs, sink.crls, sink.docs, sink.skipped)
         _log.info("collateral loaded: %d certificates, %d CRLs, %d Intel documents, "
                   "%d files not recognised", len(store.certificates), len(store.crls),
@@ -251,7 +256,10 @@ def _load_file(path: Path, sink: _Sink) -> None:
     if size > MAX_FILE_SIZE:
         sink.skipped.append(f"{path}: {size} bytes is over the {MAX_FILE_SIZE}-byte limit")
         return
-    data = path.read_bytes()
+    _load_data(path, path.read_bytes(), sink)
+
+
+def _load_data(path: Path, data: bytes, sink: _Sink) -> None:
     if data.lstrip()[:1] == b"{":
         _load_json(path, data, sink)
         return

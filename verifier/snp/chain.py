@@ -98,7 +98,9 @@ def verify_signature(issuer_key: object, *, algorithm: x509.ObjectIdentifier,
                          actual=f"{algorithm.dotted_string} with {type(issuer_key).__name__}")
 
 
-def _hash_of(obj: x509.Certificate | x509.CertificateRevocationList) -> hashes.HashAlgorithm | None:
+def signature_hash(obj: x509.Certificate | x509.CertificateRevocationList
+                   ) -> hashes.HashAlgorithm | None:
+    """The hash of ``obj``'s signature algorithm; None when cryptography does not know it."""
     try:
         return obj.signature_hash_algorithm
     except UnsupportedAlgorithm:
@@ -111,7 +113,7 @@ def _check_name(cert: x509.Certificate, name: str) -> None:
                              expected=name, actual=common_name(cert.subject))
 
 
-def _check_ca(cert: x509.Certificate, what: str) -> None:
+def check_ca(cert: x509.Certificate, what: str) -> None:
     """basicConstraints CA:TRUE and keyUsage keyCertSign, both required (every AMD ARK, ASK
     and ASVK carries them; a CA certificate without them is not one)."""
     try:
@@ -249,7 +251,7 @@ class ChainValidator:
                                  expected=f"ARK-{anchor.product}",
                                  actual=common_name(ark.cert.subject))
         check_validity(ark.cert, at, f"ARK-{anchor.product}")
-        _check_ca(ark.cert, f"ARK-{anchor.product}")
+        check_ca(ark.cert, f"ARK-{anchor.product}")
         self._check_signed(ark, ark, anchor, f"ARK-{anchor.product}")
 
     def _find_intermediate(self, anchor: TrustAnchor, leaf: Certificate, kind: KeyKind,
@@ -272,7 +274,7 @@ class ChainValidator:
             try:
                 _check_name(cand.cert, name)
                 check_validity(cand.cert, at, name)
-                _check_ca(cand.cert, name)
+                check_ca(cand.cert, name)
                 self._check_signed(cand, anchor.ark, anchor, name)
                 self._check_signed(leaf, cand, anchor, LEAF_CN[kind])
             except ChainUntrusted as exc:
@@ -293,7 +295,7 @@ class ChainValidator:
             return
         self._stats.misses += 1
         verify_signature(issuer.cert.public_key(), algorithm=subject.cert.signature_algorithm_oid,
-                         hash_algorithm=_hash_of(subject.cert),
+                         hash_algorithm=signature_hash(subject.cert),
                          signature=subject.cert.signature, tbs=subject.cert.tbs_certificate_bytes,
                          allow_ecdsa=anchor.insecure, what=what)
         if len(self._signed) >= self._cache_limit:
@@ -344,7 +346,8 @@ class ChainValidator:
         try:
             verify_signature(anchor.ark.cert.public_key(),
                              algorithm=entry.crl.signature_algorithm_oid,
-                             hash_algorithm=_hash_of(entry.crl), signature=entry.crl.signature,
+                             hash_algorithm=signature_hash(entry.crl),
+                             signature=entry.crl.signature,
                              tbs=entry.crl.tbs_certlist_bytes, allow_ecdsa=anchor.insecure,
                              what="CRL")
         except ChainUntrusted:
