@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 
 from keybroker.errors import KeybrokerError, Malformed
 from keybroker_cli.collateral_sources import sources, stored_items
+from keybroker_cli.verify import _rfc3339
 from verifier.collateral.bundle import (
     BundledItem,
     SigningKey,
@@ -38,7 +39,9 @@ Write every item of the verifier's collateral store into a bundle signed with yo
 (EC P-256, P-384 or Ed25519 private key, PEM), for verifiers that cannot reach AMD or Intel.
 
 example:
-  keybroker collateral export --config verifier.toml --signing-key bundle-key.pem out.bundle"""
+  keybroker collateral export --config verifier.toml --signing-key bundle-key.pem out.bundle
+
+exit codes: 0 written, 2 usage error (unreadable config or key)"""
 IMPORT_HELP = """\
 Import a signed collateral bundle into the verifier's collateral store. The bundle must be
 signed by one of the --trust-key public keys, and every item in it is verified again against
@@ -67,7 +70,7 @@ def add_commands(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     imp.add_argument("--config", required=True, type=Path, help="verifier config (TOML)")
     imp.add_argument("--trust-key", required=True, action="append", type=Path, metavar="PEM",
                      help="public key whose bundles are accepted (repeatable)")
-    imp.add_argument("--at", metavar="RFC3339",
+    imp.add_argument("--at", type=_rfc3339, metavar="RFC3339",
                      help="time the items' chains are checked at (default: now)")
     imp.set_defaults(func=_import)
 
@@ -105,8 +108,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     try:
-        at = (datetime.fromisoformat(args.at.replace("Z", "+00:00")) if args.at
-              else datetime.now(UTC))
+        at = args.at or datetime.now(UTC)
         config = load_config(args.config)
         trusted = [_verify_key(p) for p in args.trust_key]
         data = args.bundle.read_bytes()

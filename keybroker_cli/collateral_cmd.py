@@ -31,6 +31,12 @@ from verifier.collateral.settings import DEFAULT_KDS_URL, DEFAULT_PCS_URL, DEFAU
 from verifier.config import load_config
 from verifier.vendors import VendorSources
 
+GROUP_HELP = """\
+Collateral is what endorses evidence: AMD VCEKs, certificate chains and CRLs; Intel TCB Info,
+QE identities and CRLs. Verification reads it offline; these commands get it ahead of need
+from AMD KDS and Intel PCS (or a PCCS), verify it against the pinned roots, and put it in a
+folder (fetch) or in the verifier's collateral store (prefetch, import), which a running
+verifier picks up without a restart."""
 FETCH_HELP = """\
 Fetch everything needed to verify one piece of evidence offline into a folder: for SEV-SNP
 the VCEK at the reported TCB, the AMD certificate chain and the ARK's CRL (AMD KDS); for TDX
@@ -77,7 +83,9 @@ def _urls(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``collateral fetch | prefetch | status | export | import``."""
-    group = sub.add_parser("collateral", help="fetch, store, bundle and check collateral")
+    group = sub.add_parser("collateral", help="fetch, store, bundle and check collateral",
+                           description=GROUP_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = group.add_subparsers(dest="collateral_command", required=True)
     raw = argparse.RawDescriptionHelpFormatter
     fetch = cmds.add_parser("fetch", help="fetch what one evidence file needs into a folder",

@@ -46,7 +46,7 @@ from keybroker_cli.demo_setup import (
     prepare,
     write_broker_config,
 )
-from keybroker_cli.launcher import ServiceProcess, keybroker_command
+from keybroker_cli.launcher import ServiceProcess, free_port, keybroker_command
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,7 +133,7 @@ def _run_steps(layout: DemoLayout, tee: Tee, releases: int, *, keep: bool) -> in
     timings = Timings()
     t0 = time.perf_counter()
     secret = prepare(layout, tee=tee)
-    metrics = {name: f"127.0.0.1:{demo_serve.free_port()}" for name in ("verifier", "broker")}
+    metrics = {name: f"127.0.0.1:{free_port()}" for name in ("verifier", "broker")}
     with layout.verifier_config.open("a") as out:
         out.write(f'metrics_listen = "{metrics["verifier"]}"\n')
     layout = DemoLayout(layout.root, broker_settings=layout.broker_settings

@@ -17,23 +17,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import tomllib
 from pathlib import Path
 
 from keybroker_cli.demo_setup import DEMO_AGENT, DemoLayout, write_broker_config
-from keybroker_cli.launcher import keybroker_command
+from keybroker_cli.launcher import free_port, keybroker_command
 
 SERVICE_CERTS = {"ca", "broker", "verifier", "broker-client", DEMO_AGENT}
-
-
-def free_port() -> int:
-    """A loopback port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(name: str, argv: list[str], log: Path, timeout: float = 60.0) -> tuple[int, str]:

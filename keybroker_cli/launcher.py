@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +32,33 @@ log = logging.getLogger(__name__)
 def keybroker_command(*args: str) -> list[str]:
     """argv running the keybroker CLI with this interpreter."""
     return [sys.executable, "-m", "keybroker_cli.main", *args]
+
+
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def free_port() -> int:
+    """A loopback TCP port that is free right now, for a service told its port in advance.
+
+    Chosen at random BELOW the kernel's ephemeral range: outgoing connections take their
+    local ports from that range, so one of them cannot take this port between now and the
+    service binding it (a port from bind(0) can be taken that way on a busy host)."""
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    pick = random.SystemRandom()
+    for _ in range(64):
+        port = pick.randint(max(1024, low - 12000), max(1025, low - 1))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass

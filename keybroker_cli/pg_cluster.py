@@ -19,12 +19,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from keybroker_cli.launcher import free_port
 
 
 def server_bin(name: str) -> Path:
@@ -39,12 +40,6 @@ def server_bin(name: str) -> Path:
         raise FileNotFoundError(f"PostgreSQL server binary {name} not found (Debian package "
                                 "postgresql)")
     return Path(on_path)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -76,7 +71,7 @@ class PostgresCluster:
     def create(cls, *, fsync: bool = True) -> PostgresCluster:
         """initdb and start; the ``keybroker`` role (superuser) and database exist."""
         root = Path(tempfile.mkdtemp(prefix="keybroker-pg-"))
-        cluster = cls(root, _free_port(), fsync)
+        cluster = cls(root, free_port(), fsync)
         if os.geteuid() == 0:
             nobody = pwd.getpwnam("nobody")
             os.chown(root, nobody.pw_uid, nobody.pw_gid)

@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from attester_agent.simulator.snp import SnpSimulator, SnpTestCa
-from keybroker_cli.demo_serve import free_port
-from keybroker_cli.launcher import ServiceProcess, keybroker_command
+from keybroker_cli.launcher import ServiceProcess, free_port, keybroker_command
 from keybroker_cli.tls_cmd import init_tls
 from support.paths import ROOT
 from verifier.collateral.cache import CollateralStore
