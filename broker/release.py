@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from broker.challenges import NO_PEER, Challenge, ChallengeStore, Clock, Peer, validate_key_ids
 from broker.rules import ReleaseRules, Requirement
-from broker.secrets import MAX_VERSION, SecretStore, SecretVersion
+from broker.secrets import MAX_VERSION, SecretStore
 from broker.token import TokenVerifier, evidence_digest
 from broker.verifier_client import Appraiser
 from keybroker.audit_log import AuditEntry, AuditLog
@@ -264,9 +264,8 @@ class Broker:
         if result.insecure:
             _log.warning("release %s: accepting an INSECURE (simulator) attestation result",
                          trail.request_id)
-        secrets = await asyncio.to_thread(self._fetch_and_record_intent, keys, trail)
         public = load_public_key(valid.suite, valid.public_key)
-        wrapped = await asyncio.to_thread(self._seal_and_record, secrets, valid.suite, public,
+        wrapped = await asyncio.to_thread(self._grant, keys, valid.suite, public,
                                           challenge.challenge_id, trail)
         trail.released = True
         _log.info("release %s: released %s (policies %s)", trail.request_id,
@@ -274,23 +273,16 @@ class Broker:
         return broker_pb2.ReleaseKeyResponse(keys=wrapped, result_token=token,
                                              request_id=trail.request_id)
 
-    def _fetch_and_record_intent(
-        self, keys: Sequence[tuple[str, int]], trail: _Trail
-    ) -> list[SecretVersion]:
-        """Load every requested secret version, then write the durable intent record.
-
-        One worker-thread hop for both: the intent names the exact versions about to leave.
-        """
+    def _grant(
+        self, keys: Sequence[tuple[str, int]], suite: Suite, public: PublicKey,
+        challenge_id: str, trail: _Trail,
+    ) -> list[broker_pb2.WrappedKey]:
+        """Load every requested secret version, write the durable intent record (naming the
+        exact versions about to leave), HPKE-seal each secret to the agent's key, then write
+        the outcome record: one worker-thread hop for the whole grant."""
         secrets = [self.secrets.get(key_id, version) for key_id, version in keys]
         trail.keys = tuple(f"{s.key_id}@{s.version}" for s in secrets)
         self.audit.append(trail.entry("intent"), first_for_challenge=True)
-        return secrets
-
-    def _seal_and_record(
-        self, secrets: Sequence[SecretVersion], suite: Suite, public: PublicKey,
-        challenge_id: str, trail: _Trail,
-    ) -> list[broker_pb2.WrappedKey]:
-        """HPKE-seal each secret to the agent's key, then write the outcome record."""
         wrapped = [
             broker_pb2.WrappedKey(
                 key_id=s.key_id, version=s.version,

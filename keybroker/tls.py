@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -245,9 +246,17 @@ def peer_certificate(context: AuthContext) -> x509.Certificate | None:
     pems = list(context.auth_context().get("x509_pem_cert", ()))
     if not pems:
         return None
-    return x509.load_pem_x509_certificate(pems[0])
+    return _certificate(bytes(pems[0]))
 
 
+@functools.lru_cache(maxsize=4096)
+def _certificate(pem: bytes) -> x509.Certificate:
+    """A peer certificate parsed once per distinct PEM (certificates are immutable; the cache
+    only saves parsing, every call still comes from a verified channel)."""
+    return x509.load_pem_x509_certificate(pem)
+
+
+@functools.lru_cache(maxsize=4096)
 def certificate_digest(cert: x509.Certificate) -> bytes:
     """SHA-256 of the certificate's DER (what channel bindings and pins commit to)."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
