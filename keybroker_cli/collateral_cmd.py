@@ -145,6 +145,7 @@ def _fetch(args: argparse.Namespace) -> int:
     vendors = sources(args)
     try:
         needs = _needs(args, vendors, args.evidence)
+        args.out.mkdir(parents=True, exist_ok=True)
     except (UsageError, OSError, KeybrokerError) as exc:
         print(f"keybroker collateral fetch: error: {exc}", file=sys.stderr)
         return 2

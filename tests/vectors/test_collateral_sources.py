@@ -81,9 +81,14 @@ def test_collateral_needs_of_real_tdx_quote_and_keys() -> None:
     with pytest.raises(KeybrokerError) as err:
         pcs.needs_for_quote(GNR_QUOTE.read_bytes(), "sgx")
     assert err.value.category is Category.MALFORMED
-    for bad in ("tdx-tcb", "snp-vcek-crl-Milan", "../etc"):
-        with pytest.raises(KeybrokerError):
+    for bad in ("tdx-tcb", "tdx-tcb-zz", "snp-vcek-crl-Milan", "../etc"):
+        with pytest.raises(KeybrokerError) as err:
             pcs.need(bad)
+        assert err.value.category is Category.MALFORMED
+    for bad in ("snp-vcek-Milan-zz-0400000000001bde", "snp-vcek-Milan-00-0400", "tdx-tcb-1"):
+        with pytest.raises(KeybrokerError) as err:
+            kds.need(bad)
+        assert err.value.category is Category.MALFORMED
 
 
 def test_collateral_pccs_hex_crl_and_wrong_document() -> None:
@@ -119,3 +124,7 @@ def test_collateral_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
                  "--out", str(out), "--pcs-url", "http://127.0.0.1:9"]) == 2
     assert "MALFORMED" in capsys.readouterr().err
     assert not out.exists()
+    out.write_text("a file, not a folder")
+    assert main(["collateral", "fetch", "--tee", "snp", "--evidence", str(GCP_REPORT),
+                 "--out", str(out), "--kds-url", "http://127.0.0.1:9"]) == 2
+    assert "File exists" in capsys.readouterr().err

@@ -111,7 +111,14 @@ class VendorClient:
                 pending = Future()
                 self._inflight[url] = pending
         if not leader:
-            return pending.result(timeout=self.policy.deadline_seconds + 1)
+            try:
+                return pending.result(timeout=self.policy.deadline_seconds
+                                      + self.policy.timeout_seconds)
+            except TimeoutError:
+                raise Unavailable(f"{url}: the fetch in flight did not finish",
+                                  rule="collateral.fetch", expected="an answer within "
+                                  f"{self.policy.deadline_seconds:.0f} s",
+                                  actual="still waiting") from None
         try:
             response = self._get(url)
         except BaseException as exc:

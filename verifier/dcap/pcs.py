@@ -91,7 +91,8 @@ class PcsSource:
             return self.platform_needs("sgx", bytes(6), parts[3])[2]
         if parts[0] in _QE_IDS and parts[1:] == ["qe", "identity"]:
             return self.platform_needs(parts[0], bytes(6), "platform")[1]
-        if parts[0] in _QE_IDS and parts[1] == "tcb" and len(parts) == 3:
+        if parts[0] in _QE_IDS and parts[1] == "tcb" and len(parts) == 3 \
+                and all(c in "0123456789abcdef" for c in parts[2]) and len(parts[2]) == 12:
             return self.platform_needs(parts[0], bytes.fromhex(parts[2]), "platform")[0]
         raise Malformed("not an Intel collateral key", rule="collateral.key",
                         expected="<tdx|sgx>-tcb-<fmspc> | <tdx|sgx>-qe-identity | "

@@ -93,7 +93,7 @@ class KdsSource:
         if len(parts) == 4 and parts[:1] == ["snp"] and parts[2] in ("chain", "crl"):
             return self.chain_needs(parts[3], parts[1])[parts[2] == "crl"]
         if len(parts) == 5 and parts[:2] == ["snp", "vcek"]:
-            return self.vcek_need(parts[2], bytes.fromhex(parts[3]), bytes.fromhex(parts[4]))
+            return self.vcek_need(parts[2], _hex(parts[3], "hwID"), _hex(parts[4], "TCB"))
         raise Malformed("not an AMD collateral key", rule="collateral.key",
                         expected="snp-<vcek|vlek>-<chain|crl>-<product> | snp-vcek-<product>-"
                                  "<hwid>-<tcb>", actual=key[:80])
@@ -170,6 +170,14 @@ class KdsSource:
             raise ChainUntrusted("the VCEK is for another TCB", rule="tcb",
                                  expected=tcb_raw.hex(), actual="; ".join(mismatches))
         return leaf.cert.not_valid_before_utc, leaf.cert.not_valid_after_utc
+
+
+def _hex(text: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise Malformed(f"the {what} in a collateral key is not hex", rule="collateral.key",
+                        expected="hex digits", actual=text[:40]) from None
 
 
 def _check_product(product: str) -> None:
