@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -149,8 +149,7 @@ def _fetch(args: argparse.Namespace) -> int:
     except (UsageError, OSError, KeybrokerError) as exc:
         print(f"keybroker collateral fetch: error: {exc}", file=sys.stderr)
         return 2
-    report = Fetcher().fill(needs, vendors.for_key(needs[0].key),
-                            held=lambda n: read_files(args.out, n),
+    report = Fetcher().fill(needs, vendors.for_key, held=lambda n: read_files(args.out, n),
                             store=lambda item: write_files(args.out, item), at=at)
     return _print(report)
 
@@ -177,14 +176,7 @@ def _prefetch(args: argparse.Namespace) -> int:
         print(f"keybroker collateral prefetch: error: {exc}", file=sys.stderr)
         return 2
     try:
-        unique = list({n.key: n for n in needs}.values())
-        fetcher = Fetcher()
-        report = FetchReport()
-        for need in unique:
-            part = fetcher.fill([need], vendors.for_key(need.key), held=_held(store),
-                                store=store.put, at=at)
-            for name in ("fetched", "cached", "failed", "stale"):
-                getattr(report, name).extend(getattr(part, name))
+        report = Fetcher().fill(needs, vendors.for_key, held=store.held, store=store.put, at=at)
     finally:
         store.close()
     return _print(report)
@@ -193,13 +185,6 @@ def _prefetch(args: argparse.Namespace) -> int:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UsageError(message)
-
-
-def _held(store: CollateralItemStore) -> Callable[[Need], tuple[bytes, bytes] | None]:
-    def held(need: Need) -> tuple[bytes, bytes] | None:
-        item = store.get(need.key)
-        return None if item is None else (item.body, item.issuer_chain)
-    return held
 
 
 def status_lines(items: Sequence[CollateralItem], at: datetime, days: int) -> tuple[list[str],

@@ -89,18 +89,14 @@ class FetchOnMiss:
             return False
         if not needs:
             return False
-        report = self._fetcher.fill(needs, self._vendors.for_key(needs[0].key),
-                                    held=self._held, store=self._items.put, at=at)
+        report = self._fetcher.fill(needs, self._vendors.for_key, held=self._items.held,
+                                    store=self._items.put, at=at)
         with self._lock:
             for need, _ in report.failed:
                 self._failed[need.key] = now
         _log.info("fetch on miss: %d fetched, %d held, %d failed", len(report.fetched),
                   len(report.cached), len(report.failed))
         return bool(report.fetched)
-
-    def _held(self, need: Need) -> tuple[bytes, bytes] | None:
-        item = self._items.get(need.key)
-        return None if item is None else (item.body, item.issuer_chain)
 
 
 class _Fetching:

@@ -7,6 +7,7 @@ Invariants:
   the given time.
 - A fetched body is verified by the source against the pinned roots before it is stored; one
   that does not verify is discarded and reported with its typed error, never stored.
+- Needs may come from several vendors: ``source_for`` names the source of each key.
 - A failed item does not stop the others; the report says, per need, fetched, cached or
   failed (and whether what was stored is stale at the given time).
 """
@@ -27,6 +28,7 @@ _log = logging.getLogger(__name__)
 
 Held = Callable[[Need], tuple[bytes, bytes] | None]
 Store = Callable[[CollateralItem], object]
+SourceFor = Callable[[str], Source]  # item key -> the source that fetches and verifies it
 
 
 @dataclass
@@ -68,11 +70,13 @@ class Fetcher:
         self.client = client or VendorClient()
         self._clock = clock
 
-    def fill(self, needs: Sequence[Need], source: Source, *, held: Held, store: Store,
+    def fill(self, needs: Sequence[Need], source_for: SourceFor, *, held: Held, store: Store,
              at: datetime) -> FetchReport:
-        """Make the holder hold every need fresh at ``at`` (see the module invariants)."""
+        """Make the holder hold every need fresh at ``at`` (see the module invariants); a
+        need listed twice is handled once."""
         report = FetchReport()
-        for need in needs:
+        for need in {n.key: n for n in needs}.values():
+            source = source_for(need.key)
             existing = self._held(need, source, held, at)
             if existing is not None:
                 report.cached.append(existing)

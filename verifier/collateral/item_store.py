@@ -21,7 +21,7 @@ from keybroker.database import DatabaseTarget, open_database
 from keybroker.errors import Malformed
 from keybroker.migrations import Migration, ddl
 from keybroker.store_session import Session, immediate
-from verifier.collateral.item import ITEM_KINDS, CollateralItem, check_key
+from verifier.collateral.item import ITEM_KINDS, CollateralItem, Need, check_key
 
 
 def _schema(db: Session) -> None:
@@ -100,6 +100,11 @@ class CollateralItemStore:
         row = self._db.run(lambda db: db.execute(
             _SELECT + " WHERE key = ?", [key]).fetchone())
         return None if row is None else _item(row)
+
+    def held(self, need: Need) -> tuple[bytes, bytes] | None:
+        """The body and issuer chain stored for ``need`` (a fetcher's ``held``)."""
+        item = self.get(need.key)
+        return None if item is None else (item.body, item.issuer_chain)
 
     def items(self) -> list[CollateralItem]:
         """Every stored item, by key."""
