@@ -12,7 +12,12 @@ i mod 2. Prints:
     lost_audit=   releases an agent received without their intent and released records in
                   the audit log, plus released records without an intent (must be 0),
     server CPU per release, and the RSS of every service process at start and end
-    (verifiers with their appraisal workers).
+    (verifiers with their appraisal workers),
+
+and then, with the same number of agents, the transport ceiling: the releases/s and server
+CPU of a bare gRPC broker/verifier pair with the release's connections and message sizes and
+no work behind the calls (``bench/transport.py``), which bounds what any service with this
+protocol reaches on this machine with the agents beside it.
 
 Usage: python bench/load.py [--seconds S] [--agents N] [--store postgresql|sqlite|both]
        [--verifier-workers N]
@@ -33,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from timing import cpu_seconds, rss_mib
+from transport import throwaway_tls, transport_floor
 
 from keybroker.audit_log import AuditLog
 from keybroker.database import DatabaseTarget, PostgresTarget
@@ -165,6 +171,14 @@ def main() -> int:
     args = parser.parse_args()
     for store in (("sqlite", "postgresql") if args.store == "both" else (args.store,)):
         run(store, args)
+    from keybroker_cli.demo_setup import DEMO_AGENT
+
+    bare = transport_floor(agents=args.agents, seconds=min(args.seconds, 8.0),
+                           tls_dir=throwaway_tls(DEMO_AGENT), agent_name=DEMO_AGENT)
+    print(f"transport_ceiling agents={args.agents} releases_per_s={bare['per_s']:.1f} "
+          f"server_cpu_ms_per_release={(bare['broker'] + bare['verifier']) * 1000:.2f} "
+          "(one bare gRPC broker/verifier pair, same agents, connections and sizes, "
+          "no work behind the calls)")
     return 0
 
 

@@ -5,6 +5,11 @@ Invariants:
   ("<name> listening on HOST:PORT") on stdout; otherwise start() fails with Unavailable and
   the process is killed, so no caller ever talks to a half-started service.
 - stop() always reaps the process: SIGTERM first (graceful shutdown), SIGKILL after a timeout.
+- ``free_port`` never hands the same port to two callers on one host within
+  ``PORT_CLAIM_SECONDS``, even in different processes: each pick is claimed by creating a file
+  named after it (exclusive create) in one directory per user in ``/dev/shm`` (the same for
+  every process whatever its TMPDIR; gone at reboot), so two test processes (or two demos)
+  that pick ports before their services bind them cannot pick the same one.
 """
 
 from __future__ import annotations
@@ -35,6 +40,35 @@ def keybroker_command(*args: str) -> list[str]:
 
 
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_CLAIM_SECONDS = 600.0
+PORT_CLAIMS_ENV = "KEYBROKER_PORT_CLAIMS"  # another claims directory (tests)
+
+
+def _claim(port: int) -> bool:
+    """Claim ``port`` for this caller (module invariants); True when no other caller on this
+    host claimed it within ``PORT_CLAIM_SECONDS``. Without a writable claim directory every
+    port counts as unclaimed (the bind check still applies)."""
+    # A fixed path on purpose (one registry per user for every process); a directory there
+    # that this user does not own is ignored, so another user can neither read nor steer it.
+    shared = f"/dev/shm/keybroker-port-claims-{os.getuid()}"  # noqa: S108
+    claims = Path(os.environ.get(PORT_CLAIMS_ENV) or shared)
+    path = claims / str(port)
+    try:
+        claims.mkdir(mode=0o700, exist_ok=True)
+        if claims.stat().st_uid != os.getuid():
+            return True
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return True
+    except FileExistsError:
+        try:
+            if time.time() - path.stat().st_mtime < PORT_CLAIM_SECONDS:
+                return False
+            os.utime(path)  # a stale claim: its service bound (or gave up) long ago
+            return True
+        except OSError:
+            return False
+    except OSError:
+        return True
 
 
 def free_port() -> int:
@@ -50,6 +84,8 @@ def free_port() -> int:
     pick = random.SystemRandom()
     for _ in range(64):
         port = pick.randint(max(1024, low - 12000), max(1025, low - 1))
+        if not _claim(port):
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))

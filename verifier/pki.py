@@ -69,11 +69,27 @@ def common_name(name: x509.Name) -> str:
 
 @dataclass(frozen=True)
 class Certificate:
-    """A parsed certificate with its exact DER bytes and SHA-256 fingerprint."""
+    """A parsed certificate with its exact DER bytes and SHA-256 fingerprint. Its names are
+    decoded once (cryptography builds new ``Name`` objects on every ``subject`` access)."""
 
     cert: x509.Certificate
     der: bytes
     fingerprint: str
+
+    @functools.cached_property
+    def subject(self) -> x509.Name:
+        """The subject name (decoded once)."""
+        return self.cert.subject
+
+    @functools.cached_property
+    def issuer(self) -> x509.Name:
+        """The issuer name (decoded once)."""
+        return self.cert.issuer
+
+    @functools.cached_property
+    def subject_cn(self) -> str:
+        """The subject's single common name, or "" (see ``common_name``)."""
+        return common_name(self.subject)
 
     @classmethod
     def from_der(cls, der: bytes) -> Certificate:

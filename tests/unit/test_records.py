@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -113,6 +114,34 @@ def test_writer_drops_when_full_and_after_close(db_backend: StoreBackend) -> Non
     assert len(store.since(T0)) == writer.written
     writer.submit(_record(T0, "late"))
     assert writer.written + writer.dropped == 11
+
+
+class _CountingStore(RecordStore):
+    """A real store that remembers the size of every batch it was given."""
+
+    def __init__(self, target: DatabaseTarget, *, retention: timedelta) -> None:
+        super().__init__(target, retention=retention)
+        self.batches: list[int] = []
+
+    def append_many(self, records: Sequence[AppraisalRecord]) -> None:
+        self.batches.append(len(records))
+        super().append_many(records)
+
+
+def test_writer_lingers_to_batch_records_that_trickle_in(db_backend: StoreBackend) -> None:
+    """Records arriving one by one within the linger go to the store in one batch (one
+    wake-up and one transaction, not one per record), and close still writes them all."""
+    store = _CountingStore(db_backend.target("state"), retention=timedelta(days=7))
+    writer = RecordWriter(store, linger_seconds=0.5)
+    writer.submit(_record(T0, "first"))
+    time.sleep(0.05)
+    for i in range(4):
+        writer.submit(_record(T0, f"r{i}"))
+    writer.close()
+    assert store.batches == [5]
+    assert writer.written == 5
+    with pytest.raises(ValueError, match="linger"):
+        RecordWriter(store, linger_seconds=-1)
 
 
 def test_writer_isolates_a_bad_record(db_backend: StoreBackend) -> None:

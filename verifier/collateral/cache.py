@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from keybroker.errors import KeybrokerError
 from keybroker.evidence.pcs_document import SignedMember, parse_date, split_signed_body
 from keybroker.evidence.snp_certs import AmdExtensions, decode_amd_extensions
-from verifier.pki import Certificate, common_name
+from verifier.pki import Certificate
 
 _log = logging.getLogger(__name__)
 
@@ -69,6 +70,16 @@ class CollateralCrl:
 
     crl: x509.CertificateRevocationList
     der: bytes
+
+    @functools.cached_property
+    def issuer(self) -> x509.Name:
+        """The issuer name (decoded once)."""
+        return self.crl.issuer
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 hex of the DER bytes."""
+        return hashlib.sha256(self.der).hexdigest()
 
 
 IntelDocKind = Literal["tcbInfo", "enclaveIdentity"]
@@ -174,11 +185,11 @@ class CollateralStore:
 
     def with_subject(self, name: x509.Name) -> list[Certificate]:
         """Certificates whose subject equals ``name`` (candidate intermediates)."""
-        return [c.entry for c in self._certs if c.entry.cert.subject == name]
+        return [c.entry for c in self._certs if c.entry.subject == name]
 
     def with_subject_cn(self, cn: str) -> list[Certificate]:
         """Certificates whose subject common name is ``cn``."""
-        return [c.entry for c in self._certs if common_name(c.entry.cert.subject) == cn]
+        return [c.entry for c in self._certs if c.entry.subject_cn == cn]
 
     def vceks_for(self, chip_id: bytes, reported_tcb: bytes) -> list[Certificate]:
         """VCEKs whose hwID is this CHIP_ID (Turin: CHIP_ID[0:8]) and whose SPLs equal the
@@ -187,7 +198,7 @@ class CollateralStore:
         for c in self._certs:
             if c.amd is None or c.amd.hw_id is None or not any(chip_id):
                 continue
-            if common_name(c.entry.cert.subject) != "SEV-VCEK":
+            if c.entry.subject_cn != "SEV-VCEK":
                 continue
             wanted = chip_id[:8] if len(c.amd.hw_id) == 8 else chip_id
             if c.amd.hw_id == wanted and not c.amd.spl_mismatches(reported_tcb):
@@ -200,7 +211,7 @@ class CollateralStore:
         out = []
         for c in self._certs:
             if (c.amd is None or c.amd.hw_id is None
-                    or common_name(c.entry.cert.subject) != "SEV-VCEK"):
+                    or c.entry.subject_cn != "SEV-VCEK"):
                 continue
             wanted = chip_id[:8] if len(c.amd.hw_id) == 8 else chip_id
             if c.amd.hw_id != wanted:
@@ -214,12 +225,12 @@ class CollateralStore:
         """VLEKs whose SPLs equal the reported TCB (any CSP; the report signature decides)."""
         return [c.entry for c in self._certs
                 if c.amd is not None and c.amd.csp_id is not None
-                and common_name(c.entry.cert.subject) == "SEV-VLEK"
+                and c.entry.subject_cn == "SEV-VLEK"
                 and not c.amd.spl_mismatches(reported_tcb)]
 
     def crls_by_issuer(self, issuer: x509.Name) -> list[CollateralCrl]:
         """CRLs whose issuer name equals ``issuer`` (their signatures are not checked here)."""
-        return [c for c in self._crls if c.crl.issuer == issuer]
+        return [c for c in self._crls if c.issuer == issuer]
 
     @property
     def intel_documents(self) -> tuple[IntelDocument, ...]:

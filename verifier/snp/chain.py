@@ -107,10 +107,10 @@ def signature_hash(obj: x509.Certificate | x509.CertificateRevocationList
         return None
 
 
-def _check_name(cert: x509.Certificate, name: str) -> None:
-    if common_name(cert.subject) != name:
+def _check_name(cert: Certificate, name: str) -> None:
+    if cert.subject_cn != name:
         raise ChainUntrusted("intermediate has the wrong name", rule="key-type",
-                             expected=name, actual=common_name(cert.subject))
+                             expected=name, actual=cert.subject_cn)
 
 
 def check_ca(cert: x509.Certificate, what: str) -> None:
@@ -188,7 +188,7 @@ class ChainValidator:
             raise ChainUntrusted("structVersion does not match the product", rule="product",
                                  expected="1" if line == "Turin" else "0",
                                  actual=str(ext.struct_version))
-        issuer_cn = common_name(leaf.cert.issuer)
+        issuer_cn = common_name(leaf.issuer)
         if issuer_cn != _intermediate_cn(kind, line):
             raise ChainUntrusted(f"{kind.upper()} issuer is not the {line} "
                                  f"{'ASK' if kind == 'vcek' else 'ASVK'}", rule="key-type",
@@ -221,7 +221,7 @@ class ChainValidator:
     def _check_leaf(self, leaf: Certificate, ext: AmdExtensions, kind: KeyKind,
                     at: datetime) -> ec.EllipticCurvePublicKey:
         cert = leaf.cert
-        cn = common_name(cert.subject)
+        cn = leaf.subject_cn
         if cn != LEAF_CN[kind]:
             raise ChainUntrusted("endorsement key type does not match the report's SIGNING_KEY",
                                  rule="key-type", expected=LEAF_CN[kind], actual=cn)
@@ -246,10 +246,10 @@ class ChainValidator:
 
     def _check_root(self, anchor: TrustAnchor, at: datetime) -> None:
         ark = anchor.ark
-        if common_name(ark.cert.subject) != f"ARK-{anchor.product}":
+        if ark.subject_cn != f"ARK-{anchor.product}":
             raise ChainUntrusted("trust anchor has the wrong name",
                                  expected=f"ARK-{anchor.product}",
-                                 actual=common_name(ark.cert.subject))
+                                 actual=ark.subject_cn)
         check_validity(ark.cert, at, f"ARK-{anchor.product}")
         check_ca(ark.cert, f"ARK-{anchor.product}")
         self._check_signed(ark, ark, anchor, f"ARK-{anchor.product}")
@@ -260,8 +260,8 @@ class ChainValidator:
         candidates: list[Certificate] = []
         pinned = anchor.intermediate(kind)
         for cand in ([pinned] if pinned else []) + list(evidence_certs) + \
-                self._collateral.with_subject(leaf.cert.issuer):
-            if cand.cert.subject == leaf.cert.issuer and all(
+                self._collateral.with_subject(leaf.issuer):
+            if cand.subject == leaf.issuer and all(
                     c.fingerprint != cand.fingerprint for c in candidates):
                 candidates.append(cand)
         if not candidates:
@@ -272,7 +272,7 @@ class ChainValidator:
         name = _intermediate_cn(kind, product)
         for cand in candidates:
             try:
-                _check_name(cand.cert, name)
+                _check_name(cand, name)
                 check_validity(cand.cert, at, name)
                 check_ca(cand.cert, name)
                 self._check_signed(cand, anchor.ark, anchor, name)
@@ -285,10 +285,10 @@ class ChainValidator:
 
     def _check_signed(self, subject: Certificate, issuer: Certificate, anchor: TrustAnchor,
                       what: str) -> None:
-        if subject.cert.issuer != issuer.cert.subject:
+        if subject.issuer != issuer.subject:
             raise ChainUntrusted(f"{what}: issuer name does not match",
-                                 expected=issuer.cert.subject.rfc4514_string(),
-                                 actual=subject.cert.issuer.rfc4514_string())
+                                 expected=issuer.subject.rfc4514_string(),
+                                 actual=subject.issuer.rfc4514_string())
         key = (anchor.insecure, issuer.fingerprint, subject.fingerprint)
         if key in self._signed:
             self._stats.hits += 1
@@ -307,7 +307,7 @@ class ChainValidator:
         """Revocation of ``intermediate``; returns the warning for an allowed missing or stale
         CRL ("" when a current one was checked)."""
         name = f"ARK-{anchor.product} CRL"
-        claimed = self._collateral.crls_by_issuer(anchor.ark.cert.subject)
+        claimed = self._collateral.crls_by_issuer(anchor.ark.subject)
         if not claimed:
             if not allow_missing:
                 raise CollateralStale(f"the {name} is not available", rule="crl-missing",
@@ -331,7 +331,7 @@ class ChainValidator:
         serial = intermediate.cert.serial_number
         for entry in crls:
             if entry.crl.get_revoked_certificate_by_serial_number(serial) is not None:
-                raise ChainUntrusted(f"{common_name(intermediate.cert.subject)} is revoked",
+                raise ChainUntrusted(f"{intermediate.subject_cn} is revoked",
                                      rule="crl", expected="not listed",
                                      actual=f"serial {serial:#x} listed")
         return "" if current else f"{name} stale"
@@ -339,7 +339,7 @@ class ChainValidator:
     def _crl_signed(self, anchor: TrustAnchor, entry: CollateralCrl) -> bool:
         """Whether ``entry`` verifies under the ARK (a CRL of another root with the same name,
         e.g. a simulator's, does not and is ignored when a genuine one is present)."""
-        digest = hashlib.sha256(entry.der).hexdigest()
+        digest = entry.digest
         key = (anchor.insecure, anchor.ark.fingerprint, digest)
         if key in self._signed:
             return True
