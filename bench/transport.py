@@ -3,8 +3,9 @@
 What the services' gRPC stack costs on its own, measured with the release's connection
 pattern and message sizes but no work behind the calls: a "broker" process and a "verifier"
 process, each a bare ``grpc.aio`` server with generic byte handlers (no protobuf, no
-interceptors, no store, no crypto beyond TLS), and agent processes that each open a new channel
-per release (a mutual-TLS handshake unless plaintext), call GetChallenge and ReleaseKey on it,
+interceptors, no store, no crypto beyond TLS, which uses the services' own credentials), and
+agent processes that each open a new channel per release (a mutual-TLS handshake unless
+plaintext), call GetChallenge and ReleaseKey on it,
 while the broker forwards each ReleaseKey to the verifier over one long-lived channel (mutual
 TLS as ``broker-client``). The server CPU per release of that pair is what any Python gRPC
 service with this protocol pays before doing anything; ``bench/release.py`` prints it beside
@@ -26,8 +27,9 @@ from pathlib import Path
 import grpc
 from timing import cpu_seconds
 
+from keybroker.tls import ServerTls, TlsFiles, client_credentials
 from keybroker_cli.launcher import free_port
-from keybroker_cli.tls_cmd import DEFAULT_CLIENTS, init_tls
+from keybroker_cli.tls_cmd import DEFAULT_CLIENTS, TlsDir, init_tls
 
 CHALLENGE_IN, CHALLENGE_OUT = 64, 128
 RELEASE_IN, RELEASE_OUT = 6144, 512
@@ -38,10 +40,6 @@ def _same(data: bytes) -> bytes:
     return data
 
 
-def _read(path: Path) -> bytes:
-    return path.read_bytes()
-
-
 def _serve(role: str, port: int, upstream: int, tls: str) -> None:
     """One bare server process (``role`` broker forwards ReleaseKey to ``upstream``)."""
     async def main() -> None:
@@ -50,10 +48,9 @@ def _serve(role: str, port: int, upstream: int, tls: str) -> None:
         if upstream:
             target = f"127.0.0.1:{upstream}"
             if tls:
-                root = Path(tls)
-                channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(
-                    _read(root / "ca.pem"), _read(root / "broker-client-key.pem"),
-                    _read(root / "broker-client.pem")))
+                files = TlsDir(Path(tls))
+                channel = grpc.aio.secure_channel(target, client_credentials(
+                    files.ca, files.cert("broker-client"), files.key("broker-client")))
             else:
                 channel = grpc.aio.insecure_channel(target)
             call = channel.unary_unary("/floor.Verifier/Appraise", request_serializer=_same,
@@ -76,12 +73,10 @@ def _serve(role: str, port: int, upstream: int, tls: str) -> None:
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, {
             name: grpc.unary_unary_rpc_method_handler(fn, _same, _same)
             for name, fn in methods.items()})])
-        if tls:
-            root = Path(tls)
-            credentials = grpc.ssl_server_credentials(
-                [(_read(root / f"{role}-key.pem"), _read(root / f"{role}.pem"))],
-                root_certificates=_read(root / "ca.pem"), require_client_auth=True)
-            server.add_secure_port(f"127.0.0.1:{port}", credentials)
+        if tls:  # the services' own credentials (mutual TLS, certificate rotation)
+            files = TlsDir(Path(tls))
+            server.add_secure_port(f"127.0.0.1:{port}", ServerTls(
+                TlsFiles(files.cert(role), files.key(role), files.ca), what=role).credentials())
         else:
             server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -96,10 +91,8 @@ def _agent(args: tuple[int, float, str, str]) -> int:
     target = f"127.0.0.1:{port}"
     credentials = None
     if tls:
-        root = Path(tls)
-        credentials = grpc.ssl_channel_credentials(
-            _read(root / "ca.pem"), _read(root / f"{agent}-key.pem"),
-            _read(root / f"{agent}.pem"))
+        files = TlsDir(Path(tls))
+        credentials = client_credentials(files.ca, files.cert(agent), files.key(agent))
     count = 0
     while time.time() < deadline:
         channel = (grpc.secure_channel(target, credentials) if credentials
